@@ -1,0 +1,52 @@
+// Device discovery. Safe on a machine without a GPU or driver: the static runtime reports
+// cudaErrorNoDevice / cudaErrorInsufficientDriver, which we turn into "0 devices" plus a reason.
+#include "check.cuh"
+
+namespace ember::cuda {
+
+int device_count(std::string* why) {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    if (why) *why = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+    cudaGetLastError();
+    return 0;
+  }
+  if (n == 0 && why) *why = "no CUDA device found";
+  return n;
+}
+
+DeviceInfo device_info(int device) {
+  cudaDeviceProp p{};
+  EMBER_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  DeviceInfo d;
+  d.name = p.name;
+  d.major = p.major;
+  d.minor = p.minor;
+  d.multiprocessors = p.multiProcessorCount;
+  d.total_memory = static_cast<int64_t>(p.totalGlobalMem);
+  return d;
+}
+
+int runtime_version() {
+  int v = 0;
+  EMBER_CUDA_CHECK(cudaRuntimeGetVersion(&v));
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+int current_device() {
+  int d = 0;
+  EMBER_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+}  // namespace ember::cuda

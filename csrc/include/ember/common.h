@@ -1,0 +1,115 @@
+// Shared enums and argument structs for ember's kernel families (CPU and CUDA alike).
+// Kernels take raw pointers and sizes and never allocate: callers own every buffer.
+#pragma once
+#include <cstdint>
+
+namespace ember {
+
+// Activation applied in GEMM epilogues and by activation_forward/backward.
+// The integer values are part of the Python API (ember.ops.ACTIVATIONS) and must not change.
+enum class Activation : int {
+  identity = 0,
+  relu = 1,
+  leaky_relu = 2,  // param = negative slope
+  gelu_erf = 3,    // x * Phi(x), the exact form (PyTorch approximate="none")
+  gelu_tanh = 4,   // PyTorch approximate="tanh"
+  tanh = 5,
+  sigmoid = 6,
+  silu = 7,
+};
+
+enum class Reduction : int { mean = 0, sum = 1 };
+
+// C = act(alpha * op(A) * op(B) + beta * C + bias), row-major.
+// op(A) is m x k (A is k x m when trans_a), op(B) is k x n (B is n x k when trans_b).
+struct GemmArgs {
+  int64_t m = 0, n = 0, k = 0;
+  const float* a = nullptr;
+  int64_t lda = 0;  // row stride of A as stored
+  bool trans_a = false;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  bool trans_b = false;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  float alpha = 1.0f;
+  float beta = 0.0f;              // 0: C is write-only (its old contents, even NaN, are ignored)
+  const float* bias = nullptr;    // n values broadcast over rows, or null
+  float* preact = nullptr;        // m x n (row stride ldc): alpha*AB + beta*C + bias, before act; or null
+  Activation act = Activation::identity;
+  float act_param = 0.01f;        // leaky_relu slope
+};
+
+// Backward of y = act(x * W^T + b) with x: batch x in, W: out x in (PyTorch's Linear layout).
+//   dZ = dY * act'(Z)           (Z = saved pre-activation; dZ = dY when act is identity)
+//   dX = dZ * W                 (batch x in)
+//   dW = dZ^T * x  (+= when accumulate)   (out x in)
+//   db = column sums of dZ (+= when accumulate)
+struct LinearBackwardArgs {
+  int64_t batch = 0, in_features = 0, out_features = 0;
+  const float* grad_out = nullptr;  // batch x out
+  const float* x = nullptr;         // batch x in
+  const float* weight = nullptr;    // out x in
+  const float* preact = nullptr;    // batch x out; required unless act is identity
+  Activation act = Activation::identity;
+  float act_param = 0.01f;
+  float* grad_preact = nullptr;  // batch x out workspace for dZ (may equal grad_out); unused for identity
+  float* grad_input = nullptr;   // batch x in, or null when not needed
+  float* grad_weight = nullptr;  // out x in, or null
+  float* grad_bias = nullptr;    // out, or null
+  bool accumulate = false;       // add into grad_weight / grad_bias instead of overwriting
+};
+
+// Softmax cross-entropy over rows of logits with integer class labels, PyTorch semantics:
+//   per-row loss l_i = (1-eps) * w[y_i] * (-log p_{i,y_i}) + (eps/C) * sum_c w[c] * (-log p_{i,c})
+//   mean: sum_i l_i / sum_i w[y_i]   (w = 1 when no class weights); sum: sum_i l_i.
+// grad (if non-null) receives grad_scale * d(loss)/d(logits); it may alias logits (in place).
+struct SoftmaxCrossEntropyArgs {
+  int64_t rows = 0, classes = 0;
+  const float* logits = nullptr;
+  const int64_t* labels = nullptr;      // rows values in [0, classes) (checked by the caller)
+  const float* class_weight = nullptr;  // classes values, or null
+  float label_smoothing = 0.0f;
+  Reduction reduction = Reduction::mean;
+  float grad_scale = 1.0f;
+  float* grad = nullptr;      // rows x classes, or null
+  float* row_loss = nullptr;  // rows: unreduced l_i, or null
+};
+
+// Optimizer steps over many tensors in one call. Step-dependent scalars are computed on the host.
+// grad_norm: the global L2 norm of all gradients (before clipping). When it is not finite the step
+// is skipped: parameters and state are left untouched and `skipped` is set.
+// With max_grad_norm > 0 gradients are scaled on the fly by min(1, max_grad_norm/(norm+1e-6))
+// (torch.nn.utils.clip_grad_norm_); the gradient arrays themselves are not modified.
+struct StepResult {
+  double grad_norm = 0.0;
+  bool skipped = false;
+};
+
+struct SgdArgs {
+  int64_t count = 0;  // number of tensors
+  float* const* params = nullptr;
+  const float* const* grads = nullptr;
+  float* const* momentum_buffers = nullptr;  // required when momentum != 0
+  const int64_t* sizes = nullptr;            // elements per tensor
+  float lr = 0.01f, momentum = 0.0f, dampening = 0.0f, weight_decay = 0.0f;
+  bool nesterov = false, maximize = false;
+  int64_t step = 1;  // 1-based index of this step; step 1 initialises momentum buffers to the gradient
+  float max_grad_norm = 0.0f;
+};
+
+struct AdamArgs {
+  int64_t count = 0;
+  float* const* params = nullptr;
+  const float* const* grads = nullptr;
+  float* const* exp_avg = nullptr;
+  float* const* exp_avg_sq = nullptr;
+  float* const* max_exp_avg_sq = nullptr;  // required when amsgrad
+  const int64_t* sizes = nullptr;
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  bool amsgrad = false, decoupled_weight_decay = false /* AdamW */, maximize = false;
+  int64_t step = 1;  // 1-based index of this step (bias corrections use it)
+  float max_grad_norm = 0.0f;
+};
+
+}  // namespace ember

@@ -1,0 +1,125 @@
+"""Which backends were built and are usable here; device selection; NumPy/CuPy helpers.
+
+>>> import ember
+>>> ember.info()["backends"]["cpu"]["usable"]
+True
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ember import _cpu
+
+try:  # built only when CMake found nvcc
+    from ember import _cuda
+    _CUDA_IMPORT_ERROR = ""
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _cuda = None
+    _CUDA_IMPORT_ERROR = f"ember._cuda not importable: {exc}"
+
+__all__ = [
+    "info", "cuda_built", "cuda_available", "set_num_threads", "get_num_threads",
+    "resolve_device", "is_cuda_array", "array_module",
+]
+
+_cuda_state: tuple[int, str] | None = None
+
+
+def cuda_built() -> bool:
+    """True when the CUDA module (ember._cuda) was compiled into this install."""
+    return _cuda is not None
+
+
+def _cuda_devices() -> tuple[int, str]:
+    global _cuda_state
+    if _cuda_state is None:
+        if _cuda is None:
+            _cuda_state = (0, _CUDA_IMPORT_ERROR or "ember was built without CUDA (nvcc not found)")
+        else:
+            n, why = _cuda.device_count()
+            if n > 0:
+                try:
+                    import cupy  # noqa: F401
+                except ImportError:
+                    n, why = 0, "CuPy is not installed (pip install cupy-cuda13x)"
+            _cuda_state = (n, why)
+    return _cuda_state
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device, the CUDA module and CuPy are all present."""
+    return _cuda_devices()[0] > 0
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads every CPU kernel uses (one OpenMP pool).
+
+    Raises:
+        ValueError: if ``n`` is not an integer >= 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    _cpu.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Number of threads the CPU kernels use."""
+    return _cpu.get_num_threads()
+
+
+def info() -> dict[str, Any]:
+    """Version, backends built and usable, devices and threads, as a dict."""
+    from ember import __version__
+
+    n, why = _cuda_devices()
+    cuda: dict[str, Any] = {"built": cuda_built(), "usable": n > 0, "devices": []}
+    if _cuda is not None:
+        cuda["runtime_version"] = _cuda.runtime_version()
+        cuda["driver_version"] = _cuda.driver_version()
+        for i in range(n):
+            cuda["devices"].append(_cuda.device_info(i))
+    if n == 0:
+        cuda["reason"] = why
+    return {
+        "version": __version__,
+        "backends": {
+            "cpu": {"built": True, "usable": True, "isa": _cpu.isa(),
+                    "threads": _cpu.get_num_threads()},
+            "cuda": cuda,
+        },
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def resolve_device(device: str) -> str:
+    """Map ``"auto" | "cpu" | "cuda"`` to ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        ValueError: for an unknown name, or ``"cuda"`` when no usable GPU is present (the
+            message says why).
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if device == "cuda":
+        raise ValueError(f"device='cuda' requested but CUDA is not usable: {_cuda_devices()[1]}")
+    return "cpu"
+
+
+def is_cuda_array(x: Any) -> bool:
+    """True for arrays that live on a GPU (expose ``__cuda_array_interface__``)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def array_module(device: str):
+    """``numpy`` for ``"cpu"``, ``cupy`` for ``"cuda"``."""
+    if device == "cuda":
+        import cupy
+        return cupy
+    return np

@@ -1,0 +1,327 @@
+"""ember's kernels as functions on arrays: the drop-in backend for NumPy (and CuPy) code.
+
+Every function takes float32, C-contiguous arrays (labels: integer arrays) and runs ember's fused
+kernel for the device the first array lives on: NumPy arrays run on the CPU kernels
+(``ember._cpu``), arrays exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors) on the
+CUDA kernels (``ember._cuda``), on CuPy's current stream.
+
+Outputs are allocated when not given (``out=None``); pass ``out=`` to reuse a buffer. Arguments are
+checked before any work: a wrong dtype or array type raises ``TypeError``; a wrong rank or shape, a
+non-contiguous or read-only output, an empty array, labels out of range or a non-finite
+hyperparameter raise ``ValueError``. Each message names the function and the argument.
+Inputs are never converted silently (no float64 -> float32 copies), except integer labels, which
+are widened to int64.
+
+NaN and Inf in data propagate as IEEE arithmetic says (they are not searched for: that would cost a
+pass over every array). The optimizer steps are the exception: a step whose gradients hold a NaN or
+Inf is skipped and reported (see :func:`adam_step`).
+
+Example:
+    >>> import numpy as np, ember.ops as ops
+    >>> x = np.random.rand(128, 784).astype(np.float32)
+    >>> w = np.random.rand(256, 784).astype(np.float32)   # PyTorch layout: (out, in)
+    >>> b = np.zeros(256, np.float32)
+    >>> y, z = ops.linear_forward(x, w, b, activation="relu", save_preact=True)
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ember import _cpu
+
+__all__ = [
+    "ACTIVATIONS", "gemm", "matmul", "linear_forward", "linear_backward",
+    "activation_forward", "activation_backward", "softmax_cross_entropy", "mse", "argmax",
+    "accuracy", "column_sum", "sum", "global_norm", "dropout_forward", "dropout_backward",
+    "sgd_step", "adam_step", "adamw_step",
+]
+
+#: Activation names accepted by every ``activation=`` argument. ``"gelu"`` is the exact (erf) form,
+#: ``"gelu_tanh"`` PyTorch's ``approximate="tanh"``; ``"leaky_relu"`` uses ``negative_slope``.
+ACTIVATIONS = ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu")
+
+_cuda_ops_module = None
+
+
+def _impl(x: Any, fn: str, name: str):
+    """The kernel module for the device array ``x`` lives on."""
+    if type(x) is np.ndarray:
+        return _cpu
+    if hasattr(x, "__cuda_array_interface__"):
+        global _cuda_ops_module
+        if _cuda_ops_module is None:
+            from ember import backend
+            if not backend.cuda_built():
+                raise ValueError(f"{fn}: {name} is a CUDA array but ember was built without CUDA")
+            from ember import _cuda_ops
+            _cuda_ops_module = _cuda_ops
+        return _cuda_ops_module
+    if isinstance(x, np.ndarray):  # subclasses (np.matrix, memmap): view as a plain ndarray
+        return _cpu
+    raise TypeError(
+        f"{fn}: {name} must be a numpy.ndarray or a CUDA array (CuPy), got {type(x).__name__}")
+
+
+def _labels(labels: Any, fn: str) -> Any:
+    """Integer labels as int64 (the kernels' label type); anything else is a TypeError."""
+    if type(labels) is np.ndarray and labels.dtype != np.int64:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"{fn}: labels must be an integer array (class indices), "
+                            f"got dtype {labels.dtype}")
+        return labels.astype(np.int64)
+    return labels
+
+
+def _plain(x: Any) -> Any:
+    return x.view(np.ndarray) if isinstance(x, np.ndarray) and type(x) is not np.ndarray else x
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM family
+
+
+def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None,
+         activation: str = "identity", negative_slope: float = 0.01, alpha: float = 1.0,
+         beta: float = 0.0, out=None, preact_out=None, save_preact: bool = False,
+         precision: str = "fp32"):
+    """``C = act(alpha * op(A) @ op(B) + beta * C + bias)`` with the epilogue fused.
+
+    Args:
+        a: (m, k) array, or (k, m) with ``trans_a=True``.
+        b: (k, n) array, or (n, k) with ``trans_b=True``.
+        bias: optional (n,) array added to every row.
+        activation: one of :data:`ACTIVATIONS`.
+        negative_slope: slope of ``"leaky_relu"`` for x < 0.
+        alpha, beta: scale of the product and of ``out``'s previous contents; ``beta != 0``
+            needs ``out``.
+        out: optional (m, n) output; must not share memory with ``a`` or ``b``.
+        preact_out: optional (m, n) array receiving the pre-activation values.
+        save_preact: allocate and return the pre-activation (for the backward pass).
+        precision: ``"fp32"`` (exact float32), ``"tf32"`` or ``"bf16"`` (GPU tensor cores with
+            float32 accumulation). The CPU kernels always compute in float32 and accept all three.
+
+    Returns:
+        ``out``, or ``(out, preact)`` when ``save_preact`` or ``preact_out`` is given.
+    """
+    return _impl(a, "gemm", "a").gemm(_plain(a), _plain(b), bias, out, preact_out, trans_a,
+                                      trans_b, activation, negative_slope, alpha, beta,
+                                      save_preact, precision)
+
+
+def matmul(a, b, *, out=None):
+    """``a @ b`` for 2-D float32 arrays (:func:`gemm` without an epilogue)."""
+    return gemm(a, b, out=out)
+
+
+def linear_forward(x, weight, bias=None, *, activation: str = "identity",
+                   negative_slope: float = 0.01, save_preact: bool = False, out=None,
+                   preact_out=None, precision: str = "fp32"):
+    """``act(x @ weight.T + bias)`` with PyTorch's Linear layout (``weight`` is (out, in)).
+
+    Returns ``y`` or ``(y, preact)`` as :func:`gemm` does.
+    """
+    return gemm(x, weight, trans_b=True, bias=bias, activation=activation,
+                negative_slope=negative_slope, out=out, preact_out=preact_out,
+                save_preact=save_preact, precision=precision)
+
+
+def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "identity",
+                    negative_slope: float = 0.01, bias: bool = True,
+                    need_grad_input: bool = True, accumulate: bool = False, grad_input=None,
+                    grad_weight=None, grad_bias=None, workspace=None, precision: str = "fp32"):
+    """Backward of :func:`linear_forward`, with ``act'`` fused and the bias gradient in one pass.
+
+    ``dZ = grad_out * act'(preact)``; ``dX = dZ @ weight``; ``dW = dZ.T @ x``;
+    ``db = dZ.sum(0)``. Sums over the batch are deterministic.
+
+    Args:
+        grad_out: (batch, out) gradient of the loss wrt the layer's output.
+        x: (batch, in) the layer's input. weight: (out, in).
+        preact: (batch, out) saved pre-activation; required unless ``activation`` is identity.
+        bias: whether to compute ``db``.
+        need_grad_input: compute ``dX`` (False for the first layer).
+        accumulate: add into ``grad_weight`` / ``grad_bias`` (which must then be given).
+        workspace: (batch, out) buffer for ``dZ``; may be ``grad_out`` itself to work in place
+            (``grad_out`` is then overwritten).
+        precision: as in :func:`gemm`.
+
+    Returns:
+        ``(grad_input or None, grad_weight, grad_bias or None)``.
+    """
+    return _impl(grad_out, "linear_backward", "grad_out").linear_backward(
+        _plain(grad_out), _plain(x), _plain(weight), preact, activation, negative_slope,
+        need_grad_input, bias, accumulate, grad_input, grad_weight, grad_bias, workspace,
+        precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise activations
+
+
+def activation_forward(x, activation: str, *, negative_slope: float = 0.01, out=None):
+    """``act(x)`` elementwise for an array of any rank; ``out`` may be ``x`` (in place)."""
+    return _impl(x, "activation_forward", "x").activation_forward(
+        _plain(x), activation, negative_slope, out)
+
+
+def activation_backward(grad_out, preact, activation: str, *, negative_slope: float = 0.01,
+                        out=None):
+    """``grad_out * act'(preact)`` elementwise; ``out`` may be ``grad_out`` (in place)."""
+    return _impl(grad_out, "activation_backward", "grad_out").activation_backward(
+        _plain(grad_out), _plain(preact), activation, negative_slope, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and metrics
+
+
+def softmax_cross_entropy(logits, labels, *, weight=None, label_smoothing: float = 0.0,
+                          reduction: str = "mean", grad_scale: float = 1.0,
+                          compute_grad: bool = True, grad=None, row_loss=None):
+    """Softmax + cross-entropy forward and backward in one pass over the logits.
+
+    Matches ``torch.nn.functional.cross_entropy(logits, labels, weight, reduction,
+    label_smoothing)``: with ``eps = label_smoothing``, ``C`` classes and ``w`` the class weights
+    (1 when not given), row ``i`` scores
+    ``l_i = (1-eps) w[y_i] (-log p_{i,y_i}) + (eps/C) sum_c w[c] (-log p_{i,c})``; ``"mean"``
+    divides ``sum l_i`` by ``sum w[y_i]``, ``"sum"`` does not.
+
+    Args:
+        logits: (rows, classes) float32.
+        labels: (rows,) integer class indices in [0, classes).
+        weight: optional (classes,) non-negative class weights.
+        grad_scale: multiplies the gradient (the upstream gradient of the loss).
+        compute_grad: also return d(loss)/d(logits).
+        grad: optional (rows, classes) output for the gradient; may be ``logits`` (in place).
+        row_loss: optional (rows,) output receiving the unreduced ``l_i``.
+
+    Returns:
+        ``(loss as a Python float, grad or None)``.
+    """
+    return _impl(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
+        _plain(logits), _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
+        reduction, grad_scale, compute_grad, grad, row_loss)
+
+
+def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
+        compute_grad: bool = True, grad=None):
+    """Mean (or summed) squared error and its gradient wrt ``pred``, in one pass.
+
+    ``pred`` and ``target`` have the same shape (any rank). ``"mean"`` averages over all
+    elements, like ``torch.nn.functional.mse_loss``. Returns ``(loss, grad or None)``.
+    """
+    return _impl(pred, "mse", "pred").mse(_plain(pred), _plain(target), reduction, grad_scale,
+                                          compute_grad, grad)
+
+
+def argmax(x, *, out=None):
+    """Index of the largest value in each row of a 2-D array (first one on ties), as int64."""
+    return _impl(x, "argmax", "x").argmax(_plain(x), out)
+
+
+def accuracy(logits, labels) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    return _impl(logits, "accuracy", "logits").accuracy(_plain(logits),
+                                                        _labels(labels, "accuracy"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic reductions (same bits for the same inputs, whatever the thread count)
+
+
+def column_sum(x, *, out=None, accumulate: bool = False):
+    """Sum of each column of a 2-D array (e.g. a bias gradient); ``+=`` into ``out`` when
+    ``accumulate``."""
+    return _impl(x, "column_sum", "x").column_sum(_plain(x), out, accumulate)
+
+
+def sum(x) -> float:  # noqa: A001 - mirrors numpy.sum
+    """Sum of all elements, accumulated in float64, deterministic."""
+    return _impl(x, "sum", "x").sum(_plain(x))
+
+
+def global_norm(arrays: Sequence[Any]) -> float:
+    """L2 norm of all elements of all arrays together (as ``clip_grad_norm_`` computes it)."""
+    if len(arrays) == 0:
+        raise ValueError("global_norm: arrays must hold at least one array")
+    return _impl(arrays[0], "global_norm", "arrays[0]").global_norm(list(arrays))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout (counter-based RNG: the mask is a pure function of seed, offset and element index)
+
+
+def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
+    """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    Element ``i`` of the flattened array draws its uniform number from Philox4x32-10 at counter
+    ``offset + i`` under key ``seed``: the same (seed, offset) gives the same mask on every run
+    and thread count. ``p == 1`` gives zeros. ``out`` may be ``x``.
+    """
+    return _impl(x, "dropout_forward", "x").dropout_forward(_plain(x), p, seed, offset, out)
+
+
+def dropout_backward(grad_out, p: float, seed: int, offset: int = 0, *, out=None):
+    """Gradient of :func:`dropout_forward` with the same ``(p, seed, offset)``; the mask is
+    regenerated, never stored."""
+    return _impl(grad_out, "dropout_backward", "grad_out").dropout_backward(
+        _plain(grad_out), p, seed, offset, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers: every parameter of a model updated in one call
+
+
+def sgd_step(params: Sequence[Any], grads: Sequence[Any],
+             momentum_buffers: Optional[Sequence[Any]] = None, *, lr: float,
+             momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+             nesterov: bool = False, maximize: bool = False, step: int = 1,
+             max_grad_norm: Optional[float] = None) -> tuple[float, bool]:
+    """One SGD step over all ``params`` in place, with ``torch.optim.SGD``'s update rule.
+
+    ``momentum_buffers`` (same shapes as ``params``) are required when ``momentum != 0``; at
+    ``step == 1`` they are set to the gradient, as PyTorch does for a new buffer.
+    ``max_grad_norm`` clips by the global norm first, as ``clip_grad_norm_`` would (gradients are
+    scaled on the fly, not modified).
+
+    Returns:
+        ``(grad_norm, skipped)``: the global gradient norm before clipping, and whether the step
+        was skipped because the gradients held NaN or Inf (parameters and buffers untouched).
+    """
+    return _impl(params[0] if len(params) else None, "sgd_step", "params[0]").sgd_step(
+        list(params), list(grads), None if momentum_buffers is None else list(momentum_buffers),
+        lr, momentum, dampening, weight_decay, nesterov, maximize, step,
+        0.0 if max_grad_norm is None else max_grad_norm)
+
+
+def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
+              exp_avg_sqs: Sequence[Any], max_exp_avg_sqs: Optional[Sequence[Any]] = None, *,
+              lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+              weight_decay: float = 0.0, amsgrad: bool = False,
+              decoupled_weight_decay: bool = False, maximize: bool = False, step: int = 1,
+              max_grad_norm: Optional[float] = None) -> tuple[float, bool]:
+    """One Adam step over all ``params`` in place, with ``torch.optim.Adam``'s update rule
+    (``torch.optim.AdamW``'s when ``decoupled_weight_decay``).
+
+    ``step`` is the 1-based number of this step (bias corrections use it); ``max_exp_avg_sqs`` is
+    required with ``amsgrad``. Returns ``(grad_norm, skipped)`` as :func:`sgd_step` does.
+    """
+    beta1, beta2 = betas
+    return _impl(params[0] if len(params) else None, "adam_step", "params[0]").adam_step(
+        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+        None if max_exp_avg_sqs is None else list(max_exp_avg_sqs), lr, beta1, beta2, eps,
+        weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
+        0.0 if max_grad_norm is None else max_grad_norm)
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr: float = 1e-3,
+               betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+               amsgrad: bool = False, maximize: bool = False, step: int = 1,
+               max_grad_norm: Optional[float] = None) -> tuple[float, bool]:
+    """:func:`adam_step` with decoupled weight decay (``torch.optim.AdamW``, default 1e-2)."""
+    return adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, betas=betas,
+                     eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                     decoupled_weight_decay=True, maximize=maximize, step=step,
+                     max_grad_norm=max_grad_norm)

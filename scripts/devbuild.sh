@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Incremental developer build without pip: configures once into build/dev, rebuilds what changed,
+# and copies the extension modules into python/ember/ so `PYTHONPATH=python pytest` uses them.
+# Safe to run from several shells at once (one build at a time, by lock).
+# Pass extra CMake options in EMBER_CMAKE_ARGS, e.g. EMBER_CMAKE_ARGS=-DEMBER_CUDA=OFF.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+mkdir -p "$root/build"
+exec 9>"$root/build/.devbuild.lock"
+flock 9
+if [ ! -f "$root/build/dev/build.ninja" ]; then
+  cmake -S "$root" -B "$root/build/dev" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DPython_EXECUTABLE="$(command -v "$py")" \
+    -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" ${EMBER_CMAKE_ARGS:-} >/dev/null
+fi
+cmake --build "$root/build/dev" -- -j2
+for so in "$root"/build/dev/_cpu*.so "$root"/build/dev/_cuda*.so; do
+  [ -e "$so" ] && cp -f "$so" "$root/python/ember/"
+done
+exit 0

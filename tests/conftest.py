@@ -1,0 +1,47 @@
+"""Shared test helpers: `check_op` compares any ember op with a float64 NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ember
+
+# Sizes that include 1, primes and sizes that are not multiples of any block size.
+ODD_SIZES = (1, 2, 3, 5, 7, 13, 17, 31, 33, 63, 65, 97, 127, 129, 257)
+
+
+def rel_error(got, ref) -> float:
+    """``||got - ref|| / ||ref||`` in float64 (absolute error when ``ref`` is all zeros)."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    assert np.all(np.isfinite(got) == np.isfinite(ref)), "non-finite values differ"
+    denom = np.linalg.norm(ref)
+    err = np.linalg.norm(got - ref)
+    return float(err / denom) if denom > 0 else float(err)
+
+
+def check_op(got, ref, rtol: float = 1e-5, what: str = "") -> float:
+    """Assert ``rel_error(got, ref) <= rtol``; returns the error so tests can report it."""
+    err = rel_error(got, ref)
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
+    return err
+
+
+def poisoned(shape, dtype=np.float32):
+    """An output buffer full of NaN, so an element the kernel forgot to write shows up."""
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def pytest_collection_modifyitems(config, items):
+    if ember.cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no usable CUDA device (ember.info()['backends']['cuda'])")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ember
+from ember import backend
+
+
+def test_info_reports_backends_and_threads():
+    info = ember.info()
+    assert info["version"] == ember.__version__
+    cpu = info["backends"]["cpu"]
+    assert cpu["built"] and cpu["usable"]
+    assert cpu["isa"] in ("base", "x86-64-v3", "x86-64-v4")
+    assert cpu["threads"] == ember.get_num_threads() >= 1
+    cuda = info["backends"]["cuda"]
+    assert cuda["usable"] == (len(cuda["devices"]) > 0)
+    if not cuda["usable"]:
+        assert cuda["reason"]
+
+
+def test_set_num_threads_roundtrip():
+    before = ember.get_num_threads()
+    try:
+        ember.set_num_threads(1)
+        assert ember.get_num_threads() == 1
+        ember.set_num_threads(2)
+        assert ember.get_num_threads() == 2
+    finally:
+        ember.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_set_num_threads_rejects(bad):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        ember.set_num_threads(bad)
+
+
+def test_resolve_device():
+    assert backend.resolve_device("cpu") == "cpu"
+    assert backend.resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        backend.resolve_device("tpu")
+    if not ember.cuda_available():
+        with pytest.raises(ValueError, match="CUDA is not usable"):
+            backend.resolve_device("cuda")
+
+
+def test_cuda_module_imports_without_gpu():
+    """The CUDA module is built whenever nvcc is found and must import on a GPU-less machine."""
+    if not backend.cuda_built():
+        pytest.skip("built without CUDA (nvcc not found at build time)")
+    from ember import _cuda
+    n, why = _cuda.device_count()
+    assert n >= 0
+    assert _cuda.runtime_version() >= 12000
+    if n == 0:
+        assert why
+
+
+def test_isa_override_in_subprocess():
+    code = "import ember; print(ember.info()['backends']['cpu']['isa'])"
+    out = subprocess.run([sys.executable, "-c", code], env={**__import__('os').environ,
+                         "EMBER_ISA": "base"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "base"
+
+
+def test_ops_rejects_non_arrays():
+    with pytest.raises(TypeError, match="gemm: a must be a numpy.ndarray or a CUDA array"):
+        ember.ops.gemm([[1.0]], np.ones((1, 1), np.float32))
