@@ -1,5 +1,10 @@
-// PLACEHOLDER (development only): the CUDA kernel families' bindings go here.
+// The CUDA kernel families' bindings, one bind_cuda_<family> per csrc/bindings/cuda_<family>.cpp.
 #include "cuda_bindings.h"
+
 namespace ember::bind {
-void bind_cuda_kernels(pybind11::module_& m) { (void)m; }
+
+void bind_cuda_kernels(pybind11::module_& m) {
+  bind_cuda_gemm(m);
 }
+
+}  // namespace ember::bind

@@ -1,0 +1,360 @@
+"""GPU benchmarks for a lent-GPU session: check, then time, then print one table.
+
+Run by bench/gpu_check.sh after it installs ember and runs the GPU tests. Every figure is checked
+against a float64 reference before it is timed; times are CUDA-event medians after warm-up, with
+inputs rotated so that the data touched between two timings of one buffer exceeds twice the L2;
+the ceilings (device-to-device copy, cuBLAS through CuPy, bf16 through CuPy or PyTorch) are
+measured in the same run. The table follows shared/GPU_RESULTS.md and goes to stdout,
+bench/results/gpu-<date>-<card>.md and $OUT (with the raw numbers as JSON).
+
+Each figure is measured on its own: one that fails is reported in its row and the rest go on.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW: dict = {"figures": {}, "ceilings": {}, "errors": {}}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def median_ms(cp, fn, sets: int, warmup: int = 3, repeats: int = 25, budget_s: float = 6.0):
+    """Median of CUDA-event times of fn(i) (i picks the input set), after warm-up."""
+    for i in range(warmup):
+        fn(i % sets)
+    cp.cuda.Device().synchronize()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    t0 = time.perf_counter()
+    for r in range(repeats):
+        start.record()
+        fn(r % sets)
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+        if time.perf_counter() - t0 > budget_s and len(times) >= 5:
+            break
+    return statistics.median(times), times
+
+
+def rotation(bytes_per_set: int, l2_bytes: int, cap: int = 8) -> int:
+    """Input sets to rotate through so that > 2x L2 is touched between reuses of one set."""
+    return max(1, min(cap, -(-2 * l2_bytes // max(1, bytes_per_set))))
+
+
+def rel_err(cp, got, ref64) -> float:
+    got = got.astype(cp.float64)
+    return float(cp.linalg.norm(got - ref64) / cp.linalg.norm(ref64))
+
+
+def tflops(m, n, k, ms):
+    return 2.0 * m * n * k / (ms * 1e-3) / 1e12
+
+
+# ---------------------------------------------------------------------------------------------
+# ceilings
+
+
+def copy_bandwidth(cp):
+    n = 1 << 28  # 1 GiB of float32 each way
+    src = cp.random.random(n, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    ms, _ = median_ms(cp, lambda i: cp.copyto(dst, src), 1, repeats=20)
+    return 2 * src.nbytes / (ms * 1e-3) / 1e12  # TB/s, read + write
+
+
+def cublas_ms(cp, m, n, k, precision, l2):
+    """cupy.matmul (cuBLAS) time for (m x k) @ (k x n) in fp32, tf32 or bf16 (None: unsupported)."""
+    from cupy._core import _routines_linalg as linalg
+
+    dtype = cp.float32
+    if precision == "bf16":
+        dtype = getattr(cp, "bfloat16", None)
+        if dtype is None:
+            return None
+    sets = rotation((m * k + k * n + m * n) * np.dtype(np.float32).itemsize, l2)
+    a = [cp.random.standard_normal((m, k), dtype=cp.float32).astype(dtype) for _ in range(sets)]
+    b = [cp.random.standard_normal((k, n), dtype=cp.float32).astype(dtype) for _ in range(sets)]
+    c = [cp.empty((m, n), dtype=dtype) for _ in range(sets)]
+    old = linalg.get_compute_type(cp.float32)
+    try:
+        if precision == "tf32":
+            linalg.set_compute_type(cp.float32, linalg.COMPUTE_TYPE_TF32)
+        else:
+            linalg.set_compute_type(cp.float32, linalg.COMPUTE_TYPE_DEFAULT)
+        ms, _ = median_ms(cp, lambda i: cp.matmul(a[i], b[i], out=c[i]), sets)
+    finally:
+        linalg.set_compute_type(cp.float32, old)
+    return ms
+
+
+def torch_bf16_ms(m, n, k, l2):
+    import torch
+
+    sets = rotation((m * k + k * n + m * n) * 2, l2)
+    a = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(sets)]
+    b = [torch.randn(k, n, device="cuda", dtype=torch.bfloat16) for _ in range(sets)]
+    for i in range(3):
+        torch.matmul(a[i % sets], b[i % sets])
+    torch.cuda.synchronize()
+    times = []
+    for r in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        torch.matmul(a[r % sets], b[r % sets])
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# ember figures
+
+
+def ember_gemm_ms(cp, ops, m, n, k, precision, l2, epilogue=False):
+    """Checks ember's gemm at this shape against float64 (cuBLAS fp64), then times it."""
+    tol = {"fp32": 1e-5, "tf32": 1e-3, "bf16": 1e-2}[precision]
+    sets = rotation((m * k + k * n + m * n) * 4, l2)
+    a = [cp.random.standard_normal((m, k), dtype=cp.float32) for _ in range(sets)]
+    b = [cp.random.standard_normal((k, n), dtype=cp.float32) for _ in range(sets)]
+    c = [cp.full((m, n), cp.nan, dtype=cp.float32) for _ in range(sets)]
+    bias = cp.random.standard_normal(n, dtype=cp.float32)
+    kw = dict(bias=bias, activation="relu") if epilogue else {}
+    ops.gemm(a[0], b[0], out=c[0], precision=precision, **kw)
+    ref = a[0].astype(cp.float64) @ b[0].astype(cp.float64)
+    if epilogue:
+        ref = cp.maximum(ref + bias, 0)
+    err = rel_err(cp, c[0], ref)
+    del ref
+    if not err <= tol:
+        raise RuntimeError(f"wrong result: relative error {err:.2e} > {tol:.0e}")
+    ms, _ = median_ms(cp, lambda i: ops.gemm(a[i], b[i], out=c[i], precision=precision, **kw), sets)
+    return ms, err
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+ROWS = []  # (figure, shape, precision, ember, peer, peer value, ratio)
+
+
+def row(*cells):
+    ROWS.append(tuple(str(c).replace("|", "/").replace("\n", " ") for c in cells))
+
+
+def fmt_tf(x):
+    return f"{x:.1f} TFLOP/s"
+
+
+def gemm_row(cp, ops, m, n, k, precision, l2, ceilings):
+    shape = f"{m}x{n}x{k}"
+    key = f"gemm {shape} {precision}"
+    try:
+        ms, err = ember_gemm_ms(cp, ops, m, n, k, precision, l2)
+        RAW["figures"][key] = {"ms": ms, "tflops": tflops(m, n, k, ms), "rel_err": err}
+    except Exception as exc:  # recorded, and the run goes on
+        RAW["errors"][key] = traceback.format_exc()
+        row("GEMM", shape, precision, f"failed: {type(exc).__name__}: {str(exc)[:60]}", "cuBLAS",
+            "", "")
+        return
+    peer_name, peer_ms = ceilings.get((m, n, k, precision), ("cuBLAS", None))
+    if peer_ms is None:
+        row("GEMM", shape, precision, fmt_tf(tflops(m, n, k, ms)), peer_name, "not measured", "")
+    else:
+        ratio = 100.0 * peer_ms / ms
+        row("GEMM", shape, precision, fmt_tf(tflops(m, n, k, ms)), peer_name,
+            fmt_tf(tflops(m, n, k, peer_ms)), f"{ratio:.1f}% of {peer_name}")
+
+
+def epilogue_row(cp, ops, l2):
+    m = n = k = 4096
+    try:
+        plain, _ = ember_gemm_ms(cp, ops, m, n, k, "fp32", l2)
+        fused, err = ember_gemm_ms(cp, ops, m, n, k, "fp32", l2, epilogue=True)
+        RAW["figures"]["gemm+bias+relu 4096 fp32"] = {"ms": fused, "plain_ms": plain, "rel_err": err}
+        row("GEMM+bias+relu vs GEMM", "4096x4096x4096", "fp32", f"{fused:.2f} ms", "ember GEMM",
+            f"{plain:.2f} ms", f"{fused / plain:.2f}x time")
+    except Exception as exc:
+        RAW["errors"]["gemm+bias+relu"] = traceback.format_exc()
+        row("GEMM+bias+relu vs GEMM", "4096x4096x4096", "fp32",
+            f"failed: {type(exc).__name__}: {str(exc)[:60]}", "ember GEMM", "", "")
+
+
+def later_rows(cuda_mod, copy_tbs):
+    """Figures of later issues: measured only once ember provides the ops."""
+    have = {name: hasattr(cuda_mod, name) for name in ("adam_step", "softmax_cross_entropy")}
+    why = "not measured: ember._cuda has no {} yet"
+    if not have["adam_step"]:
+        copy = f"{copy_tbs:.2f} TB/s" if copy_tbs else ""
+        row("fused Adam", "10.5M params, 128 tensors", "fp32", why.format("adam_step"), "copy",
+            copy, "")
+        row("fused Adam vs torch fused", "10.5M params, 128 tensors", "fp32",
+            why.format("adam_step"), "torch Adam(fused=True)", "", "")
+    else:
+        row("fused Adam", "10.5M params, 128 tensors", "fp32",
+            "not measured: this script does not time it yet (add it with the optimizer issue)",
+            "copy", "", "")
+    for classes in (10, 1000):
+        reason = (why.format("softmax_cross_entropy") if not have["softmax_cross_entropy"] else
+                  "not measured: this script does not time it yet (add it with the loss issue)")
+        row("softmax-CE fwd+bwd", f"8192x{classes}", "fp32", reason, "torch F.cross_entropy", "", "")
+    for batch in (256, 4096):
+        row("train MLP 784-1024-1024-10", f"batch {batch}", "fp32",
+            "not measured: no CUDA training loop yet (model layer and Trainer issues)",
+            "torch eager", "", "")
+
+
+def render(header: str, ceilings_line: str, tests_line: str) -> str:
+    lines = [header, "", ceilings_line, "",
+             "| figure | shape | precision | ember | peer | peer value | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in ROWS]
+    lines += ["", tests_line, ""]
+    return "\n".join(lines)
+
+
+def git_hash() -> str:
+    if os.environ.get("EMBER_GIT_HASH"):
+        return os.environ["EMBER_GIT_HASH"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def tests_line_from(path: str | None) -> str:
+    if not path or not Path(path).exists():
+        return "GPU tests: not run (no pytest log)."
+    text = Path(path).read_text(errors="replace")
+    counts = {w: 0 for w in ("passed", "failed", "error", "skipped")}
+    summary = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
+    if summary:
+        for num, word in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary[-1]):
+            counts[word.rstrip("s") if word.startswith("error") else word] += int(num)
+    failures = [ln.split(" ", 1)[1].split(" - ")[0] for ln in text.splitlines()
+                if ln.startswith(("FAILED ", "ERROR "))]
+    line = (f"GPU tests: {counts['passed']} passed, {counts['failed'] + counts['error']} failed"
+            f" ({counts['skipped']} skipped)")
+    if not summary:
+        line += " (no pytest summary line found: see the tests log)"
+    if failures:
+        line += " — failures:\n" + "\n".join(f"- {f}" for f in failures[:30])
+    else:
+        line += "."
+    return line
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tests-log", help="pytest -m gpu output, for the tests line")
+    ap.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
+    args = ap.parse_args()
+
+    import cupy as cp
+
+    import ember
+    from ember import _cuda, ops
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    l2 = int(dev.attributes.get("L2CacheSize", 50 << 20))
+    card = "h200" if "H200" in name else "h100" if "H100" in name else re.sub(r"\W+", "-", name.lower())
+    driver = "unknown"
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                text=True, capture_output=True, timeout=20).stdout.strip().splitlines()[0]
+    except Exception:
+        pass
+    rt = cp.cuda.runtime.runtimeGetVersion()
+    today = _dt.date.today().isoformat()
+    header = (f"# GPU check — {name}, driver {driver}, CUDA {rt // 1000}.{rt % 1000 // 10}, "
+              f"ember {git_hash()}, {today}")
+    RAW.update(device=name, l2_bytes=l2, driver=driver, cuda_runtime=rt,
+               ember_info=ember.info()["backends"]["cuda"])
+    log(header)
+
+    big, wide, bf = (4096, (8192, 1024, 1024), 8192) if not args.quick else (1024, (2048, 256, 256), 2048)
+
+    # ---- ceilings, in this run
+    ceil_parts = []
+    copy_tbs = None
+    try:
+        copy_tbs = copy_bandwidth(cp)
+        RAW["ceilings"]["copy_tbs"] = copy_tbs
+        ceil_parts.append(f"copy {copy_tbs:.2f} TB/s (read+write)")
+    except Exception:
+        RAW["errors"]["copy"] = traceback.format_exc()
+        ceil_parts.append("copy failed")
+    ceilings = {}
+    gemm_shapes = [(big, big, big, "fp32"), (*wide, "fp32"), (big, big, big, "tf32"), (bf, bf, bf, "bf16")]
+    for m, n, k, prec in gemm_shapes:
+        key = f"cuBLAS {prec} {m}x{n}x{k}"
+        peer = "cuBLAS"
+        try:
+            try:
+                ms = cublas_ms(cp, m, n, k, prec, l2)
+            except Exception:
+                if prec != "bf16":
+                    raise
+                RAW["errors"][key + " (CuPy)"] = traceback.format_exc()
+                ms = None
+            if ms is None:  # CuPy without bfloat16 matmul: PyTorch's (cuBLAS too) is the ceiling
+                peer = "torch bf16"
+                ms = torch_bf16_ms(m, n, k, l2)
+            ceilings[(m, n, k, prec)] = (peer, ms)
+            RAW["ceilings"][key] = {"ms": ms, "tflops": tflops(m, n, k, ms), "via": peer}
+            cube = f"{m}³" if m == n == k else f"{m}x{n}x{k}"
+            ceil_parts.append(f"{peer} {prec} {cube} {tflops(m, n, k, ms):.1f} TFLOP/s")
+        except Exception:
+            RAW["errors"][key] = traceback.format_exc()
+            ceil_parts.append(f"{key} failed")
+        cp.get_default_memory_pool().free_all_blocks()
+    ceilings_line = "Ceilings measured in this run: " + "; ".join(ceil_parts)
+
+    # ---- ember
+    for m, n, k, prec in gemm_shapes:
+        gemm_row(cp, ops, m, n, k, prec, l2, ceilings)
+        cp.get_default_memory_pool().free_all_blocks()
+    epilogue_row(cp, ops, l2)
+    later_rows(_cuda, copy_tbs)
+
+    text = render(header, ceilings_line, tests_line_from(args.tests_log))
+    print(text)
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"gpu-{today}-{card}.md"
+    path.write_text(text)
+    log(f"wrote {path}")
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, path.name).write_text(text)
+        Path(out, "gpu_bench_raw.json").write_text(json.dumps(RAW, indent=1, default=str))
+    for key, tb in RAW["errors"].items():
+        log(f"--- {key}\n{tb}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
