@@ -15,7 +15,11 @@ if [ ! -f "$root/build/dev/build.ninja" ]; then
     -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" ${EMBER_CMAKE_ARGS:-} >/dev/null
 fi
 cmake --build "$root/build/dev" -- -j2
+# Copy then rename: a process that has the old module mapped keeps its inode (cp over a mapped
+# .so would crash it with SIGBUS).
 for so in "$root"/build/dev/_cpu*.so "$root"/build/dev/_cuda*.so; do
-  [ -e "$so" ] && cp -f "$so" "$root/python/ember/"
+  [ -e "$so" ] || continue
+  dest="$root/python/ember/$(basename "$so")"
+  cp -f "$so" "$dest.tmp.$$" && mv -f "$dest.tmp.$$" "$dest"
 done
 exit 0

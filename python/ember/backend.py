@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _CUDA_IMPORT_ERROR = f"ember._cuda not importable: {exc}"
 
 __all__ = [
-    "info", "cuda_built", "cuda_available", "set_num_threads", "get_num_threads",
+    "info", "cuda_built", "cuda_available", "cuda_training_available", "set_num_threads", "get_num_threads",
     "resolve_device", "is_cuda_array", "array_module",
 ]
 
@@ -52,6 +52,19 @@ def _cuda_devices() -> tuple[int, str]:
 def cuda_available() -> bool:
     """True when a CUDA device, the CUDA module and CuPy are all present."""
     return _cuda_devices()[0] > 0
+
+
+def cuda_training_available() -> tuple[bool, str]:
+    """Whether end-to-end training can run on the GPU: a device plus the CUDA kernels of every
+    family a training step uses. Returns ``(ok, reason)``."""
+    if not cuda_available():
+        return False, _cuda_devices()[1]
+    needed = ("gemm", "linear_backward", "softmax_cross_entropy", "mse", "adam_step",
+              "sgd_step", "dropout_forward", "activation_forward")
+    missing = [f for f in needed if not hasattr(_cuda, f)]
+    if missing:
+        return False, "this build's CUDA module lacks " + ", ".join(missing)
+    return True, ""
 
 
 def set_num_threads(n: int) -> None:

@@ -1,0 +1,186 @@
+"""Batching and splitting.
+
+:class:`DataLoader` shuffles with a generator seeded by ``(seed, epoch)``: the order of epoch ``e``
+is a pure function of the two, so a run resumed in the middle of an epoch sees the same batches
+as one never interrupted, and ``batches(epoch, start=k)`` jumps to batch ``k`` in O(1).
+Batches are gathered with NumPy fancy indexing into buffers reused between steps (no per-sample
+Python work).
+
+Example:
+    >>> import numpy as np
+    >>> from ember.data import DataLoader
+    >>> x = np.arange(20, dtype=np.float32).reshape(10, 2); y = np.arange(10)
+    >>> loader = DataLoader(x, y, batch_size=4, shuffle=True, seed=0)
+    >>> [xb.shape[0] for xb, yb in loader.batches(epoch=0)]
+    [4, 4, 2]
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+__all__ = ["DataLoader", "train_val_split", "check_xy"]
+
+
+def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = None,
+             n_classes: Optional[int] = None, where: str = "fit"):
+    """Validate and normalise training data; returns ``(x float32 C-contiguous, y)``.
+
+    ``y`` becomes int64 class indices for classification and float32 for regression.
+
+    Raises:
+        ValueError: empty data, length mismatch, wrong rank or feature count, NaN/Inf in x or y,
+            labels outside [0, n_classes), or non-integer labels for classification.
+        TypeError: non-numeric data.
+    """
+    xa = np.asarray(x.get() if hasattr(x, "get") else x)
+    if xa.dtype == object or not (np.issubdtype(xa.dtype, np.number) or xa.dtype == bool):
+        raise TypeError(f"{where}: x must be numeric, got dtype {xa.dtype}")
+    if xa.ndim != 2:
+        raise ValueError(f"{where}: x must be 2-D (samples, features), got shape {xa.shape}")
+    if xa.shape[0] == 0:
+        raise ValueError(f"{where}: x is empty (0 samples)")
+    if xa.shape[1] == 0:
+        raise ValueError(f"{where}: x has 0 features")
+    if n_features is not None and xa.shape[1] != n_features:
+        raise ValueError(f"{where}: x has {xa.shape[1]} features, the model expects {n_features}")
+    xa = np.ascontiguousarray(xa, dtype=np.float32)
+    if not np.isfinite(xa).all():
+        bad = np.argwhere(~np.isfinite(xa))[0]
+        raise ValueError(f"{where}: x holds NaN or Inf (first at row {bad[0]}, column {bad[1]})")
+    if y is None:
+        return xa, None
+    ya = np.asarray(y.get() if hasattr(y, "get") else y)
+    if ya.ndim == 0 or ya.shape[0] != xa.shape[0]:
+        raise ValueError(f"{where}: x has {xa.shape[0]} samples but y has "
+                         f"{ya.shape[0] if ya.ndim else 'a scalar'}")
+    if ya.dtype == object or not (np.issubdtype(ya.dtype, np.number) or ya.dtype == bool):
+        raise TypeError(f"{where}: y must be numeric, got dtype {ya.dtype}")
+    if task == "classification":
+        if ya.ndim != 1:
+            raise ValueError(f"{where}: classification labels must be 1-D class indices, got "
+                             f"shape {ya.shape}")
+        if not np.issubdtype(ya.dtype, np.integer):
+            if np.issubdtype(ya.dtype, np.floating) and np.all(np.isfinite(ya)) and \
+                    np.all(ya == np.round(ya)):
+                raise ValueError(f"{where}: classification labels must be integers, got dtype "
+                                 f"{ya.dtype} (convert with y.astype(int) if they are classes)")
+            raise ValueError(f"{where}: classification labels must be integer class indices, "
+                             f"got dtype {ya.dtype}")
+        ya = ya.astype(np.int64)
+        if ya.min() < 0 or (n_classes is not None and ya.max() >= n_classes):
+            bad = int(np.argmax((ya < 0) | (ya >= (n_classes or np.iinfo(np.int64).max))))
+            raise ValueError(f"{where}: label {ya[bad]} at index {bad} is outside "
+                             f"[0, {n_classes if n_classes is not None else 'n_classes'})")
+    else:
+        ya = np.ascontiguousarray(ya, dtype=np.float32)
+        if ya.ndim == 1:
+            ya = ya.reshape(-1, 1)
+        if ya.ndim != 2:
+            raise ValueError(f"{where}: regression targets must be 1-D or 2-D, got shape "
+                             f"{ya.shape}")
+        if not np.isfinite(ya).all():
+            raise ValueError(f"{where}: y holds NaN or Inf")
+    return xa, ya
+
+
+class DataLoader:
+    """Mini-batches of ``(x, y)`` in a seeded order.
+
+    Args:
+        x: (n, features) float32 array. y: (n, ...) array, or None.
+        batch_size: samples per batch (>= 1).
+        shuffle: shuffle each epoch (order a pure function of ``(seed, epoch)``).
+        drop_last: drop the last incomplete batch.
+        seed: shuffling seed.
+
+    The arrays yielded are reused buffers, valid until the next batch is drawn.
+    """
+
+    def __init__(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive integer, got "
+                             f"{batch_size!r}")
+        n = len(x)
+        if n == 0:
+            raise ValueError("DataLoader: the dataset is empty")
+        if y is not None and len(y) != n:
+            raise ValueError(f"DataLoader: x has {n} samples but y has {len(y)}")
+        self.x, self.y = x, y
+        self.n = n
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self._bufs: dict = {}
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        if self.drop_last:
+            return self.n // self.batch_size
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Sample indices of epoch ``epoch`` (a pure function of seed and epoch)."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
+
+    def _buffer(self, key, arr, rows):
+        shape = (rows,) + arr.shape[1:]
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, dtype=arr.dtype)
+            self._bufs[key] = buf
+        return buf
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:
+        """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on."""
+        idx = self.order(epoch)
+        bs = self.batch_size
+        for b in range(start, len(self)):
+            sel = idx[b * bs:(b + 1) * bs]
+            xb = np.take(self.x, sel, axis=0, out=self._buffer("x", self.x, len(sel)))
+            if self.y is None:
+                yield xb, None
+            else:
+                yield xb, np.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)))
+
+    def __iter__(self):
+        return self.batches(0)
+
+
+def train_val_split(x, y, fraction: float = 0.2, seed: int = 0, stratify: bool = True):
+    """Split into disjoint train and validation sets; ``fraction`` goes to validation.
+
+    With ``stratify`` (and integer labels), each class is split in the same proportion.
+    Returns ``(x_train, y_train, x_val, y_val)``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"train_val_split: fraction must be in (0, 1), got {fraction!r}")
+    n = len(x)
+    if len(y) != n:
+        raise ValueError(f"train_val_split: x has {n} samples but y has {len(y)}")
+    rng = np.random.default_rng(seed)
+    y_np = np.asarray(y)
+    if stratify and y_np.ndim == 1 and np.issubdtype(y_np.dtype, np.integer):
+        val = []
+        for c in np.unique(y_np):
+            members = np.flatnonzero(y_np == c)
+            members = members[rng.permutation(len(members))]
+            k = int(round(len(members) * fraction))
+            val.append(members[:k])
+        val_idx = np.sort(np.concatenate(val))
+    else:
+        k = int(round(n * fraction))
+        val_idx = np.sort(rng.permutation(n)[:k])
+    if len(val_idx) == 0 or len(val_idx) == n:
+        raise ValueError(f"train_val_split: fraction {fraction} of {n} samples leaves an empty "
+                         "split")
+    mask = np.ones(n, dtype=bool)
+    mask[val_idx] = False
+    train_idx = np.flatnonzero(mask)
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]

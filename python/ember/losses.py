@@ -1,0 +1,132 @@
+"""Loss functions. ``forward(pred, target)`` returns the scalar loss and, in the same pass over
+the data, computes the gradient that ``backward()`` then returns.
+
+Example:
+    >>> import numpy as np
+    >>> from ember.losses import CrossEntropy
+    >>> loss = CrossEntropy()
+    >>> value = loss.forward(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 0]))
+    >>> round(value, 4)   # log(3)
+    1.0986
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ember import ops
+
+__all__ = ["Loss", "CrossEntropy", "MSE", "get_loss"]
+
+
+class Loss:
+    """Base class. ``task`` is ``"classification"`` or ``"regression"``."""
+
+    task = "regression"
+
+    def __init__(self):
+        self._grad = None
+        self._grad_buf = None
+
+    def forward(self, pred, target) -> float:
+        raise NotImplementedError
+
+    def __call__(self, pred, target) -> float:
+        return self.forward(pred, target)
+
+    def backward(self):
+        """Gradient of the last ``forward``'s loss wrt ``pred``."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._grad
+
+    def _grad_out(self, pred):
+        buf = self._grad_buf
+        if buf is None or buf.shape != pred.shape or type(buf) is not type(pred):
+            buf = self._grad_buf = (np.empty_like(pred) if type(pred) is np.ndarray
+                                    else __import__("cupy").empty_like(pred))
+        return buf
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__}
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits with integer labels (``torch.nn.CrossEntropyLoss``).
+
+    Args:
+        label_smoothing: in [0, 1].
+        weight: optional per-class weights (length = number of classes).
+        reduction: ``"mean"`` or ``"sum"``.
+    """
+
+    task = "classification"
+
+    def __init__(self, label_smoothing: float = 0.0, weight=None, reduction: str = "mean"):
+        super().__init__()
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropy: label_smoothing must be in [0, 1], "
+                             f"got {label_smoothing!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"CrossEntropy: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
+        self.reduction = reduction
+
+    def forward(self, pred, target, compute_grad: bool = True) -> float:
+        weight = self.weight
+        if weight is not None and type(pred) is not np.ndarray and type(weight) is np.ndarray:
+            import cupy
+            weight = self.weight = cupy.asarray(weight)
+        loss, self._grad = ops.softmax_cross_entropy(
+            pred, target, weight=weight, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, compute_grad=compute_grad,
+            grad=self._grad_out(pred) if compute_grad else None)
+        return loss
+
+    def config(self) -> dict:
+        w = None if self.weight is None else [float(v) for v in np.asarray(
+            self.weight.get() if hasattr(self.weight, "get") else self.weight)]
+        return {"type": "CrossEntropy", "label_smoothing": self.label_smoothing, "weight": w,
+                "reduction": self.reduction}
+
+
+class MSE(Loss):
+    """Mean squared error (``torch.nn.MSELoss``); a 1-D target matches an (n, 1) prediction."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"MSE: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, pred, target, compute_grad: bool = True) -> float:
+        if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
+            target = target.reshape(-1, 1)
+        loss, self._grad = ops.mse(pred, target, reduction=self.reduction,
+                                   compute_grad=compute_grad,
+                                   grad=self._grad_out(pred) if compute_grad else None)
+        return loss
+
+    def config(self) -> dict:
+        return {"type": "MSE", "reduction": self.reduction}
+
+
+def get_loss(loss) -> Loss:
+    """A Loss from an instance, a name (``"cross_entropy"``, ``"mse"``) or a config dict."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, dict):
+        cfg = dict(loss)
+        kind = cfg.pop("type", None)
+        if kind == "CrossEntropy":
+            return CrossEntropy(**cfg)
+        if kind == "MSE":
+            return MSE(**cfg)
+        raise ValueError(f"unknown loss config {loss!r}")
+    names = {"cross_entropy": CrossEntropy, "crossentropy": CrossEntropy, "ce": CrossEntropy,
+             "mse": MSE}
+    if isinstance(loss, str) and loss.lower() in names:
+        return names[loss.lower()]()
+    raise ValueError(f"loss must be an ember.losses.Loss or one of {sorted(names)}, got {loss!r}")

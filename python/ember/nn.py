@@ -1,0 +1,667 @@
+"""Layers with explicit forward and backward passes, on ember's fused kernels.
+
+There is no autograd tape: each layer's ``forward`` keeps what its ``backward`` needs (in training
+mode) and ``backward(grad_out)`` returns the gradient wrt the layer's input, storing parameter
+gradients in ``param.grad``. :class:`Sequential` runs each ``Linear`` followed by an activation as
+one fused GEMM (bias and activation applied in the GEMM's epilogue) and its backward as one fused
+kernel call.
+
+Parameter names and shapes follow PyTorch's ``nn.Sequential`` (``"0.weight"`` is (out, in)), so
+``state_dict()`` loads into the equivalent PyTorch model and back.
+
+Example:
+    >>> import numpy as np
+    >>> from ember.nn import MLP
+    >>> model = MLP([64, 256, 256, 10], activation="relu", seed=0)
+    >>> logits = model.forward(np.zeros((32, 64), np.float32))
+    >>> logits.shape
+    (32, 10)
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ember import ops
+
+__all__ = [
+    "Parameter", "Module", "Linear", "Activation", "ReLU", "LeakyReLU", "GELU", "Tanh", "Sigmoid",
+    "SiLU", "Identity", "Dropout", "Sequential", "MLP", "from_config",
+]
+
+
+def _xp(a):
+    """numpy or cupy, whichever holds ``a``."""
+    if type(a) is np.ndarray:
+        return np
+    import cupy
+    return cupy
+
+
+class Parameter:
+    """A trainable array and its gradient buffer.
+
+    Attributes:
+        data: the values (float32, C-contiguous; NumPy on the CPU, CuPy on the GPU).
+        grad: the gradient from the last backward pass (same shape), or None before one.
+        requires_grad: False freezes the parameter: optimizers leave it unchanged.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = data
+        self.grad = None
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def __repr__(self) -> str:
+        frozen = "" if self.requires_grad else ", frozen"
+        return f"Parameter(shape={self.shape}{frozen})"
+
+
+class Module:
+    """Base class: ``forward``, ``backward``, parameters, modes, state dicts, devices."""
+
+    training: bool = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_out):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- parameters ------------------------------------------------------------------------
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(name, Parameter)`` pairs with PyTorch's names (``"0.weight"``, ``"0.bias"``, ...)."""
+        return iter(())
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalar parameters (only those not frozen when ``trainable_only``)."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad[...] = 0
+
+    def freeze(self) -> "Module":
+        """Freeze every parameter of this module (fine-tuning); returns self."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self
+
+    def unfreeze(self) -> "Module":
+        for p in self.parameters():
+            p.requires_grad = True
+        return self
+
+    # -- modes -----------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode: dropout active, activations kept for backward. Returns self."""
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Inference mode: dropout off, nothing kept for backward. Returns self."""
+        return self.train(False)
+
+    def children(self) -> list["Module"]:
+        return []
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, Any]":
+        """Parameter arrays by PyTorch name (the arrays themselves, not copies)."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> dict:
+        """Copy arrays from ``state`` into this module's parameters, matched by name.
+
+        Args:
+            state: name -> array (NumPy, CuPy, or anything ``numpy.asarray`` accepts, such as a
+                PyTorch CPU tensor).
+            strict: when True, any missing, unexpected or mis-shaped name raises and nothing is
+                loaded; when False those are skipped and reported.
+
+        Returns:
+            ``{"missing": [...], "unexpected": [...], "mismatched": [(name, want, got), ...]}``.
+
+        Raises:
+            ValueError: (strict) listing every mismatch.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mismatched = []
+        converted = {}
+        for name, p in own.items():
+            if name not in state:
+                continue
+            arr = state[name]
+            shape = tuple(getattr(arr, "shape", np.shape(arr)))
+            if shape != p.shape:
+                mismatched.append((name, p.shape, shape))
+                continue
+            converted[name] = arr
+        if strict and (missing or unexpected or mismatched):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            if mismatched:
+                parts.append("shape mismatches " + ", ".join(
+                    f"{n}: model {w} vs state {g}" for n, w, g in mismatched))
+            raise ValueError("load_state_dict: " + "; ".join(parts) +
+                             " (pass strict=False to load the matching ones)")
+        for name, arr in converted.items():
+            p = own[name]
+            xp = _xp(p.data)
+            if xp is np:
+                if hasattr(arr, "get"):  # cupy -> numpy
+                    arr = arr.get()
+                elif hasattr(arr, "detach"):  # torch tensor
+                    arr = arr.detach().cpu().numpy()
+                src = np.asarray(arr, dtype=np.float32)
+            else:
+                src = xp.asarray(arr, dtype=xp.float32)
+            if not bool(xp.all(xp.isfinite(src))):
+                raise ValueError(f"load_state_dict: {name} holds NaN or Inf")
+            p.data[...] = src
+        return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+    def to(self, device: str) -> "Module":
+        """Move parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy). Returns self."""
+        from ember.backend import resolve_device
+        device = resolve_device(device)
+        for p in self.parameters():
+            if device == "cuda":
+                import cupy
+                p.data = cupy.ascontiguousarray(cupy.asarray(p.data, dtype=cupy.float32))
+                p.grad = None if p.grad is None else cupy.asarray(p.grad)
+            else:
+                p.data = p.data.get() if hasattr(p.data, "get") else p.data
+                p.grad = None if p.grad is None or not hasattr(p.grad, "get") else p.grad.get()
+        self._clear_buffers()
+        return self
+
+    @property
+    def device(self) -> str:
+        params = self.parameters()
+        if params and type(params[0].data) is not np.ndarray:
+            return "cuda"
+        return "cpu"
+
+    def _clear_buffers(self) -> None:
+        for child in self.children():
+            child._clear_buffers()
+
+    # -- description -------------------------------------------------------------------------
+    def config(self) -> dict:
+        """The architecture as plain JSON data (see :func:`from_config`)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias`` with ``weight`` of shape (out_features, in_features).
+
+    Args:
+        in_features, out_features: sizes.
+        bias: learn an additive bias.
+        init: ``"he"`` (Kaiming uniform, for ReLU-family activations), ``"xavier"`` (Glorot
+            uniform, for tanh/sigmoid), or ``"torch"`` (PyTorch's default Linear init).
+        gain: scale of the init; default from the activation the init is meant for
+            (sqrt(2) for "he", 1 for "xavier").
+        seed: seeds the init (a ``numpy.random.Generator`` may be passed as ``rng``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str = "he", gain: Optional[float] = None, seed: int = 0,
+                 rng: Optional[np.random.Generator] = None):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        fan_in, fan_out = self.in_features, self.out_features
+        if init == "he":
+            bound = (math.sqrt(2.0) if gain is None else gain) * math.sqrt(3.0 / fan_in)
+        elif init == "xavier":
+            bound = (1.0 if gain is None else gain) * math.sqrt(6.0 / (fan_in + fan_out))
+        elif init == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+        else:
+            raise ValueError(f"Linear: init must be 'he', 'xavier' or 'torch', got {init!r}")
+        w = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
+        self.weight = Parameter(np.ascontiguousarray(w))
+        if bias:
+            b = (rng.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), size=fan_out)
+                 if init == "torch" else np.zeros(fan_out))
+            self.bias: Optional[Parameter] = Parameter(b.astype(np.float32))
+        else:
+            self.bias = None
+        self.activation = "identity"  # set by Sequential when it fuses an activation
+        self.negative_slope = 0.01
+        self._x = None
+        self._z = None
+
+    def named_parameters(self, prefix: str = ""):
+        yield prefix + "weight", self.weight
+        if self.bias is not None:
+            yield prefix + "bias", self.bias
+
+    def forward(self, x, out=None, preact_out=None):
+        b = None if self.bias is None else self.bias.data
+        fused = self.activation != "identity"
+        if self.training:
+            self._x = x
+            if fused:
+                y, self._z = ops.linear_forward(
+                    x, self.weight.data, b, activation=self.activation,
+                    negative_slope=self.negative_slope, out=out,
+                    preact_out=preact_out, save_preact=True)
+                return y
+            self._z = None
+        return ops.linear_forward(x, self.weight.data, b, activation=self.activation,
+                                  negative_slope=self.negative_slope, out=out)
+
+    def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None):
+        if self._x is None:
+            raise RuntimeError("Linear.backward called before a forward pass in training mode")
+        w = self.weight
+        if w.grad is None:
+            xp = _xp(w.data)
+            w.grad = xp.zeros_like(w.data)
+            if self.bias is not None:
+                self.bias.grad = xp.zeros_like(self.bias.data)
+        gi, _, _ = ops.linear_backward(
+            grad_out, self._x, w.data, preact=self._z, activation=self.activation,
+            negative_slope=self.negative_slope, bias=self.bias is not None,
+            need_grad_input=need_grad_input, grad_input=grad_input, grad_weight=w.grad,
+            grad_bias=None if self.bias is None else self.bias.grad, workspace=workspace)
+        return gi
+
+    def config(self) -> dict:
+        return {"type": "Linear", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None}
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+    def _clear_buffers(self) -> None:
+        self._x = self._z = None
+
+
+class Activation(Module):
+    """Elementwise activation layer (one of :data:`ember.ops.ACTIVATIONS`)."""
+
+    name = "identity"
+
+    def __init__(self):
+        self.negative_slope = 0.01
+        self._z = None
+
+    def forward(self, x):
+        if self.training:
+            self._z = x
+        return ops.activation_forward(x, self.name, negative_slope=self.negative_slope)
+
+    def backward(self, grad_out):
+        if self._z is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward in "
+                               "training mode")
+        return ops.activation_backward(grad_out, self._z, self.name,
+                                       negative_slope=self.negative_slope)
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__}
+
+    def _clear_buffers(self) -> None:
+        self._z = None
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+class ReLU(Activation):
+    name = "relu"
+
+
+class LeakyReLU(Activation):
+    name = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be finite, got {negative_slope}")
+        self.negative_slope = float(negative_slope)
+
+    def config(self) -> dict:
+        return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class GELU(Activation):
+    """GELU; ``approximate="none"`` (erf) or ``"tanh"``, as in PyTorch."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.name = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def config(self) -> dict:
+        return {"type": "GELU", "approximate": self.approximate}
+
+
+class Tanh(Activation):
+    name = "tanh"
+
+
+class Sigmoid(Activation):
+    name = "sigmoid"
+
+
+class SiLU(Activation):
+    name = "silu"
+
+
+_ACTIVATION_CLASSES = {"identity": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
+                       "gelu": GELU, "gelu_tanh": lambda: GELU("tanh"), "tanh": Tanh,
+                       "sigmoid": Sigmoid, "silu": SiLU}
+
+
+class Dropout(Module):
+    """Zero each input with probability ``p`` in training mode, scaling the rest by 1/(1-p).
+
+    Masks come from a counter-based generator: (seed, counter) fixes the mask, the counter
+    advances by the number of elements each training forward, and both are saved in checkpoints,
+    so a resumed run draws the same masks as an uninterrupted one.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int = 0):
+        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.seed = int(seed)
+        self.counter = 0
+        self._offset = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._offset = None
+            return x
+        self._offset = self.counter
+        # Advance by a multiple of 4: each Philox call yields 4 numbers.
+        self.counter += (x.size + 3) // 4 * 4
+        return ops.dropout_forward(x, self.p, self.seed, self._offset)
+
+    def backward(self, grad_out):
+        if self._offset is None:
+            return grad_out
+        return ops.dropout_backward(grad_out, self.p, self.seed, self._offset)
+
+    def config(self) -> dict:
+        return {"type": "Dropout", "p": self.p, "seed": self.seed}
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def _clear_buffers(self) -> None:
+        self._offset = None
+
+
+class Sequential(Module):
+    """Layers applied in order; a ``Linear`` directly followed by an activation runs fused.
+
+    Parameter names are PyTorch's: the index of the layer, then ``weight`` / ``bias``.
+    In training mode, outputs live in buffers reused from step to step (valid until the next
+    forward); in eval mode every forward returns fresh arrays.
+    """
+
+    def __init__(self, *layers: Module):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} must be an ember.nn.Module, got "
+                                f"{type(layer).__name__}")
+        self.layers = list(layers)
+        self._plan = self._build_plan()
+        self._buffers: dict = {}
+
+    def _build_plan(self):
+        """Steps ``(layer, fused_activation_layer or None)``; fused activations are skipped."""
+        plan = []
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if isinstance(layer, Linear) and isinstance(nxt, Activation) and \
+                    not isinstance(nxt, Identity):
+                layer.activation = nxt.name
+                layer.negative_slope = nxt.negative_slope
+                plan.append((layer, nxt))
+                i += 2
+            else:
+                if isinstance(layer, Linear):
+                    layer.activation = "identity"
+                plan.append((layer, None))
+                i += 1
+        return plan
+
+    def children(self) -> list[Module]:
+        return list(self.layers)
+
+    def named_parameters(self, prefix: str = ""):
+        for i, layer in enumerate(self.layers):
+            yield from layer.named_parameters(f"{prefix}{i}.")
+
+    def _buf(self, key, shape, like):
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = _xp(like).empty(shape, dtype=np.float32)
+            self._buffers[key] = buf
+        return buf
+
+    def forward(self, x):
+        training = self.training
+        batch = x.shape[0] if getattr(x, "ndim", 0) == 2 else None
+        for idx, (layer, _) in enumerate(self._plan):
+            if training and batch is not None and isinstance(layer, Linear):
+                shape = (batch, layer.out_features)
+                out = self._buf(("y", idx), shape, x)
+                pre = (self._buf(("z", idx), shape, x) if layer.activation != "identity"
+                       else None)
+                x = layer.forward(x, out=out, preact_out=pre)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def backward(self, grad_out, need_input_grad: bool = False):
+        """Backpropagate ``grad_out`` through every layer, storing parameter gradients.
+
+        Returns the gradient wrt the model's input, or None when the first layer is a Linear
+        and ``need_input_grad`` is False (training never needs it, so it is not computed).
+        """
+        g = grad_out
+        for idx in range(len(self._plan) - 1, -1, -1):
+            layer, _ = self._plan[idx]
+            if isinstance(layer, Linear):
+                need_gi = idx > 0 or need_input_grad
+                x = layer._x
+                gi = self._buf(("gx", idx), x.shape, x) if need_gi and x is not None else None
+                ws = (self._buf(("ws", idx), g.shape, g)
+                      if layer.activation != "identity" else None)
+                g = layer.backward(g, need_grad_input=need_gi, grad_input=gi, workspace=ws)
+            else:
+                g = layer.backward(g)
+        return g
+
+    def train(self, mode: bool = True) -> "Module":
+        super().train(mode)
+        if not mode:
+            self._buffers.clear()
+        return self
+
+    def _clear_buffers(self) -> None:
+        self._buffers.clear()
+        super()._clear_buffers()
+
+    def replace(self, index: int, layer: Module) -> "Sequential":
+        """Put ``layer`` at ``index`` (e.g. a new output layer for fine-tuning); returns self.
+
+        Build the optimizer (or Trainer) after replacing: it holds the old parameters.
+        """
+        if not isinstance(layer, Module):
+            raise TypeError(f"replace: layer must be an ember.nn.Module, got "
+                            f"{type(layer).__name__}")
+        self.layers[index] = layer
+        for lyr in self.layers:
+            if isinstance(lyr, Linear):
+                lyr.activation = "identity"
+        self._plan = self._build_plan()
+        self._clear_buffers()
+        layer.train(self.training)
+        return self
+
+    def predict(self, x, batch_size: int = 4096):
+        """Outputs for ``x`` in eval mode (weights frozen, dropout off), in batches."""
+        was = self.training
+        self.eval()
+        try:
+            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was)
+        xp = _xp(outs[0])
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def config(self) -> dict:
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    def summary(self, input_features: Optional[int] = None) -> str:
+        """A table of layers, output shapes and parameter counts (trainable vs frozen)."""
+        rows = [("#", "layer", "output", "params", "trainable")]
+        width = input_features
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                width = layer.out_features
+            n = sum(p.size for _, p in layer.named_parameters())
+            train = sum(p.size for _, p in layer.named_parameters() if p.requires_grad)
+            out = f"(batch, {width})" if width is not None else "?"
+            rows.append((str(i), repr(layer), out, f"{n:,}", f"{train:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        lines = ["  ".join(r[c].ljust(widths[c]) for c in range(5)) for r in rows]
+        total = self.num_parameters()
+        trainable = self.num_parameters(trainable_only=True)
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append("-" * len(lines[0]))
+        lines.append(f"parameters: {total:,} ({trainable:,} trainable, "
+                     f"{total - trainable:,} frozen)")
+        return "\n".join(lines)
+
+    def extra_repr(self) -> str:
+        return ", ".join(repr(layer) for layer in self.layers)
+
+
+class MLP(Sequential):
+    """A multilayer perceptron: ``Linear -> act [-> Dropout]`` per hidden layer, then ``Linear``.
+
+    The layer order matches ``torch.nn.Sequential(Linear, Act, [Dropout,] Linear, ...)``, so
+    parameter names are the same as in that PyTorch model.
+
+    Args:
+        sizes: ``[in, hidden..., out]``, at least two entries.
+        activation: hidden activation (one of :data:`ember.ops.ACTIVATIONS`).
+        dropout: dropout probability after each hidden activation (0 = none).
+        init: ``"auto"`` picks He for ReLU-family activations and Xavier for tanh/sigmoid.
+        seed: seeds weights and dropout masks.
+    """
+
+    def __init__(self, sizes: Sequence[int], activation: str = "relu", dropout: float = 0.0,
+                 init: str = "auto", seed: int = 0):
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"MLP: sizes must list at least input and output sizes, got {sizes}")
+        if activation not in _ACTIVATION_CLASSES:
+            raise ValueError(f"MLP: activation must be one of {sorted(_ACTIVATION_CLASSES)}, "
+                             f"got {activation!r}")
+        if init == "auto":
+            init = "xavier" if activation in ("tanh", "sigmoid") else "he"
+        gain = 5.0 / 3.0 if (activation == "tanh" and init == "xavier") else None
+        rng = np.random.default_rng(seed)
+        layers: list[Module] = []
+        for i in range(len(sizes) - 1):
+            last = i == len(sizes) - 2
+            # the output layer feeds a loss, not a ReLU: Xavier (gain 1) keeps logits moderate
+            layers.append(Linear(sizes[i], sizes[i + 1], init="xavier" if last else init,
+                                 gain=None if last else gain, rng=rng))
+            if not last:
+                layers.append(_ACTIVATION_CLASSES[activation]())
+                if dropout > 0:
+                    layers.append(Dropout(dropout, seed=seed * 1000003 + i))
+        self.sizes = sizes
+        self.activation_name = activation
+        super().__init__(*layers)
+
+
+def from_config(config: dict) -> Module:
+    """Rebuild a model from :meth:`Module.config` output (weights are not included)."""
+    try:
+        kind = config["type"]
+    except (TypeError, KeyError):
+        raise ValueError(f"from_config: expected a dict with a 'type' key, got {config!r}")
+    if kind == "Sequential":
+        return Sequential(*[from_config(c) for c in config.get("layers", [])])
+    if kind == "Linear":
+        return Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
+    if kind == "Dropout":
+        return Dropout(config["p"], seed=config.get("seed", 0))
+    if kind == "LeakyReLU":
+        return LeakyReLU(config.get("negative_slope", 0.01))
+    if kind == "GELU":
+        return GELU(config.get("approximate", "none"))
+    classes = {"Identity": Identity, "ReLU": ReLU, "Tanh": Tanh, "Sigmoid": Sigmoid, "SiLU": SiLU}
+    if kind in classes:
+        return classes[kind]()
+    raise ValueError(f"from_config: unknown layer type {kind!r}")

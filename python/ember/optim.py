@@ -1,0 +1,236 @@
+"""Optimizers: every trainable parameter updated by one fused kernel call per step.
+
+Signatures and update rules follow ``torch.optim.SGD``, ``Adam`` and ``AdamW``. Frozen parameters
+(``requires_grad = False``) are left unchanged. A step whose gradients hold NaN or Inf is skipped
+(parameters and state untouched) and counted in ``skipped_steps``.
+
+Example:
+    >>> from ember.nn import MLP
+    >>> from ember.optim import Adam
+    >>> model = MLP([4, 8, 2])
+    >>> opt = Adam(model, lr=1e-3)     # a Module or a list of Parameters
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from ember import ops
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
+
+
+def _check(name: str, value, low: float = 0.0, high: Optional[float] = None,
+           high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or (high is not None and (v >= high if high_open
+                                                                  else v > high)):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+    return v
+
+
+class Optimizer:
+    """Base class: holds named parameters, the step count and per-parameter state arrays."""
+
+    _state_keys: tuple = ()
+
+    def __init__(self, params, lr: float, max_grad_norm: Optional[float] = None):
+        from ember.nn import Module
+        if isinstance(params, Module):
+            named = list(params.named_parameters())
+        else:
+            named = [(str(i), p) for i, p in enumerate(params)]
+        if not named:
+            raise ValueError(f"{type(self).__name__}: no parameters to optimize")
+        self.named_params = named
+        self.lr = _check("lr", lr)
+        self.max_grad_norm = (None if max_grad_norm is None
+                              else _check("max_grad_norm", max_grad_norm))
+        self.step_count = 0
+        self.skipped_steps = 0
+        self.last_grad_norm = float("nan")
+        self.state: dict[str, dict[str, Any]] = {}
+        self._lists = None
+
+    @property
+    def params(self):
+        return [p for _, p in self.named_params]
+
+    def _state_for(self, name, p) -> dict:
+        st = self.state.get(name)
+        if st is None or st[self._state_keys[0]].shape != p.data.shape or \
+                type(st[self._state_keys[0]]) is not type(p.data):
+            xp = np if type(p.data) is np.ndarray else __import__("cupy")
+            st = {k: xp.zeros_like(p.data) for k in self._state_keys}
+            self.state[name] = st
+        return st
+
+    def _active(self):
+        """(params, grads, state lists) of the trainable parameters, cached between steps."""
+        key = tuple((id(p.data), id(p.grad), p.requires_grad) for _, p in self.named_params)
+        if self._lists is None or self._lists[0] != key:
+            names, ps, gs = [], [], []
+            for name, p in self.named_params:
+                if not p.requires_grad:
+                    continue
+                if p.grad is None:
+                    raise RuntimeError(f"{type(self).__name__}.step: parameter {name!r} has no "
+                                       "gradient (call backward first)")
+                names.append(name)
+                ps.append(p.data)
+                gs.append(p.grad)
+            states = {k: [self._state_for(n, p)[k] for n, p in self.named_params
+                          if p.requires_grad] for k in self._state_keys}
+            self._lists = (key, ps, gs, states)
+        return self._lists[1], self._lists[2], self._lists[3]
+
+    def step(self) -> tuple[float, bool]:
+        """Update all trainable parameters. Returns ``(grad_norm, skipped)``."""
+        ps, gs, states = self._active()
+        if not ps:
+            return 0.0, False
+        step = self.step_count + 1
+        norm, skipped = self._update(ps, gs, states, step)
+        self.last_grad_norm = norm
+        if skipped:
+            self.skipped_steps += 1
+        else:
+            self.step_count = step
+        return norm, skipped
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.grad[...] = 0
+
+    def hyperparameters(self) -> dict:
+        return {"optimizer": type(self).__name__, "lr": self.lr,
+                "max_grad_norm": self.max_grad_norm}
+
+    def state_dict(self) -> dict:
+        """``{"hyperparameters", "step", "skipped_steps", "state": {name: {key: array}}}``."""
+        return {"hyperparameters": self.hyperparameters(), "step": self.step_count,
+                "skipped_steps": self.skipped_steps,
+                "state": {n: dict(st) for n, st in self.state.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore step counts, hyperparameters (lr...) and state arrays (copied)."""
+        own = dict(self.named_params)
+        for name, st in sd.get("state", {}).items():
+            if name not in own:
+                raise ValueError(f"optimizer state for unknown parameter {name!r}")
+            p = own[name]
+            mine = self._state_for(name, p)
+            for k in self._state_keys:
+                if k not in st:
+                    raise ValueError(f"optimizer state for {name!r} lacks {k!r}")
+                arr = st[k]
+                if tuple(arr.shape) != p.shape:
+                    raise ValueError(f"optimizer state {name}.{k} has shape {tuple(arr.shape)}, "
+                                     f"parameter has {p.shape}")
+                if type(mine[k]) is np.ndarray:
+                    mine[k][...] = arr.get() if hasattr(arr, "get") else np.asarray(arr)
+                else:
+                    mine[k][...] = __import__("cupy").asarray(arr)
+        self.step_count = int(sd.get("step", 0))
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        hp = sd.get("hyperparameters", {})
+        for k, v in hp.items():
+            if k != "optimizer" and hasattr(self, k):
+                setattr(self, k, tuple(v) if isinstance(v, list) else v)
+        self._lists = None
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items() if k != "optimizer")
+        return f"{type(self).__name__}({hp})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov, weight decay."""
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None):
+        super().__init__(params, lr, max_grad_norm)
+        self.momentum = _check("momentum", momentum)
+        self.dampening = _check("dampening", dampening, low=-math.inf)
+        self.weight_decay = _check("weight_decay", weight_decay)
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        self.nesterov = bool(nesterov)
+        self.maximize = bool(maximize)
+        self._state_keys = ("momentum_buffer",) if self.momentum != 0 else ()
+
+    def _state_for(self, name, p):
+        return super()._state_for(name, p) if self._state_keys else {}
+
+    def _update(self, ps, gs, states, step):
+        bufs = states.get("momentum_buffer")
+        return ops.sgd_step(ps, gs, bufs, lr=self.lr, momentum=self.momentum,
+                            dampening=self.dampening, weight_decay=self.weight_decay,
+                            nesterov=self.nesterov, maximize=self.maximize, step=step,
+                            max_grad_norm=self.max_grad_norm)
+
+    def hyperparameters(self) -> dict:
+        return {**super().hyperparameters(), "momentum": self.momentum,
+                "dampening": self.dampening, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov, "maximize": self.maximize}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), optionally AMSGrad; L2 weight decay added to the gradient."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None):
+        super().__init__(params, lr, max_grad_norm)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        self.betas = (_check("betas[0]", betas[0], 0.0, 1.0, True),
+                      _check("betas[1]", betas[1], 0.0, 1.0, True))
+        self.eps = _check("eps", eps)
+        self.weight_decay = _check("weight_decay", weight_decay)
+        self.amsgrad = bool(amsgrad)
+        self.maximize = bool(maximize)
+        self._state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+
+    def _update(self, ps, gs, states, step):
+        return ops.adam_step(ps, gs, states["exp_avg"], states["exp_avg_sq"],
+                             states.get("max_exp_avg_sq"), lr=self.lr, betas=self.betas,
+                             eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad,
+                             decoupled_weight_decay=self._decoupled, maximize=self.maximize,
+                             step=step, max_grad_norm=self.max_grad_norm)
+
+    def hyperparameters(self) -> dict:
+        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
+                "maximize": self.maximize}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), ``torch.optim.AdamW``."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False,
+                 max_grad_norm: Optional[float] = None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, max_grad_norm)
+
+
+def get_optimizer(name, params, **kwargs) -> Optimizer:
+    """An optimizer by name (``"sgd"``, ``"adam"``, ``"adamw"``) or the instance itself."""
+    if isinstance(name, Optimizer):
+        return name
+    table = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+    if not isinstance(name, str) or name.lower() not in table:
+        raise ValueError(f"optimizer must be one of {sorted(table)} or an ember.optim.Optimizer, "
+                         f"got {name!r}")
+    return table[name.lower()](params, **kwargs)

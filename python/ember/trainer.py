@@ -1,0 +1,515 @@
+"""The training loop: show a batch, predict, score the loss, learn, repeat.
+
+Example:
+    >>> from ember import Trainer
+    >>> from ember.nn import MLP
+    >>> from ember.datasets import load_digits
+    >>> x, y = load_digits()
+    >>> trainer = Trainer(MLP([64, 256, 256, 10]), loss="cross_entropy", optimizer="adam")
+    >>> history = trainer.fit(x, y, epochs=20, batch_size=32, validation_split=0.2, verbose=0)
+    >>> trainer.evaluate(x, y)["accuracy"] > 0.9
+    True
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ember import ops
+from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler, ProgressBar,
+                             TerminateOnNaN)
+from ember.data import DataLoader, check_xy, train_val_split
+from ember.losses import Loss, get_loss
+from ember.nn import Module
+from ember.optim import Optimizer, get_optimizer
+
+__all__ = ["Trainer", "History"]
+
+
+class History:
+    """Per-epoch records of a run: ``history["loss"]``, ``history["val_loss"]``, metrics,
+    ``"lr"``, ``"grad_norm"`` (mean global gradient norm over the epoch's steps), ``"time"``
+    (seconds), and ``grad_norms`` (per-layer norms at each epoch's end)."""
+
+    def __init__(self):
+        self.history: dict[str, list] = {}
+        self.epochs: list[int] = []
+        self.grad_norms: list[dict] = []
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epochs.append(epoch)
+        for k, v in logs.items():
+            if k.startswith("_"):
+                continue
+            self.history.setdefault(k, [None] * (len(self.epochs) - 1)).append(v)
+        for k, col in self.history.items():
+            if len(col) < len(self.epochs):
+                col.append(None)
+
+    def record_grad_norms(self, norms: dict) -> None:
+        self.grad_norms.append(dict(norms))
+
+    def __getitem__(self, key: str) -> list:
+        return self.history[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def keys(self):
+        return self.history.keys()
+
+    def to_dict(self) -> dict:
+        return {"epochs": list(self.epochs), "history": {k: list(v) for k, v in
+                                                         self.history.items()},
+                "grad_norms": list(self.grad_norms)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        h = cls()
+        h.epochs = list(d.get("epochs", []))
+        h.history = {k: list(v) for k, v in d.get("history", {}).items()}
+        h.grad_norms = list(d.get("grad_norms", []))
+        return h
+
+    def to_csv(self, path) -> None:
+        """Write one row per epoch (``epoch`` numbered from 1)."""
+        keys = list(self.history)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch"] + keys)
+            for i, e in enumerate(self.epochs):
+                w.writerow([e + 1] + [self.history[k][i] for k in keys])
+
+    def plot(self, path=None, title: str = "training curves"):
+        """Loss (and each metric) per epoch, train vs validation; saved to ``path`` if given.
+
+        Uses matplotlib's non-interactive Agg backend, so it works without a display.
+        Returns the matplotlib Figure.
+        """
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        metrics = [k for k in self.history if not k.startswith("val_") and
+                   k not in ("lr", "grad_norm", "time", "skipped_steps")]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+        x = [e + 1 for e in self.epochs]
+        for ax, m in zip(axes[0], metrics):
+            ax.plot(x, self.history[m], marker="o", ms=3, label=f"train {m}")
+            if "val_" + m in self.history:
+                ax.plot(x, self.history["val_" + m], marker="o", ms=3, label=f"validation {m}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(m)
+            ax.set_title(m)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(title)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epochs)}, keys={list(self.history)})"
+
+
+class Trainer:
+    """Fit, evaluate and predict with a model, a loss and an optimizer.
+
+    Args:
+        model: an :class:`ember.nn.Module` (e.g. :class:`ember.nn.MLP`).
+        loss: a :class:`ember.losses.Loss` or ``"cross_entropy"`` / ``"mse"``.
+        optimizer: an :class:`ember.optim.Optimizer` or ``"sgd"`` / ``"adam"`` / ``"adamw"``.
+        lr: learning rate when ``optimizer`` is a name (default 1e-3 for Adam(W), 1e-2 for SGD).
+        metrics: ``("accuracy",)`` for classification; none needed for regression (loss is
+            always reported).
+        callbacks: :class:`ember.callbacks.Callback` instances.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        lr_schedule: an :mod:`ember.schedules` schedule (adds an LRScheduler callback).
+        max_grad_norm: clip gradients by global norm (with an optimizer name).
+        optimizer_kwargs: extra arguments for a named optimizer (momentum, weight_decay, ...).
+    """
+
+    def __init__(self, model: Module, loss="cross_entropy", optimizer="adam",
+                 lr: Optional[float] = None, metrics: Sequence[str] = ("accuracy",),
+                 callbacks: Sequence[Callback] = (), device: str = "auto", lr_schedule=None,
+                 max_grad_norm: Optional[float] = None, **optimizer_kwargs):
+        from ember.backend import resolve_device
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: model must be an ember.nn.Module, got "
+                            f"{type(model).__name__}")
+        self.model = model
+        self.loss: Loss = get_loss(loss)
+        self.task = self.loss.task
+        self.device = resolve_device(device)
+        if self.device == "cuda":
+            from ember.backend import cuda_training_available
+            ok, why = cuda_training_available()
+            if not ok:
+                if device == "cuda":
+                    raise ValueError(f"Trainer: device='cuda' cannot train yet: {why}")
+                self.device = "cpu"
+        model.to(self.device)
+        if isinstance(optimizer, Optimizer):
+            if lr is not None or optimizer_kwargs or max_grad_norm is not None:
+                raise ValueError("Trainer: lr/max_grad_norm/optimizer options go to the "
+                                 "optimizer's constructor when passing an Optimizer instance")
+            self.optimizer = optimizer
+        else:
+            kw = dict(optimizer_kwargs)
+            if lr is not None:
+                kw["lr"] = lr
+            if max_grad_norm is not None:
+                kw["max_grad_norm"] = max_grad_norm
+            self.optimizer = get_optimizer(optimizer, model, **kw)
+        for m in metrics:
+            if m != "accuracy":
+                raise ValueError(f"Trainer: unknown metric {m!r} (supported: 'accuracy')")
+        self.metrics = tuple(m for m in metrics if self.task == "classification")
+        self.user_callbacks = list(callbacks)
+        if lr_schedule is not None:
+            self.user_callbacks.append(LRScheduler(lr_schedule))
+        self.history = History()
+        self.epoch = 0
+        self.epochs = 0
+        self.global_step = 0
+        self.steps_per_epoch = 0
+        self.stop_training = False
+        self.stop_reason: Optional[str] = None
+        self.restored_epoch: Optional[int] = None
+        self.n_classes: Optional[int] = None
+        self.fit_params: dict = {}
+        self._start_batch = 0
+        self.batch_in_epoch = 0
+        self._epoch_acc: Optional[list] = None
+        self._resuming = False
+        self._base_lr = self.optimizer.lr
+        self.gradient_monitor = GradientMonitor()
+
+    # ---------------------------------------------------------------------------------------
+    def _output_size(self) -> Optional[int]:
+        out = None
+        for _, p in self.model.named_parameters():
+            if p.data.ndim == 2:
+                out = p.shape[0]
+        return out
+
+    def _input_size(self) -> Optional[int]:
+        for _, p in self.model.named_parameters():
+            if p.data.ndim == 2:
+                return p.shape[1]
+        return None
+
+    def _prepare(self, x, y, where):
+        n_out = self._output_size()
+        n_classes = n_out if self.task == "classification" else None
+        return check_xy(x, y, task=self.task, n_features=self._input_size(),
+                        n_classes=n_classes, where=where)
+
+    def hyperparameters(self) -> dict:
+        """What the user chose (as opposed to what was learned)."""
+        return {**self.fit_params, **self.optimizer.hyperparameters(),
+                "loss": self.loss.config(), "device": self.device,
+                "model": self.model.config() if hasattr(self.model, "config") else None}
+
+    # ---------------------------------------------------------------------------------------
+    def fit(self, x, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
+            validation_split: float = 0.0, seed: int = 0, shuffle: bool = True,
+            verbose: int = 1, checkpoint_dir=None, resume=None) -> History:
+        """Train for ``epochs`` passes over ``(x, y)``.
+
+        Args:
+            x: (n, features) array. y: class indices (classification) or targets (regression).
+            epochs: passes over the training data (>= 1).
+            batch_size: samples per gradient step (>= 1).
+            validation_data: ``(x_val, y_val)`` scored after every epoch.
+            validation_split: fraction of ``(x, y)`` held out for validation instead
+                (stratified for classification, seeded).
+            seed: data order (and the validation split): same seed, same run, bit for bit.
+            verbose: 0 silent, 1 progress and the end-of-training report.
+            checkpoint_dir: directory for checkpoints (see :mod:`ember.checkpoint`).
+            resume: ``"latest"`` or a checkpoint path to continue an interrupted run.
+
+        Returns:
+            The :class:`History` (also ``trainer.history``).
+
+        Raises:
+            ValueError: bad data or hyperparameters, before any training step.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if validation_data is not None and validation_split:
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        x, y = self._prepare(x, y, "fit")
+        if validation_split:
+            x, y, xv, yv = train_val_split(x, y, validation_split, seed=seed,
+                                           stratify=self.task == "classification")
+            validation = (xv, yv)
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            validation = self._prepare(*validation_data, "fit (validation_data)")
+        else:
+            validation = None
+
+        self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
+                           "validation_split": validation_split, "seed": int(seed),
+                           "shuffle": bool(shuffle), "n_train": int(len(x)),
+                           "n_val": 0 if validation is None else int(len(validation[0]))}
+        loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = len(loader)
+        self.stop_training = False
+        self.stop_reason = None
+        self.restored_epoch = None
+
+        # ModelCheckpoints go last: they save after every other callback updated its state.
+        callbacks = list(self.user_callbacks)
+        from ember.checkpoint import ModelCheckpoint, attach_checkpointing
+        callbacks = ([c for c in callbacks if not isinstance(c, ModelCheckpoint)] +
+                     [c for c in callbacks if isinstance(c, ModelCheckpoint)])
+        ckpt = None
+        if checkpoint_dir is not None or resume is not None:
+            ckpt = attach_checkpointing(self, checkpoint_dir, resume, callbacks)
+        start_epoch = 0
+        if not self._resuming:
+            self.history = History()
+            self.global_step = 0
+            self._start_batch = 0
+        else:
+            start_epoch = self.epoch
+        self._checkpoint_callbacks = callbacks
+        all_cbs = [TerminateOnNaN(), self.gradient_monitor] + callbacks
+        if verbose:
+            all_cbs.insert(2, ProgressBar())
+        cbs = CallbackList(all_cbs, self)
+        if ckpt is not None and ckpt.finished:
+            self._resuming = False
+            if verbose:
+                print(f"ember: {ckpt.finished}; nothing more to train.")
+            return self.history
+
+        model, loss_fn, opt = self.model, self.loss, self.optimizer
+        classify = self.task == "classification"
+        count_correct = ops.accuracy
+        model.train()
+        cbs.on_train_begin({})
+        self._resuming = False
+        batch_logs: dict[str, Any] = {}
+        for epoch in range(start_epoch, self.epochs):
+            self.epoch = epoch
+            if epoch != start_epoch:
+                self._start_batch = 0
+            start = self._start_batch  # > 0 only in the first epoch of a mid-epoch resume
+            t0 = time.perf_counter()
+            cbs.on_epoch_begin(epoch, {})
+            # Running sums of the epoch, kept on the trainer so that a checkpoint written in the
+            # middle of an epoch resumes with the same epoch averages.
+            acc = self._epoch_acc if start and self._epoch_acc else [0.0, 0.0, 0, 0.0, 0, 0]
+            self._epoch_acc = acc
+            for b, (xb, yb) in enumerate(loader.batches(epoch, start), start):
+                if cbs.wants_batch_begin:
+                    cbs.on_batch_begin(b, batch_logs)
+                out = model.forward(xb)
+                loss = loss_fn.forward(out, yb)
+                n = xb.shape[0]
+                if classify:
+                    acc[1] += count_correct(out, yb) * n
+                model.backward(loss_fn.backward())
+                norm, was_skipped = opt.step()
+                self.global_step += 1
+                acc[0] += loss * n
+                acc[2] += n
+                acc[3] += norm
+                acc[4] += 1
+                acc[5] += was_skipped
+                self.batch_in_epoch = b + 1
+                if cbs.wants_batch_end:
+                    batch_logs = {"loss": loss, "grad_norm": norm, "skipped": was_skipped,
+                                  "epoch": epoch, "size": n}
+                    cbs.on_batch_end(b, batch_logs)
+                if self.stop_training:
+                    break
+            loss_sum, correct, seen, norm_sum, steps, skipped = acc
+            logs: dict[str, Any] = {"loss": loss_sum / seen if seen else float("nan")}
+            if classify:
+                logs["accuracy"] = correct / seen if seen else float("nan")
+            if validation is not None:
+                for k, v in self.evaluate(*validation, _checked=True).items():
+                    logs["val_" + k] = v
+                model.train()
+            logs["lr"] = opt.lr
+            logs["grad_norm"] = norm_sum / steps if steps else float("nan")
+            logs["skipped_steps"] = skipped
+            logs["time"] = time.perf_counter() - t0
+            self.history.append(epoch, logs)
+            self.epoch = epoch + 1
+            self.batch_in_epoch = 0
+            self._epoch_acc = None
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end({})
+        model.eval()
+        if verbose:
+            print(self.report())
+        return self.history
+
+    # ---------------------------------------------------------------------------------------
+    def _batched_outputs(self, x, batch_size):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(x), batch_size):
+                yield i, self.model.forward(x[i:i + batch_size])
+        finally:
+            self.model.train(was_training)
+
+    def evaluate(self, x, y, batch_size: int = 1024, _checked: bool = False) -> dict:
+        """Loss and metrics on ``(x, y)`` in eval mode (dropout off). Returns a dict."""
+        if not _checked:
+            x, y = self._prepare(x, y, "evaluate")
+        classify = self.task == "classification"
+        loss_sum = 0.0
+        weight_sum = 0.0
+        correct = 0.0
+        w = getattr(self.loss, "weight", None)
+        for i, out in self._batched_outputs(x, batch_size):
+            yb = y[i:i + batch_size]
+            n = out.shape[0]
+            if classify:
+                s, _ = ops.softmax_cross_entropy(
+                    out, yb, weight=w, label_smoothing=self.loss.label_smoothing,
+                    reduction="sum", compute_grad=False)
+                loss_sum += s
+                weight_sum += float(np.asarray(w)[yb].sum()) if w is not None else n
+                correct += ops.accuracy(out, yb) * n
+            else:
+                s, _ = ops.mse(out, yb.reshape(out.shape), reduction="sum", compute_grad=False)
+                loss_sum += s
+                weight_sum += out.size
+        result = {"loss": loss_sum / weight_sum}
+        if self.loss.reduction == "sum":
+            result["loss"] = loss_sum
+        if classify:
+            result["accuracy"] = correct / len(x)
+        return result
+
+    def predict_raw(self, x, batch_size: int = 1024):
+        """The network's outputs (logits for classification), in eval mode."""
+        x, _ = self._prepare(x, None, "predict")
+        outs = [out for _, out in self._batched_outputs(x, batch_size)]
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def predict_proba(self, x, batch_size: int = 1024):
+        """Class probabilities (softmax of the logits)."""
+        if self.task != "classification":
+            raise ValueError("predict_proba: the model was trained for regression")
+        z = self.predict_raw(x, batch_size).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z.astype(np.float32)
+
+    def predict(self, x, batch_size: int = 1024):
+        """Class indices (classification) or predicted values (regression)."""
+        out = self.predict_raw(x, batch_size)
+        if self.task == "classification":
+            return ops.argmax(out)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    # ---------------------------------------------------------------------------------------
+    def diagnosis(self) -> dict:
+        """Plain verdicts from the history: fit quality and gradient health."""
+        h = self.history.history
+        out: dict[str, Any] = {"fit": "unknown", "gradients": "healthy", "notes": []}
+        if not self.history.epochs:
+            return out
+        classify = self.task == "classification"
+        train_loss = h["loss"][-1]
+        first_loss = h["loss"][0]
+        if classify:
+            train_acc = h["accuracy"][-1]
+            val_acc = h.get("val_accuracy", [None])[-1]
+            if train_acc < 0.7 and (val_acc is None or val_acc < 0.7):
+                out["fit"] = "underfitting"
+                out["notes"].append(f"train accuracy {train_acc:.1%} is low: try more epochs, a "
+                                    "larger model or a higher learning rate")
+            elif val_acc is not None and train_acc - val_acc > 0.05:
+                out["fit"] = "overfitting"
+                out["notes"].append(f"train accuracy {train_acc:.1%} vs validation "
+                                    f"{val_acc:.1%}: add dropout/weight decay, more data, or "
+                                    "early stopping")
+            else:
+                out["fit"] = "good" if val_acc is not None else "no validation data"
+        else:
+            if not math.isfinite(train_loss) or train_loss > 0.5 * first_loss:
+                out["fit"] = "underfitting"
+                out["notes"].append("training loss fell by less than half")
+            else:
+                out["fit"] = "good"
+        if "val_loss" in h and len(h["val_loss"]) >= 3 and out["fit"] != "underfitting":
+            vl = [v for v in h["val_loss"] if v is not None and math.isfinite(v)]
+            if vl and vl[-1] > 1.1 * min(vl) and h["loss"][-1] < h["loss"][int(np.argmin(vl))]:
+                out["fit"] = "overfitting"
+                out["notes"].append(f"validation loss rose from its best {min(vl):.4g} to "
+                                    f"{vl[-1]:.4g} while training loss kept falling")
+        flags = self.gradient_monitor.flags
+        if flags:
+            kinds = sorted(set(flags.values()))
+            out["gradients"] = " and ".join(kinds)
+            out["notes"].append("gradient problems in " + ", ".join(
+                f"{k} ({v})" for k, v in sorted(flags.items())))
+        if not math.isfinite(train_loss):
+            out["gradients"] = "exploding"
+            out["notes"].append("the loss became NaN/Inf: lower the learning rate or clip "
+                                "gradients (max_grad_norm)")
+        return out
+
+    def report(self) -> str:
+        """A short text report: parameters vs hyperparameters, final metrics, verdict."""
+        lines = ["", "== ember training report =="]
+        total = self.model.num_parameters()
+        trainable = self.model.num_parameters(trainable_only=True)
+        lines.append(f"parameters (learned): {total:,} ({trainable:,} trainable, "
+                     f"{total - trainable:,} frozen)")
+        hp = self.optimizer.hyperparameters()
+        fp = self.fit_params
+        lines.append("hyperparameters (chosen): " + ", ".join(
+            [f"epochs={fp.get('epochs')}", f"batch_size={fp.get('batch_size')}",
+             f"optimizer={hp['optimizer']}", f"lr={hp['lr']:g}"] +
+            [f"{k}={v}" for k, v in hp.items() if k not in ("optimizer", "lr") and v] +
+            [f"loss={self.loss.config()['type']}", f"seed={fp.get('seed')}"]))
+        h = self.history.history
+        if self.history.epochs:
+            final = "  ".join(f"{k}={h[k][-1]:.4f}" for k in h
+                              if k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                              and h[k][-1] is not None)
+            lines.append(f"after {len(self.history)} epochs ({self.global_step} steps): {final}")
+        if self.stop_reason:
+            lines.append(f"stopped: {self.stop_reason}")
+        if self.restored_epoch is not None:
+            lines.append(f"restored the weights of epoch {self.restored_epoch + 1}")
+        d = self.diagnosis()
+        lines.append(f"verdict: fit {d['fit']}; gradients {d['gradients']}")
+        for note in d["notes"]:
+            lines.append(f"  - {note}")
+        return "\n".join(lines)

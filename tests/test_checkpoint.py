@@ -1,0 +1,281 @@
+"""Checkpoints: exact resume after SIGKILL, atomic saves, bad files, fine-tuning, PyTorch."""
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ember
+from ember import CheckpointError, Trainer, nn
+from ember.checkpoint import (ModelCheckpoint, list_checkpoints, load_checkpoint, load_model,
+                              load_trainer, save_checkpoint)
+
+WORKER = Path(__file__).with_name("ckpt_worker.py")
+
+
+def _worker(run_dir, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(WORKER), str(run_dir), *extra],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _final_state(run_dir):
+    ck = load_checkpoint(run_dir)
+    hist = ck["state"]["history"]
+    hist["history"].pop("time", None)
+    return ck, hist
+
+
+def _assert_same_run(a_dir, b_dir):
+    a, ha = _final_state(a_dir)
+    b, hb = _final_state(b_dir)
+    assert a["state"]["finished"] == b["state"]["finished"]
+    assert a["state"]["global_step"] == b["state"]["global_step"]
+    assert ha == hb
+    for part in ("model", "optimizer", "callbacks"):
+        assert sorted(a[part]) == sorted(b[part]), part
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part} {k}")
+    assert a["state"]["rng"] == b["state"]["rng"]
+    assert a["state"]["callbacks"] == b["state"]["callbacks"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("reference")
+    out = _worker(d)
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kills", [("--kill-at-step", "5"), ("--kill-at-step", "17"),
+                                   ("--kill-at-step", "31"), ("--kill-in-save", "3"),
+                                   ("--kill-in-save", "14"), ("--kill-in-save", "27")])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference_run, kills):
+    out = _worker(tmp_path, *kills)
+    assert out.returncode == -9, (out.returncode, out.stderr)
+    # a torn save leaves a temporary directory that must be ignored and then cleaned up
+    out = _worker(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    _assert_same_run(reference_run, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_kills_in_a_row(tmp_path, reference_run):
+    assert _worker(tmp_path, "--kill-at-step", "8").returncode == -9
+    assert _worker(tmp_path, "--kill-in-save", "9").returncode == -9
+    assert _worker(tmp_path).returncode == 0
+    _assert_same_run(reference_run, tmp_path)
+
+
+def test_resuming_a_finished_run_trains_no_more(reference_run, tmp_path):
+    import shutil
+    d = tmp_path / "copy"
+    shutil.copytree(reference_run, d)
+    before = sorted(p.name for p in d.iterdir())
+    out = _worker(d)
+    assert out.returncode == 0
+    ck, _ = _final_state(d)
+    assert ck["state"]["finished"]
+    assert sorted(p.name for p in d.iterdir()) == before
+
+
+def _blobs(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = (rng.standard_normal((3, 5))[y] * 2 + rng.standard_normal((n, 5))).astype(np.float32)
+    return x, y
+
+
+class Boom(Exception):
+    pass
+
+
+class CrashAt(ember.callbacks.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, batch, logs):
+        if self.trainer.global_step == self.step:
+            raise Boom()
+
+
+def test_in_process_resume_mid_epoch(tmp_path):
+    x, y = _blobs()
+    ref = Trainer(nn.MLP([5, 16, 3], dropout=0.1, seed=0), lr=1e-2)
+    ref.fit(x, y, epochs=4, batch_size=10, seed=3, checkpoint_dir=tmp_path / "ref",
+            verbose=0)
+    t = Trainer(nn.MLP([5, 16, 3], dropout=0.1, seed=0), lr=1e-2,
+                callbacks=[ModelCheckpoint(tmp_path / "run", every_n_steps=1), CrashAt(17)])
+    with pytest.raises(Boom):
+        t.fit(x, y, epochs=4, batch_size=10, seed=3, checkpoint_dir=tmp_path / "run",
+              verbose=0)
+    t2 = Trainer(nn.MLP([5, 16, 3], dropout=0.1, seed=0), lr=1e-2,
+                 callbacks=[ModelCheckpoint(tmp_path / "run", every_n_steps=1)])
+    t2.fit(x, y, epochs=4, batch_size=10, seed=3, checkpoint_dir=tmp_path / "run",
+           resume="latest", verbose=0)
+    for k, v in ref.model.state_dict().items():
+        np.testing.assert_array_equal(v, t2.model.state_dict()[k])
+    strip = lambda h: {k: v for k, v in h.history.items() if k != "time"}  # noqa: E731
+    assert strip(ref.history) == strip(t2.history)
+
+
+def test_keep_last_and_best_across_two_restarts(tmp_path):
+    x, y = _blobs()
+    for epochs in (3, 5, 8):  # three sessions: start, restart, restart
+        cb = ModelCheckpoint(tmp_path, keep_last=2, monitor="val_loss")
+        t = Trainer(nn.MLP([5, 16, 3], seed=0), lr=5e-2, callbacks=[cb])
+        t.fit(x, y, epochs=epochs, batch_size=10, validation_split=0.25, seed=1,
+              checkpoint_dir=tmp_path, resume="latest", verbose=0)
+        names = [p.name for p in list_checkpoints(tmp_path)]
+        best = (tmp_path / "best").read_text().strip()
+        val = t.history["val_loss"]
+        best_epoch = int(np.argmin(val)) + 1
+        assert best == [n for n in names if n == best][0]
+        assert load_checkpoint(tmp_path / best)["state"]["epoch"] == best_epoch
+        recent = names[-2:]
+        assert set(names) == set(recent) | {best}, names
+        assert load_checkpoint(tmp_path)["state"]["epoch"] == epochs
+
+
+def _saved(tmp_path):
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 8, 3], seed=0), lr=1e-2)
+    t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    return load_checkpoint(tmp_path)["path"], t, x
+
+
+def _rewrite_manifest(ck: Path):
+    import hashlib
+    lines = []
+    for f in sorted(p.name for p in ck.iterdir() if p.name != "MANIFEST.sha256"):
+        lines.append(f"{hashlib.sha256((ck / f).read_bytes()).hexdigest()}  {f}\n")
+    (ck / "MANIFEST.sha256").write_text("".join(lines))
+
+
+def test_load_model_predicts_like_the_trained_one(tmp_path):
+    path, t, x = _saved(tmp_path)
+    model = load_model(tmp_path)
+    np.testing.assert_array_equal(model.predict(x), t.predict_raw(x))
+    t2 = load_trainer(path)
+    np.testing.assert_array_equal(t2.predict(x), t.predict(x))
+    assert t2.optimizer.step_count == t.optimizer.step_count
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda ck: (ck / "model.safetensors").write_bytes((ck / "model.safetensors").read_bytes()[:-7]),
+     r"model.safetensors: SHA-256 does not match"),
+    (lambda ck: (ck / "optimizer.safetensors").write_bytes(
+        bytes([(ck / "optimizer.safetensors").read_bytes()[0] ^ 1]) +
+        (ck / "optimizer.safetensors").read_bytes()[1:]), r"optimizer.safetensors: SHA-256"),
+    (lambda ck: (ck / "trainer.json").unlink(), r"trainer.json: missing"),
+    (lambda ck: (ck / "MANIFEST.sha256").unlink(), r"MANIFEST.sha256: missing"),
+])
+def test_damaged_checkpoints_are_named(tmp_path, damage, message):
+    path, _, _ = _saved(tmp_path)
+    damage(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path)
+
+
+def test_header_that_lies_about_sizes(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    f = path / "model.safetensors"
+    data = f.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["shape"] = [s * 2 for s in header[key]["shape"]]
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    f.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + n:])
+    _rewrite_manifest(path)  # the manifest is consistent: the header itself lies
+    with pytest.raises(CheckpointError, match=r"model.safetensors: unreadable safetensors"):
+        load_model(tmp_path)
+
+
+def test_incompatible_format_version(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    st = json.loads((path / "trainer.json").read_text())
+    st["format_version"] = 99
+    (path / "trainer.json").write_text(json.dumps(st))
+    _rewrite_manifest(path)
+    with pytest.raises(CheckpointError, match="format version 99 is not supported"):
+        load_model(tmp_path)
+
+
+def test_architecture_mismatch_on_resume(tmp_path):
+    _saved(tmp_path)
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 9, 3], seed=0))
+    with pytest.raises(CheckpointError, match=r"Linear\(5->8\).*differs.*Linear\(5->9\)"):
+        t.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume="latest",
+              verbose=0)
+    with pytest.raises(CheckpointError, match="batch_size=20 but fit was called with batch_size=7"):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=3, batch_size=7, checkpoint_dir=tmp_path,
+                                       resume="latest", verbose=0)
+
+
+def test_missing_and_foreign_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "random").mkdir()
+    with pytest.raises(CheckpointError, match="not an ember checkpoint"):
+        load_model(tmp_path / "random")
+    (tmp_path / "latest").write_text("../etc\n")
+    with pytest.raises(CheckpointError, match="points at"):
+        load_model(tmp_path)
+
+
+def test_leftover_temporaries_are_ignored_and_cleaned(tmp_path):
+    path, t, _ = _saved(tmp_path)
+    junk = tmp_path / ".tmp-ckpt-e0009-s00000999-deadbeef"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"half")
+    assert load_checkpoint(tmp_path)["path"] == path
+    save_checkpoint(t, tmp_path, name="manual")
+    assert not junk.exists()
+
+
+def test_fine_tuning_new_head_and_frozen_layers(tmp_path):
+    x, y = _blobs(n=300)
+    base = Trainer(nn.MLP([5, 16, 16, 3], seed=0), lr=1e-2)
+    base.fit(x, y, epochs=5, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    model = nn.MLP([5, 16, 16, 6], seed=5)
+    with pytest.raises(ValueError, match=r"4.weight: model \(6, 16\) vs state \(3, 16\)"):
+        model.load_state_dict(load_model(tmp_path).state_dict())
+    report = model.load_state_dict(load_model(tmp_path).state_dict(), strict=False)
+    assert [m[0] for m in report["mismatched"]] == ["4.weight", "4.bias"]
+    model[0].freeze()
+    frozen = model[0].weight.data.copy()
+    y6 = np.where(x[:, 0] > 0, y + 3, y)
+    t = Trainer(model, lr=1e-2)
+    t.fit(x, y6, epochs=15, batch_size=20, verbose=0)
+    np.testing.assert_array_equal(model[0].weight.data, frozen)
+    assert t.evaluate(x, y6)["accuracy"] > 0.8
+    # replacing the output layer of a loaded model
+    m2 = load_model(tmp_path).train()
+    m2.replace(4, nn.Linear(16, 6, seed=1))
+    assert m2.predict(x).shape == (300, 6)
+
+
+def test_safetensors_load_into_pytorch_and_back(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file, save_file
+    path, t, x = _saved(tmp_path)
+    tm = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    tm.load_state_dict(load_file(path / "model.safetensors"))
+    with torch.no_grad():
+        out = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, t.predict_raw(x), rtol=1e-5, atol=1e-5)
+    save_file(tm.state_dict(), tmp_path / "from_torch.safetensors")
+    from safetensors.numpy import load_file as np_load
+    m = nn.MLP([5, 8, 3], seed=9)
+    m.load_state_dict(np_load(tmp_path / "from_torch.safetensors"))
+    np.testing.assert_allclose(m.predict(x), out, rtol=1e-5, atol=1e-5)

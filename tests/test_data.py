@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from ember.data import DataLoader, train_val_split
+from ember.datasets import load_csv, load_data, load_digits, load_npz
+from ember.schedules import CosineWithWarmup, ExponentialLR, StepLR
+
+
+def test_order_is_pure_function_of_seed_and_epoch():
+    x = np.arange(50, dtype=np.float32).reshape(25, 2)
+    y = np.arange(25)
+    a = DataLoader(x, y, batch_size=4, seed=3)
+    b = DataLoader(x, y, batch_size=4, seed=3)
+    np.testing.assert_array_equal(a.order(7), b.order(7))
+    assert not np.array_equal(a.order(0), a.order(1))
+    seen = np.concatenate([yb.copy() for _, yb in a.batches(2)])
+    np.testing.assert_array_equal(np.sort(seen), y)
+    np.testing.assert_array_equal(seen, a.order(2))
+    # O(1) restore: starting at batch 3 yields what the full epoch yields from batch 3 on
+    tail = [xb.copy() for xb, _ in a.batches(2, start=3)]
+    full = [xb.copy() for xb, _ in a.batches(2)]
+    assert len(tail) == len(full) - 3
+    for t, f in zip(tail, full[3:]):
+        np.testing.assert_array_equal(t, f)
+    for xb, yb in a.batches(0):
+        np.testing.assert_array_equal(xb[:, 0], 2 * yb)
+
+
+def test_drop_last_and_no_shuffle():
+    x = np.zeros((10, 1), np.float32)
+    assert len(DataLoader(x, None, batch_size=4)) == 3
+    assert len(DataLoader(x, None, batch_size=4, drop_last=True)) == 2
+    loader = DataLoader(np.arange(10, dtype=np.float32)[:, None], None, batch_size=3,
+                        shuffle=False)
+    assert [xb[:, 0].tolist() for xb, _ in loader.batches(5)][0] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+])
+def test_loader_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataLoader(np.zeros((3, 1), np.float32), None, **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        DataLoader(np.zeros((0, 1), np.float32), None)
+    with pytest.raises(ValueError, match="x has 3 samples but y has 2"):
+        DataLoader(np.zeros((3, 1), np.float32), np.zeros(2))
+
+
+def test_stratified_split_is_disjoint_and_balanced():
+    x, y = load_digits()
+    xtr, ytr, xva, yva = train_val_split(x, y, 0.2, seed=1)
+    assert len(xtr) + len(xva) == len(x)
+    rows = {r.tobytes() for r in xtr}
+    assert len(rows & {r.tobytes() for r in xva}) <= 5  # digits has a few duplicate images
+    fr = np.bincount(yva, minlength=10) / np.bincount(y, minlength=10)
+    assert np.all(np.abs(fr - 0.2) < 0.01)
+    xtr2, _, _, _ = train_val_split(x, y, 0.2, seed=1)
+    np.testing.assert_array_equal(xtr, xtr2)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        train_val_split(x, y, 1.0)
+
+
+def test_digits_bundle():
+    x, y = load_digits()
+    assert x.shape == (1797, 64) and x.dtype == np.float32 and y.dtype == np.int64
+    assert x.min() == 0 and x.max() == 1
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_csv_and_npz_loaders(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,label\n1,2,0\n3.5,4,1\n")
+    x, y, names = load_csv(p, "label")
+    np.testing.assert_array_equal(x, [[1, 2], [3.5, 4]])
+    assert y.dtype == np.int64 and names == ["a", "b"]
+    p.write_text("a,t,b\n1,0.5,2\n3,1.5,4\n")
+    x, y, _ = load_csv(p, "t")
+    assert y.dtype == np.float32 and x.tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="target column 'zz' not found"):
+        load_csv(p, "zz")
+    p.write_text("a,t\n1,0\nx,1\n")
+    with pytest.raises(ValueError, match=r"row 3, column 'a': 'x' is not a number"):
+        load_csv(p, "t")
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_data(tmp_path / "missing.csv")
+    q = tmp_path / "d.npz"
+    np.savez(q, x=np.ones((3, 2)), y=np.arange(3))
+    x, y = load_npz(q)
+    assert x.shape == (3, 2)
+    np.savez(q, features=np.ones(3))
+    with pytest.raises(ValueError, match="must hold arrays 'x' and 'y'"):
+        load_npz(q)
+    q.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_npz(q)
+
+
+def test_schedules():
+    c = CosineWithWarmup(total_steps=100, warmup_steps=10, min_factor=0.1)
+    assert c.factor(0, 0) == pytest.approx(0.1)
+    assert c.factor(0, 9) == pytest.approx(1.0)
+    assert c.factor(0, 55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert c.factor(0, 100) == pytest.approx(0.1)
+    assert StepLR(3, 0.5).factor(7, 0) == 0.25
+    assert ExponentialLR(0.9).factor(2, 0) == pytest.approx(0.81)
+    with pytest.raises(ValueError):
+        CosineWithWarmup(total_steps=10, warmup_steps=20)

@@ -1,0 +1,212 @@
+"""Layers: forward/backward against a float64 NumPy reference and against PyTorch."""
+import numpy as np
+import pytest
+
+from conftest import check_op
+from ember import nn
+from ember.losses import MSE, CrossEntropy
+
+
+def _np_act(name, z):
+    if name == "relu":
+        return np.maximum(z, 0), (z > 0).astype(np.float64)
+    if name == "tanh":
+        t = np.tanh(z)
+        return t, 1 - t * t
+    if name == "sigmoid":
+        s = 1 / (1 + np.exp(-z))
+        return s, s * (1 - s)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, 0.01 * z), np.where(z > 0, 1.0, 0.01)
+    if name == "silu":
+        s = 1 / (1 + np.exp(-z))
+        return z * s, s * (1 + z * (1 - s))
+    raise KeyError(name)
+
+
+def _reference_mlp(model, x, act, grad_out):
+    """Float64 forward and backward of a Linear/act stack, written from the formulas."""
+    ws = [p.data.astype(np.float64) for n, p in model.named_parameters() if n.endswith("weight")]
+    bs = [p.data.astype(np.float64) for n, p in model.named_parameters() if n.endswith("bias")]
+    hs, zs = [x.astype(np.float64)], []
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        z = hs[-1] @ w.T + b
+        zs.append(z)
+        hs.append(_np_act(act, z)[0] if i < len(ws) - 1 else z)
+    g = grad_out.astype(np.float64)
+    grads = {}
+    for i in range(len(ws) - 1, -1, -1):
+        if i < len(ws) - 1:
+            g = g * _np_act(act, zs[i])[1]
+        grads[i] = (g.T @ hs[i], g.sum(0))
+        g = g @ ws[i]
+    return hs[-1], grads, g
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu", "silu"])
+@pytest.mark.parametrize("sizes,batch", [([5, 7, 3], 1), ([13, 31, 17, 4], 9), ([64, 33, 10], 65)])
+def test_mlp_forward_backward_matches_float64(act, sizes, batch):
+    rng = np.random.default_rng(7)
+    model = nn.MLP(sizes, activation=act, seed=3)
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    g = rng.standard_normal((batch, sizes[-1])).astype(np.float32)
+    y = model.forward(x)
+    ref_y, ref_grads, _ = _reference_mlp(model, x, act, g)
+    check_op(y, ref_y, 1e-5, "forward")
+    model.backward(g)
+    linears = [layer for layer in model.layers if isinstance(layer, nn.Linear)]
+    for i, lin in enumerate(linears):
+        check_op(lin.weight.grad, ref_grads[i][0], 1e-5, f"layer {i} weight grad")
+        check_op(lin.bias.grad, ref_grads[i][1], 1e-5, f"layer {i} bias grad")
+
+
+def test_unfused_activation_and_input_gradient():
+    """An activation not preceded by Linear runs as its own layer; grads flow to the input."""
+    rng = np.random.default_rng(1)
+    model = nn.Sequential(nn.Tanh(), nn.Linear(6, 4, seed=1), nn.ReLU(), nn.Linear(4, 2, seed=2))
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    g = rng.standard_normal((5, 2)).astype(np.float32)
+    model.forward(x)
+    gx = model.backward(g)
+    # reference: the same network in float64
+    w1, b1 = model[1].weight.data.astype(np.float64), model[1].bias.data.astype(np.float64)
+    w2, b2 = model[3].weight.data.astype(np.float64), model[3].bias.data.astype(np.float64)
+    t = np.tanh(x.astype(np.float64))
+    z1 = t @ w1.T + b1
+    gz1 = (g @ w2) * (z1 > 0)
+    ref_gx = (gz1 @ w1) * (1 - t * t)
+    check_op(gx, ref_gx, 1e-5, "input grad through the unfused tanh")
+    check_op(model[1].weight.grad, gz1.T @ t, 1e-5, "w1 grad")
+
+
+def test_first_linear_input_gradient_only_on_request():
+    rng = np.random.default_rng(3)
+    model = nn.MLP([5, 4, 2], seed=1)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    g = rng.standard_normal((3, 2)).astype(np.float32)
+    model.forward(x)
+    assert model.backward(g) is None  # training never needs d(loss)/d(input)
+    model.forward(x)
+    gx = model.backward(g, need_input_grad=True)
+    _, _, ref_gx = _reference_mlp(model, x, "relu", g)
+    check_op(gx, ref_gx, 1e-5, "input grad")
+
+
+def test_eval_mode_returns_fresh_arrays_and_no_dropout():
+    model = nn.MLP([8, 16, 3], dropout=0.5, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    a = model.forward(x)
+    b = model.forward(x)
+    assert a is not b
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_masks_reproducible_and_scaled():
+    x = np.ones((64, 32), np.float32)
+    d1, d2 = nn.Dropout(0.25, seed=5), nn.Dropout(0.25, seed=5)
+    y1, y2 = d1.forward(x), d2.forward(x)
+    np.testing.assert_array_equal(y1, y2)
+    assert set(np.unique(y1)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y1 == 0).mean() - 0.25) < 0.05
+    y3 = d1.forward(x)  # the counter advanced: a new mask
+    assert not np.array_equal(y1, y3)
+    g = d1.backward(np.ones_like(x))
+    np.testing.assert_array_equal(g, y3)
+
+
+def test_state_dict_names_follow_pytorch():
+    model = nn.MLP([4, 8, 8, 2], dropout=0.1)
+    names = list(model.state_dict())
+    assert names == ["0.weight", "0.bias", "3.weight", "3.bias", "6.weight", "6.bias"]
+    assert model.state_dict()["0.weight"].shape == (8, 4)
+    assert model.num_parameters() == 4 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2
+
+
+def test_load_state_dict_strict_and_lenient():
+    a = nn.MLP([4, 8, 3], seed=1)
+    b = nn.MLP([4, 8, 5], seed=2)
+    with pytest.raises(ValueError, match=r"2.weight: model \(5, 8\) vs state \(3, 8\)"):
+        b.load_state_dict(a.state_dict())
+    before = b.state_dict()["2.weight"].copy()
+    report = b.load_state_dict(a.state_dict(), strict=False)
+    assert [m[0] for m in report["mismatched"]] == ["2.weight", "2.bias"]
+    np.testing.assert_array_equal(b.state_dict()["0.weight"], a.state_dict()["0.weight"])
+    np.testing.assert_array_equal(b.state_dict()["2.weight"], before)
+    with pytest.raises(ValueError, match="missing keys"):
+        b.load_state_dict({"0.weight": a.state_dict()["0.weight"]})
+    bad = dict(a.state_dict())
+    bad["0.weight"] = np.full((8, 4), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        a.load_state_dict(bad)
+
+
+def test_init_scales():
+    he = nn.Linear(1000, 500, init="he", seed=0).weight.data
+    assert abs(he.std() - np.sqrt(2 / 1000)) < 0.05 * np.sqrt(2 / 1000)
+    xa = nn.Linear(1000, 500, init="xavier", seed=0).weight.data
+    assert abs(xa.std() - np.sqrt(2 / 1500)) < 0.05 * np.sqrt(2 / 1500)
+    np.testing.assert_array_equal(nn.Linear(3, 4, seed=9).weight.data,
+                                  nn.Linear(3, 4, seed=9).weight.data)
+    with pytest.raises(ValueError, match="in_features must be a positive integer"):
+        nn.Linear(0, 3)
+
+
+def test_summary_and_config_roundtrip():
+    model = nn.MLP([64, 32, 10], activation="gelu", dropout=0.2)
+    model[0].freeze()
+    s = model.summary()
+    assert "parameters: 2,410 (330 trainable, 2,080 frozen)" in s
+    clone = nn.from_config(model.config())
+    assert [type(layer).__name__ for layer in clone.layers] == ["Linear", "GELU", "Dropout", "Linear"]
+    clone.load_state_dict(model.state_dict())
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(clone.eval().forward(x), model.eval().forward(x))
+
+
+def test_losses_forward_backward():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((7, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 7)
+    ce = CrossEntropy()
+    loss = ce.forward(logits, labels)
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert abs(loss - (-np.log(p[np.arange(7), labels]).mean())) < 1e-6
+    onehot = np.eye(5)[labels]
+    check_op(ce.backward(), (p - onehot) / 7, 1e-5, "ce grad")
+    mse = MSE()
+    pred = rng.standard_normal((6, 1)).astype(np.float32)
+    target = rng.standard_normal(6).astype(np.float32)
+    loss = mse.forward(pred, target)
+    d = pred[:, 0].astype(np.float64) - target
+    assert abs(loss - (d ** 2).mean()) < 1e-6
+    check_op(mse.backward()[:, 0], 2 * d / 6, 1e-5, "mse grad")
+
+
+def test_matches_pytorch_sequential():
+    torch = pytest.importorskip("torch")
+    model = nn.MLP([10, 16, 16, 3], activation="relu", seed=4)
+    tm = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16),
+                             torch.nn.ReLU(), torch.nn.Linear(16, 3)).double()
+    tm.load_state_dict({k: torch.from_numpy(v.astype(np.float64))
+                        for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    out = model.forward(x)
+    ce = CrossEntropy()
+    ce.forward(out, y)
+    model.backward(ce.backward())
+    tx = torch.from_numpy(x.astype(np.float64))
+    tout = tm(tx)
+    tloss = torch.nn.functional.cross_entropy(tout, torch.from_numpy(y))
+    tloss.backward()
+    check_op(out, tout.detach().numpy(), 1e-5, "forward vs torch")
+    for (name, p), (tname, tp) in zip(model.named_parameters(), tm.named_parameters()):
+        assert name == tname
+        check_op(p.grad, tp.grad.numpy(), 1e-5, f"{name} grad vs torch")
+    # and back: PyTorch weights load into ember
+    back = nn.MLP([10, 16, 16, 3], seed=99)
+    back.load_state_dict(tm.float().state_dict())
+    np.testing.assert_array_equal(back.state_dict()["2.weight"], model.state_dict()["2.weight"])

@@ -1,0 +1,317 @@
+"""The Trainer: the loop, determinism, validation, callbacks, reports and bad input."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import ember
+from ember import Trainer, nn
+from ember.callbacks import (EarlyStopping, GradientWarning, ReduceLROnPlateau)
+from ember.data import DataLoader, train_val_split
+from ember.datasets import load_digits
+from ember.losses import CrossEntropy
+from ember.optim import SGD, Adam
+from ember.schedules import StepLR
+
+
+def _blobs(n=240, d=6, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d)) * 3
+    y = rng.integers(0, k, n)
+    x = (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
+    return x, y
+
+
+def _weights(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def test_low_level_loop_equals_trainer():
+    x, y = _blobs()
+    # low-level: show a batch, predict, score the loss, learn, repeat
+    model = nn.MLP([6, 16, 3], seed=1)
+    loss_fn = CrossEntropy()
+    opt = Adam(model, lr=1e-2)
+    loader = DataLoader(x, y, batch_size=17, shuffle=True, seed=5)
+    for epoch in range(3):
+        for xb, yb in loader.batches(epoch):
+            out = model.forward(xb)
+            loss_fn.forward(out, yb)
+            model.backward(loss_fn.backward())
+            opt.step()
+    manual = _weights(model)
+    model2 = nn.MLP([6, 16, 3], seed=1)
+    Trainer(model2, optimizer="adam", lr=1e-2).fit(x, y, epochs=3, batch_size=17, seed=5,
+                                                   verbose=0)
+    for k in manual:
+        np.testing.assert_array_equal(manual[k], model2.state_dict()[k], err_msg=k)
+
+
+def _run(seed, dropout=0.2):
+    x, y = _blobs()
+    model = nn.MLP([6, 32, 32, 3], dropout=dropout, seed=seed)
+    t = Trainer(model, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True)
+    h = t.fit(x, y, epochs=4, batch_size=20, validation_split=0.25, seed=seed, verbose=0)
+    return _weights(model), {k: v for k, v in h.history.items() if k != "time"}
+
+
+def test_same_seed_is_bit_identical():
+    w1, h1 = _run(3)
+    w2, h2 = _run(3)
+    assert h1 == h2
+    for k in w1:
+        np.testing.assert_array_equal(w1[k], w2[k])
+    w3, h3 = _run(4)
+    assert h3 != h1
+
+
+def test_digits_reaches_97_percent():
+    x, y = load_digits()
+    xtr, ytr, xte, yte = train_val_split(x, y, 0.2, seed=0)
+    model = nn.MLP([64, 256, 256, 10], seed=0)
+    t = Trainer(model, optimizer="adam", lr=1e-3)
+    t.fit(xtr, ytr, epochs=30, batch_size=32, validation_split=0.1, seed=0, verbose=0)
+    acc = t.evaluate(xte, yte)["accuracy"]
+    assert acc >= 0.97, acc
+    assert np.mean(t.predict(xte) == yte) == pytest.approx(acc)
+
+
+def test_predict_same_at_any_batch_size():
+    x, y = _blobs(n=101)
+    t = Trainer(nn.MLP([6, 24, 3], seed=2), lr=1e-2)
+    t.fit(x, y, epochs=2, verbose=0)
+    ref = t.predict_raw(x, batch_size=101)
+    for bs in (1, 7, 64):
+        np.testing.assert_allclose(t.predict_raw(x, batch_size=bs), ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(t.predict(x, batch_size=bs), t.predict(x))
+    p = t.predict_proba(x)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+    assert (p.argmax(1) == t.predict(x)).all()
+
+
+def test_regression():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1).astype(np.float32)
+    t = Trainer(nn.MLP([4, 32, 1], seed=0), loss="mse", optimizer="adam", lr=1e-2)
+    h = t.fit(x, y, epochs=40, batch_size=32, validation_split=0.2, verbose=0)
+    assert h["loss"][-1] < 0.05 * h["loss"][0]
+    assert "accuracy" not in h
+    pred = t.predict(x)
+    assert pred.shape == (300,)
+    assert np.mean((pred - y) ** 2) < 0.1
+
+
+def test_early_stopping_restores_best_weights():
+    x, y = _blobs(n=90)
+    xv, yv = _blobs(n=60, seed=9)
+    model = nn.MLP([6, 64, 64, 3], seed=0)
+    stop = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    t = Trainer(model, optimizer="adam", lr=0.05, callbacks=[stop])
+    h = t.fit(x, y, epochs=60, batch_size=8, validation_data=(xv, yv), verbose=0)
+    best = int(np.argmin(h["val_loss"]))
+    assert stop.best_epoch == best
+    assert len(h) < 60 and t.stop_reason.startswith("early stopping")
+    assert t.evaluate(xv, yv)["loss"] == pytest.approx(h["val_loss"][best], rel=1e-5)
+
+
+def test_reduce_lr_on_plateau_and_schedule():
+    x, y = _blobs()
+    rl = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
+    t = Trainer(nn.MLP([6, 8, 3]), optimizer="sgd", lr=0.1, callbacks=[rl])
+    h = t.fit(x, y, epochs=3, verbose=0)
+    assert h["lr"] == [0.1, 0.1, 0.05]  # the rate used during each epoch
+    t2 = Trainer(nn.MLP([6, 8, 3]), optimizer="sgd", lr=0.1, lr_schedule=StepLR(2, 0.1))
+    h2 = t2.fit(x, y, epochs=5, verbose=0)
+    np.testing.assert_allclose(h2["lr"], [0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_terminate_on_nan_stops_and_reports():
+    x, y = _blobs()
+    x[:] *= 1e30  # finite input whose logits overflow
+    t = Trainer(nn.MLP([6, 8, 3]), optimizer="sgd", lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h = t.fit(x, y, epochs=5, verbose=0)
+    assert any("exploding gradients in layer 0" in str(w.message) for w in caught)
+    assert len(h) == 1 and "loss became" in t.stop_reason
+    assert h["skipped_steps"] == [1]  # the NaN step changed nothing
+    assert t.diagnosis()["gradients"] == "exploding"
+
+
+def test_gradient_monitor_warns_on_vanishing():
+    x, y = _blobs()
+    layers = []
+    sizes = [6] + [16] * 8 + [3]
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], init="xavier", gain=0.05, seed=i))
+        if i < len(sizes) - 2:
+            layers.append(nn.Sigmoid())
+    t = Trainer(nn.Sequential(*layers), optimizer="sgd", lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(x, y, epochs=1, verbose=0)
+    messages = [str(w.message) for w in caught if w.category is GradientWarning]
+    assert any(m.startswith("vanishing gradients in layer 0 ") for m in messages), messages
+    assert not any("layer 16" in m for m in messages)  # the output layer learns fine
+    assert "vanishing" in t.diagnosis()["gradients"]
+    assert "0.weight" in t.history.grad_norms[0]
+
+
+def test_frozen_layer_is_not_updated():
+    x, y = _blobs()
+    model = nn.MLP([6, 16, 3], seed=0)
+    model[0].freeze()
+    before = model[0].weight.data.copy()
+    Trainer(model, lr=1e-2).fit(x, y, epochs=2, verbose=0)
+    np.testing.assert_array_equal(model[0].weight.data, before)
+    assert not np.array_equal(model[2].weight.data, nn.MLP([6, 16, 3], seed=0)[2].weight.data)
+
+
+def test_report_and_overfitting_verdict():
+    x, y = _blobs(n=400, d=6, k=3, seed=1)
+    rng = np.random.default_rng(0)
+    y_noisy = np.where(rng.random(400) < 0.35, rng.integers(0, 3, 400), y)
+    t = Trainer(nn.MLP([6, 256, 256, 3], seed=0), optimizer="adam", lr=3e-3)
+    t.fit(x[:60], y_noisy[:60], epochs=150, batch_size=10,
+          validation_data=(x[60:], y_noisy[60:]), verbose=0)
+    r = t.report()
+    assert "parameters (learned): 68,355" in r
+    assert "hyperparameters (chosen): epochs=150, batch_size=10, optimizer=Adam" in r
+    assert t.diagnosis()["fit"] == "overfitting", r
+
+
+def test_underfitting_verdict():
+    x, y = _blobs()
+    t = Trainer(nn.MLP([6, 4, 3], seed=0), optimizer="sgd", lr=1e-6)
+    t.fit(x, y, epochs=2, validation_split=0.2, verbose=0)
+    assert t.diagnosis()["fit"] == "underfitting"
+
+
+def test_history_csv_and_plot(tmp_path):
+    x, y = _blobs()
+    t = Trainer(nn.MLP([6, 8, 3]), lr=1e-2)
+    h = t.fit(x, y, epochs=3, validation_split=0.2, verbose=0)
+    h.to_csv(tmp_path / "h.csv")
+    lines = (tmp_path / "h.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+    assert len(lines) == 4
+    h.plot(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_output_one_line_per_epoch_when_not_a_tty(capsys):
+    x, y = _blobs()
+    Trainer(nn.MLP([6, 8, 3]), lr=1e-2).fit(x, y, epochs=3, verbose=1)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in err if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda x, y: (x, y[:-1]), "x has 240 samples but y has 239"),
+    (lambda x, y: (x[:, :5], y), "x has 5 features, the model expects 6"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y),
+     r"x holds NaN or Inf \(first at row 1, column 1\)"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, 3, y)), r"label 3 at index 3 is outside \[0, 3\)"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, -1, y)), r"label -1 at index 3"),
+    (lambda x, y: (x, y.astype(np.float64)), "labels must be integers"),
+    (lambda x, y: (x[:0], y[:0]), "x is empty"),
+    (lambda x, y: (x[0], y), "x must be 2-D"),
+    (lambda x, y: (x.astype(object), y), "x must be numeric"),
+])
+def test_bad_input_rejected_before_training(mutate, message):
+    x, y = _blobs()
+    model = nn.MLP([6, 8, 3], seed=0)
+    before = _weights(model)
+    t = Trainer(model)
+    bx, by = mutate(x, y)
+    with pytest.raises((ValueError, TypeError), match=message):
+        t.fit(bx, by, epochs=1, verbose=0)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    assert t.global_step == 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"batch_size": -3}, "batch_size must be a positive integer"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"validation_split": 1.5}, "validation_split must be in"),
+])
+def test_bad_hyperparameters(kwargs, message):
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=message):
+        Trainer(nn.MLP([6, 8, 3])).fit(x, y, verbose=0, **kwargs)
+
+
+def test_bad_trainer_arguments():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        Trainer(nn.MLP([2, 2]), optimizer="rmsprop")
+    with pytest.raises(ValueError, match="loss must be"):
+        Trainer(nn.MLP([2, 2]), loss="hinge")
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        Trainer(nn.MLP([2, 2]), lr=-1.0)
+    with pytest.raises(TypeError, match="model must be an ember.nn.Module"):
+        Trainer(object())
+    if not ember.cuda_available():
+        with pytest.raises(ValueError, match="CUDA is not usable"):
+            Trainer(nn.MLP([2, 2]), device="cuda")
+
+
+def _np_adam(p, grads, lr, b1, b2, eps, wd, decoupled, steps):
+    p = p.astype(np.float64)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t in range(1, steps + 1):
+        g = grads[t - 1].astype(np.float64)
+        if decoupled:
+            p = p * (1 - lr * wd)
+        elif wd:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps)
+    return p
+
+
+@pytest.mark.parametrize("cls,decoupled", [(ember.optim.Adam, False), (ember.optim.AdamW, True)])
+def test_optimizer_classes_follow_published_rule_for_50_steps(cls, decoupled):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((37, 11)).astype(np.float32)
+    grads = [rng.standard_normal((37, 11)).astype(np.float32) for _ in range(50)]
+    param = nn.Parameter(p0.copy())
+    opt = cls([param], lr=1e-2, weight_decay=0.1)
+    for g in grads:
+        param.grad = g
+        opt.step()
+    ref = _np_adam(p0, grads, 1e-2, 0.9, 0.999, 1e-8, 0.1, decoupled, 50)
+    err = np.linalg.norm(param.data - ref) / np.linalg.norm(ref)
+    assert err <= 1e-5, err
+    assert opt.step_count == 50
+
+
+def test_sgd_class_nesterov_weight_decay_50_steps():
+    rng = np.random.default_rng(1)
+    p0 = rng.standard_normal(101).astype(np.float32)
+    grads = [rng.standard_normal(101).astype(np.float32) for _ in range(50)]
+    param = nn.Parameter(p0.copy())
+    opt = SGD([param], lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    p = p0.astype(np.float64)
+    buf = None
+    for g in grads:
+        param.grad = g
+        opt.step()
+        d = g.astype(np.float64) + 1e-3 * p
+        buf = d.copy() if buf is None else 0.9 * buf + d
+        p = p - 0.05 * (d + 0.9 * buf)
+    assert np.linalg.norm(param.data - p) / np.linalg.norm(p) <= 1e-5
+
+
+def test_optimizer_skips_nonfinite_step():
+    param = nn.Parameter(np.ones(4, np.float32))
+    opt = Adam([param])
+    param.grad = np.array([1, np.nan, 0, 0], np.float32)
+    norm, skipped = opt.step()
+    assert skipped and opt.skipped_steps == 1 and opt.step_count == 0
+    np.testing.assert_array_equal(param.data, np.ones(4, np.float32))
