@@ -32,10 +32,11 @@ def _stream() -> int:
     return _cp().cuda.get_current_stream().ptr
 
 
-def _alloc(shape):
-    """A new float32 array on the current device, from CuPy's memory pool."""
+def _alloc(shape, dtype="float32"):
+    """A new array (float32 unless the binding asks for int64) on the current device, from CuPy's
+    memory pool."""
     cp = _cp()
-    return cp.empty(shape, dtype=cp.float32)
+    return cp.empty(shape, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,3 +54,137 @@ def linear_backward(grad_out, x, weight, preact, activation, negative_slope, nee
     return _cuda.linear_backward(grad_out, x, weight, preact, activation, negative_slope,
                                  need_grad_input, has_bias, accumulate, grad_input, grad_weight,
                                  grad_bias, workspace, precision, _stream(), _alloc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise activations and deterministic reductions
+
+
+def activation_forward(x, activation, negative_slope, out):
+    return _cuda.activation_forward(x, activation, negative_slope, out, _stream(), _alloc)
+
+
+def activation_backward(grad_out, preact, activation, negative_slope, out):
+    return _cuda.activation_backward(grad_out, preact, activation, negative_slope, out, _stream(),
+                                     _alloc)
+
+
+def column_sum(x, out, accumulate):
+    return _cuda.column_sum(x, out, accumulate, _stream(), _alloc)
+
+
+def sum(x):  # noqa: A001 - mirrors ember.ops.sum
+    """Synchronises the current stream (the value comes back as a Python float)."""
+    return _cuda.sum(x, _stream(), _alloc)
+
+
+def global_norm(arrays):
+    """Synchronises the current stream (the value comes back as a Python float)."""
+    return _cuda.global_norm(arrays, _stream(), _alloc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and metrics
+
+
+def _int64_labels(labels):
+    """CuPy integer labels of another width are widened to int64, as ember.ops does for NumPy."""
+    dtype = getattr(labels, "dtype", None)
+    if dtype is not None and hasattr(labels, "astype") and getattr(dtype, "kind", "") in "iu" \
+            and str(dtype) != "int64":
+        return labels.astype("int64")
+    return labels
+
+
+def _loss_out(device_loss):
+    return _alloc((1,)) if device_loss else None
+
+
+def softmax_cross_entropy(logits, labels, weight, label_smoothing, reduction, grad_scale,
+                          compute_grad, grad, row_loss, *, device_loss=False):
+    """As ``ember.ops.softmax_cross_entropy``. By default the loss is returned as a Python float,
+    which synchronises the current stream once (and raises ``ValueError`` for a label out of range,
+    checked on the device). ``device_loss=True`` returns the loss as a 1-element float32 CuPy
+    array instead and never synchronises (for CUDA-graph training loops); a bad label then makes
+    it NaN."""
+    return _cuda.softmax_cross_entropy(logits, _int64_labels(labels), weight, label_smoothing,
+                                       reduction, grad_scale, compute_grad, grad, row_loss,
+                                       _loss_out(device_loss), _stream(), _alloc)
+
+
+def mse(pred, target, reduction, grad_scale, compute_grad, grad, *, device_loss=False):
+    """As ``ember.ops.mse``; ``device_loss`` as in :func:`softmax_cross_entropy`."""
+    return _cuda.mse(pred, target, reduction, grad_scale, compute_grad, grad,
+                     _loss_out(device_loss), _stream(), _alloc)
+
+
+def argmax(x, out):
+    return _cuda.argmax(x, out, _stream(), _alloc)
+
+
+def accuracy(logits, labels):
+    """Synchronises the current stream (the value comes back as a Python float)."""
+    return _cuda.accuracy(logits, _int64_labels(labels), _stream(), _alloc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+
+
+def dropout_forward(x, p, seed, offset, out):
+    return _cuda.dropout_forward(x, p, seed, offset, out, _stream(), _alloc)
+
+
+def dropout_backward(grad_out, p, seed, offset, out):
+    return _cuda.dropout_backward(grad_out, p, seed, offset, out, _stream(), _alloc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers
+#
+# The CPU-compatible calls return ``(grad_norm, skipped)`` as Python values, which synchronises
+# the current stream once per step. For a CUDA-graph training loop pass ``state=`` (see
+# :func:`step_state`): step and learning rate are then read from that device array, nothing is
+# synchronised, and the call returns ``(grad_norm, skipped)`` as 1-element device arrays
+# (float64, int64). With ``advance_step=True`` a step that is not skipped adds 1 to the device
+# step, so a captured graph can be replayed as is; change the learning rate with
+# :func:`set_step_state` (a kernel, capturable too).
+
+
+def step_state(step=1, lr=1e-3):
+    """A device array ``int64[2] = {step, lr as float64 bits}`` for the ``state=`` option."""
+    cp = _cp()
+    state = cp.empty(2, dtype=cp.int64)
+    set_step_state(state, step, lr)
+    return state
+
+
+def set_step_state(state, step, lr):
+    """Writes ``step`` and ``lr`` into ``state`` on the current stream (no synchronisation)."""
+    cp = _cp()
+    state[0] = int(step)
+    state[1:].view(cp.float64)[0] = float(lr)
+
+
+def _device_result(result):
+    if result is None:
+        return None
+    cp = _cp()
+    return result[:1].view(cp.float64), result[1:]
+
+
+def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov,
+             maximize, step, max_grad_norm, *, state=None, advance_step=False):
+    r = _cuda.sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                       nesterov, maximize, step, max_grad_norm, state, None, advance_step,
+                       _stream(), _alloc)
+    return r if state is None else _device_result(r)
+
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2, eps,
+              weight_decay, amsgrad, decoupled_weight_decay, maximize, step, max_grad_norm, *,
+              state=None, advance_step=False):
+    r = _cuda.adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2,
+                        eps, weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
+                        max_grad_norm, state, None, advance_step, _stream(), _alloc)
+    return r if state is None else _device_result(r)

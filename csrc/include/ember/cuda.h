@@ -58,5 +58,78 @@ int64_t linear_backward_partials_size(int64_t batch, int64_t out_features);
 void linear_backward(const LinearBackwardArgs& args, Precision precision, float* partials,
                      Stream stream);
 
+// ---- losses and metrics (loss.cu) ----------------------------------------------------------------
+// The batch value is reduced deterministically: each block writes a partial sum (double) and a
+// last one-block kernel adds them in a fixed order. Labels are int64 and range-checked on the
+// device: a bad label makes its row's loss and gradient NaN, and the lowest bad row is reported
+// in the result, which the caller reads (host-side checks would need a sync before the launch).
+// Workspace layout, in 8-byte words (`loss_workspace_words`): [0] the result (loss as a double,
+// or the number of correct rows for count_correct), [1] the lowest row with a bad label (-1:
+// none), [2..] scratch. It needs no initialisation.
+int64_t loss_workspace_words();
+
+// SoftmaxCrossEntropyArgs (ember/common.h) forward and backward in one kernel per row (online
+// softmax). `loss_out` (a device float, or null) receives the reduced loss too, for callers that
+// must not synchronise (CUDA graphs).
+void softmax_cross_entropy(const SoftmaxCrossEntropyArgs& args, void* workspace, float* loss_out,
+                           Stream stream);
+// Mean or summed squared error over n elements; grad (may alias pred) = grad_scale * dloss/dpred.
+void mse(int64_t n, const float* pred, const float* target, float* grad, Reduction reduction,
+         float grad_scale, void* workspace, float* loss_out, Stream stream);
+// Index of each row's largest value (first on ties; NaN counts as largest, as in NumPy).
+void argmax_rows(int64_t rows, int64_t cols, const float* x, int64_t* out, Stream stream);
+// Rows whose argmax equals the label, into workspace word 0 (as a double); bad labels as above.
+void count_correct(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
+                   void* workspace, Stream stream);
+
+// ---- elementwise and reductions (elementwise.cu) -------------------------------------------------
+// y may alias x; grad_in may alias grad_out (each element is read before it is written).
+void activation_forward(int64_t n, const float* x, float* y, Activation act, float param,
+                        Stream stream);
+void activation_backward(int64_t n, const float* grad_out, const float* preact, float* grad_in,
+                         Activation act, float param, Stream stream);
+// Column sums in double, deterministic (per-chunk partials summed in a fixed order).
+int64_t column_sum_workspace_words(int64_t rows, int64_t cols);
+void column_sum(int64_t rows, int64_t cols, const float* x, float* out, bool accumulate,
+                double* workspace, Stream stream);
+// Sum of n floats in double, deterministic; the result is workspace[0].
+int64_t sum_workspace_words(int64_t n);
+void sum(int64_t n, const float* x, double* workspace, Stream stream);
+// Copies `bytes` of device memory to the host after everything queued on `stream` (a stream
+// synchronisation: the one place the CPU-compatible signatures wait for the GPU).
+void copy_to_host(void* host, const void* device, int64_t bytes, Stream stream);
+
+// ---- dropout (dropout.cu) ------------------------------------------------------------------------
+// Element i keeps with probability 1-p, from Philox4x32-10 at (seed, offset + i) (ember/philox.h):
+// the same mask as the CPU kernel, bit for bit. y may alias x.
+void dropout_forward(int64_t n, const float* x, float* y, float p, uint64_t seed, uint64_t offset,
+                     Stream stream);
+void dropout_backward(int64_t n, const float* grad_out, float* grad_in, float p, uint64_t seed,
+                      uint64_t offset, Stream stream);
+
+// ---- fused multi-tensor optimizers (optim.cu) ----------------------------------------------------
+// Every parameter in (at most) two launches: (1) per-chunk sums of squares of all gradients
+// (double) into workspace partials; (2) every block reduces all partials in the same fixed order,
+// finds the global norm, the clip factor and the non-finite skip, and updates its chunks. More
+// tensors than one launch's metadata holds (kMaxTensorsPerLaunch) take more launches of each kind.
+//
+// Step and learning rate come from device memory, so a step can be captured in a CUDA graph:
+// `state` is int64[2] = {step (1-based number of this step), bit pattern of lr as a double}.
+// With `advance_step`, a step that was not skipped adds 1 to state[0] (after every block has read
+// it). `result` (device, int64[2]) receives {bit pattern of grad_norm as a double, skipped 0/1}.
+// The args' `lr` and `step` fields are ignored (they are in `state`).
+constexpr int kMaxTensorsPerLaunch = 96;
+int64_t optim_workspace_words(int64_t count, const int64_t* sizes);
+void sgd_step(const SgdArgs& args, const int64_t* state, bool advance_step, int64_t* result,
+              double* workspace, Stream stream);
+void adam_step(const AdamArgs& args, const int64_t* state, bool advance_step, int64_t* result,
+               double* workspace, Stream stream);
+// Writes {step, lr} into a state array (a tiny kernel: no host synchronisation, graph-safe).
+void set_step_state(int64_t* state, int64_t step, double lr, Stream stream);
+// L2 norm of all elements of all tensors (the optimizers' first launch plus a one-block kernel),
+// as a double in workspace[0].
+void global_norm(int64_t count, const float* const* tensors, const int64_t* sizes,
+                 double* workspace, Stream stream);
+
 }  // namespace cuda
 }  // namespace ember

@@ -1,0 +1,95 @@
+// Bindings of the CUDA elementwise family: activation_forward / activation_backward, column_sum
+// and sum on CUDA arrays (positional arguments as in ember._cpu, then `stream` and `alloc`).
+// sum returns a Python float: it synchronises the stream once, after the launches.
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda_bindings.h"
+#include "cuda_ops_common.h"
+
+namespace ember::bind {
+namespace {
+
+// An elementwise output of x's shape that may be `x` itself (in place) but not overlap otherwise.
+CudaArray same_shape_out(const char* fn, py::handle out_obj, const CudaArray& like,
+                         const std::vector<const CudaArray*>& inputs, const py::object& alloc) {
+  CudaArray out = cuda_out_arg(fn, out_obj, "out", like.shape, alloc);
+  for (const CudaArray* in : inputs) {
+    if (!same_memory(out, *in)) no_overlap(fn, out, *in);
+  }
+  return out;
+}
+
+py::object activation_forward(py::handle x_obj, const std::string& activation,
+                              double negative_slope, py::handle out_obj, uintptr_t stream,
+                              const py::object& alloc) {
+  const char* fn = "activation_forward";
+  const Activation act = parse_activation(fn, activation);
+  const float slope = finite_scalar(fn, negative_slope, "negative_slope");
+  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, -1);
+  const CudaArray out = same_shape_out(fn, out_obj, x, {&x}, alloc);
+  device_phase(fn, {&x, &out}, stream);
+  cuda::activation_forward(x.size, x.cf32(), out.f32(), act, slope,
+                           reinterpret_cast<cuda::Stream>(stream));
+  return out.obj;
+}
+
+py::object activation_backward(py::handle grad_out_obj, py::handle preact_obj,
+                               const std::string& activation, double negative_slope,
+                               py::handle out_obj, uintptr_t stream, const py::object& alloc) {
+  const char* fn = "activation_backward";
+  const Activation act = parse_activation(fn, activation);
+  const float slope = finite_scalar(fn, negative_slope, "negative_slope");
+  const CudaArray g = cuda_array_arg(fn, grad_out_obj, "grad_out", DType::f32, -1);
+  const CudaArray z = cuda_array_arg(fn, preact_obj, "preact", DType::f32, -1);
+  expect_shape(fn, z, g.shape);
+  const CudaArray out = same_shape_out(fn, out_obj, g, {&g, &z}, alloc);
+  device_phase(fn, {&g, &z, &out}, stream);
+  cuda::activation_backward(g.size, g.cf32(), z.cf32(), out.f32(), act, slope,
+                            reinterpret_cast<cuda::Stream>(stream));
+  return out.obj;
+}
+
+py::object column_sum(py::handle x_obj, py::handle out_obj, bool accumulate, uintptr_t stream,
+                      const py::object& alloc) {
+  const char* fn = "column_sum";
+  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, 2);
+  if (accumulate && out_obj.is_none()) throw py::value_error("column_sum: accumulate=True needs out");
+  const CudaArray out = cuda_out_arg(fn, out_obj, "out", {x.dim(1)}, alloc);
+  no_overlap(fn, out, x);
+  device_phase(fn, {&x, &out}, stream);
+  const CudaArray ws =
+      cuda_workspace(fn, cuda::column_sum_workspace_words(x.dim(0), x.dim(1)), alloc);
+  cuda::column_sum(x.dim(0), x.dim(1), x.cf32(), out.f32(), accumulate, words(ws),
+                   reinterpret_cast<cuda::Stream>(stream));
+  return out.obj;
+}
+
+double sum(py::handle x_obj, uintptr_t stream, const py::object& alloc) {
+  const char* fn = "sum";
+  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, -1);
+  device_phase(fn, {&x}, stream);
+  const CudaArray ws = cuda_workspace(fn, cuda::sum_workspace_words(x.size), alloc);
+  cuda::sum(x.size, x.cf32(), words(ws), reinterpret_cast<cuda::Stream>(stream));
+  return as_double(read_words(words(ws), 1, stream)[0]);
+}
+
+}  // namespace
+
+void bind_cuda_elementwise(py::module_& m) {
+  m.def("activation_forward", &activation_forward, py::arg("x"), py::arg("activation"),
+        py::arg("negative_slope"), py::arg("out"), py::arg("stream"), py::arg("alloc"),
+        R"(act(x) elementwise; out may be x (see ember.ops.activation_forward).)");
+  m.def("activation_backward", &activation_backward, py::arg("grad_out"), py::arg("preact"),
+        py::arg("activation"), py::arg("negative_slope"), py::arg("out"), py::arg("stream"),
+        py::arg("alloc"), R"(grad_out * act'(preact); out may be grad_out (see ember.ops.activation_backward).)");
+  m.def("column_sum", &column_sum, py::arg("x"), py::arg("out"), py::arg("accumulate"),
+        py::arg("stream"), py::arg("alloc"),
+        R"(Column sums in double, deterministic (see ember.ops.column_sum).)");
+  m.def("sum", &sum, py::arg("x"), py::arg("stream"), py::arg("alloc"),
+        R"(Sum of all elements in double, deterministic; synchronises the stream (see ember.ops.sum).)");
+}
+
+}  // namespace ember::bind
