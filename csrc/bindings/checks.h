@@ -123,6 +123,17 @@ inline void no_overlap(const char* fn, const py::array& out, const char* out_nam
   }
 }
 
+// An output that may be `input` itself (same buffer: elementwise kernels work in place) but must
+// not otherwise share memory with it.
+inline void same_or_no_overlap(const char* fn, const py::array& out, const char* out_name,
+                               const py::array& input, const char* in_name) {
+  if (out.data() == input.data() && out.nbytes() == input.nbytes()) return;
+  if (overlaps(out, input)) {
+    throw py::value_error(std::string(fn) + ": " + out_name + " must be " + in_name +
+                          " itself or not share memory with it");
+  }
+}
+
 inline float* f32(py::array& a) { return static_cast<float*>(a.mutable_data()); }
 inline const float* cf32(const py::array& a) { return static_cast<const float*>(a.data()); }
 inline int64_t* i64(py::array& a) { return static_cast<int64_t*>(a.mutable_data()); }
@@ -138,6 +149,74 @@ inline float finite_scalar(const char* fn, double v, const char* name) {
                           std::to_string(v));
   }
   return static_cast<float>(v);
+}
+
+// Python scalars. Each accepts only its own kind (no bool for numbers, no str for anything) and
+// names the argument: "dropout_forward: p must be a real number, got NoneType" (TypeError).
+
+// A real number (int, float or NumPy scalar) as a double; may be +-Inf/NaN (see finite_scalar).
+inline double real_arg(const char* fn, py::handle obj, const char* name) {
+  const bool numpy_number =
+      py::isinstance(obj, py::module_::import("numpy").attr("number")) &&
+      !py::isinstance(obj, py::module_::import("numpy").attr("complexfloating"));
+  if (py::isinstance<py::bool_>(obj) ||
+      !(py::isinstance<py::float_>(obj) || py::isinstance<py::int_>(obj) || numpy_number)) {
+    throw py::type_error(std::string(fn) + ": " + name + " must be a real number, got " +
+                         type_name(obj));
+  }
+  const double v = PyFloat_AsDouble(obj.ptr());
+  if (v == -1.0 && PyErr_Occurred()) {  // an int too large for a double
+    PyErr_Clear();
+    throw py::value_error(std::string(fn) + ": " + name + " must be finite, got " +
+                          py::repr(obj).cast<std::string>());
+  }
+  return v;
+}
+
+// A real number that is finite as a float32 (what the kernels compute with).
+inline float finite_f32_arg(const char* fn, py::handle obj, const char* name) {
+  const double v = real_arg(fn, obj, name);
+  const float f = finite_scalar(fn, v, name);
+  if (!std::isfinite(f)) {
+    throw py::value_error(std::string(fn) + ": " + name + " must be finite in float32, got " +
+                          py::repr(obj).cast<std::string>());
+  }
+  return f;
+}
+
+// A non-negative integer below 2**64 (int or NumPy integer), e.g. a seed or a counter offset.
+inline uint64_t uint64_arg(const char* fn, py::handle obj, const char* name) {
+  const std::string where = std::string(fn) + ": " + name;
+  if (py::isinstance<py::bool_>(obj) ||
+      !(py::isinstance<py::int_>(obj) ||
+        py::isinstance(obj, py::module_::import("numpy").attr("integer")))) {
+    throw py::type_error(where + " must be an int, got " + type_name(obj));
+  }
+  py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+  if (!v) throw py::error_already_set();
+  if (v < py::int_(0)) {
+    throw py::value_error(where + " must be >= 0, got " + py::repr(v).cast<std::string>());
+  }
+  const unsigned long long u = PyLong_AsUnsignedLongLong(v.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    throw py::value_error(where + " must be < 2**64, got " + py::repr(v).cast<std::string>());
+  }
+  return static_cast<uint64_t>(u);
+}
+
+inline bool bool_arg(const char* fn, py::handle obj, const char* name) {
+  if (!py::isinstance<py::bool_>(obj) && !py::isinstance(obj, py::module_::import("numpy").attr("bool_"))) {
+    throw py::type_error(std::string(fn) + ": " + name + " must be a bool, got " + type_name(obj));
+  }
+  return py::cast<bool>(obj);
+}
+
+inline std::string str_arg(const char* fn, py::handle obj, const char* name) {
+  if (!py::isinstance<py::str>(obj)) {
+    throw py::type_error(std::string(fn) + ": " + name + " must be a str, got " + type_name(obj));
+  }
+  return obj.cast<std::string>();
 }
 
 inline Activation parse_activation(const char* fn, const std::string& s) {

@@ -256,9 +256,19 @@ def global_norm(arrays: Sequence[Any]) -> float:
 def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
     """Zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
 
-    Element ``i`` of the flattened array draws its uniform number from Philox4x32-10 at counter
-    ``offset + i`` under key ``seed``: the same (seed, offset) gives the same mask on every run
-    and thread count. ``p == 1`` gives zeros. ``out`` may be ``x``.
+    The mask is a pure function of ``(seed, offset, i)``, the same on every run, thread count and
+    backend. Element ``i`` of the flattened array has global index ``g = offset + i`` (uint64) and
+    draws the 32-bit word ``r = philox4x32_10(counter, key)[g & 3]`` (Random123's Philox4x32-10)
+    with ``key = (seed & 0xffffffff, seed >> 32)`` and
+    ``counter = ((g >> 2) & 0xffffffff, (g >> 2) >> 32, 0, 0)``: one Philox call serves four
+    consecutive elements. It is kept iff ``(r >> 8) * 2**-24 >= p`` (``p`` rounded to float32)
+    and then becomes ``x * (1/(1-p))`` (float32); dropped elements are 0 (even NaN). ``p == 1``
+    gives zeros. A call over ``n`` elements at ``offset`` equals two calls over ``[offset,
+    offset+k)`` and ``[offset+k, offset+n)``, so a model advances ``offset`` by each array's size.
+
+    Args:
+        x: float32 array of any rank. p: drop probability in [0, 1].
+        seed, offset: integers in [0, 2**64). out: optional output; may be ``x``.
     """
     return _impl(x, "dropout_forward", "x").dropout_forward(_plain(x), p, seed, offset, out)
 
@@ -290,7 +300,8 @@ def sgd_step(params: Sequence[Any], grads: Sequence[Any],
         ``(grad_norm, skipped)``: the global gradient norm before clipping, and whether the step
         was skipped because the gradients held NaN or Inf (parameters and buffers untouched).
     """
-    return _impl(params[0] if len(params) else None, "sgd_step", "params[0]").sgd_step(
+    # An empty list goes to the CPU module, whose check names it.
+    return (_impl(params[0], "sgd_step", "params[0]") if len(params) else _cpu).sgd_step(
         list(params), list(grads), None if momentum_buffers is None else list(momentum_buffers),
         lr, momentum, dampening, weight_decay, nesterov, maximize, step,
         0.0 if max_grad_norm is None else max_grad_norm)
@@ -309,7 +320,8 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
     required with ``amsgrad``. Returns ``(grad_norm, skipped)`` as :func:`sgd_step` does.
     """
     beta1, beta2 = betas
-    return _impl(params[0] if len(params) else None, "adam_step", "params[0]").adam_step(
+    # An empty list goes to the CPU module, whose check names it.
+    return (_impl(params[0], "adam_step", "params[0]") if len(params) else _cpu).adam_step(
         list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
         None if max_exp_avg_sqs is None else list(max_exp_avg_sqs), lr, beta1, beta2, eps,
         weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
