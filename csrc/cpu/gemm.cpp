@@ -1,8 +1,522 @@
-// PLACEHOLDER (development only): replaced by the gemm kernel family.
-#include <stdexcept>
+// CPU GEMM with a fused epilogue, and the backward of a Linear layer built on it.
+//
+// GotoBLAS/BLIS structure: op(B) is packed into KC x NR column panels (an L2-sized block of them),
+// op(A) into MR x KC row panels (one at a time, it stays in L1), and a register-blocked micro-kernel
+// computes an MR x NR tile of C with MR*NR/VL vector accumulators: for every k it loads NR/VL
+// vectors of B and broadcasts MR values of A. Transposes of A and B are absorbed by the packing.
+// The epilogue (alpha, beta*C, bias, saved pre-activation, activation) runs on the accumulators of
+// the last K block while the tile is still in registers: one pass over C.
+//
+// Determinism: every element of C is one chain of FMAs over k in order, split into K blocks that
+// depend only on k; threads split M and N (never K), so results are bit-identical run to run and
+// for any thread count. Edge tiles run the same kernel (with fewer rows, or on a padded copy of a
+// narrow tile), so they do the same arithmetic as interior tiles.
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "activation_math.h"
 #include "ember/common.h"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
+
 namespace ember::cpu::EMBER_ISA {
-void gemm(const GemmArgs& args) { throw std::logic_error("not implemented"); }
-void linear_backward(const LinearBackwardArgs& args) { throw std::logic_error("not implemented"); }
+
+// reduce.cpp
+void column_sum(int64_t rows, int64_t cols, const float* x, float* out, bool accumulate);
+
+namespace {
+
+// Register tile: MR rows x NV vectors of VL floats. MR*NV accumulators + NV B vectors + one
+// broadcast must fit the register file (32 zmm / 16 ymm / 16 xmm).
+#if defined(__AVX512F__)
+constexpr int kVL = 16, kMR = 8, kNV = 2;   // 16 zmm accumulators
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kVL = 8, kMR = 6, kNV = 2;    // the classic 6x16 Haswell tile: 12 ymm accumulators
+#else
+constexpr int kVL = 4, kMR = 4, kNV = 3;    // SSE2: 12 xmm accumulators
+#endif
+constexpr int kNR = kVL * kNV;
+
+// Cache blocking (tuned on Zen 4: 32 KiB L1d, 1 MiB L2). An MR x KC panel of A (16 KiB at
+// KC=512, MR=8) stays in L1 while the kernel streams KC x NR panels of B from the KC x NC block
+// (512 KiB), which stays in L2. K up to 512 is one block: no partial sums through C.
+constexpr int64_t kKC = 512;
+constexpr int64_t kNC = 256;
+// Below this many multiply-adds a problem runs on the calling thread: a fork/join costs more.
+constexpr int64_t kParallelWork = int64_t(1) << 19;
+
+typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
+
+inline vf loadu(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
+inline void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf load_aligned(const float* p) { return *reinterpret_cast<const vf*>(p); }
+
+// The first n (may be <= 0 or >= kVL) floats at p, zeros after them; reads nothing beyond p[n-1].
+inline vf load_partial(const float* p, int n) {
+  if (n >= kVL) return loadu(p);
+  if (n <= 0) return vf{};
+#if defined(__AVX512F__)
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+#elif defined(__AVX2__)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+#else
+  vf v = vf{};
+  std::memcpy(&v, p, size_t(n) * sizeof(float));
+  return v;
+#endif
+}
+
+inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+bool in_register_act(Activation a) {
+  return a == Activation::identity || a == Activation::relu || a == Activation::leaky_relu;
+}
+
+// What the kernel does with the accumulators of one tile.
+struct Epilogue {
+  float alpha = 1.0f;
+  float beta = 0.0f;
+  bool load_c = false;            // t += beta * C (beta*C on the first K block, 1*partial later)
+  const float* bias = nullptr;    // last K block only; already offset to the tile's first column
+  float* preact = nullptr;        // last K block only; tile origin
+  int64_t ldp = 0;
+  Activation act = Activation::identity;  // relu / leaky_relu applied in registers
+  float slope = 0.0f;
+};
+
+// C[0:R, 0:NV*kVL] = epilogue(sum_k A[i][k] * B[k][j]) for R <= kMR rows. B is packed (NV*kVL
+// floats per k, 64-byte aligned). A is read as a[i*rs + k*cs]: packed (rs = 1, cs = kMR), or in
+// place when packing would cost more than it saves (see gemm_block); both do the same arithmetic.
+// An edge tile of R < kMR rows runs the R-row kernel rather than padding to kMR.
+template <int R, int NV, bool kPackedA>
+inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
+                         const float* __restrict b, float* c, int64_t ldc, const Epilogue& e) {
+  if constexpr (kPackedA) {
+    rs = 1;
+    cs = kMR;
+  }
+  vf acc[R][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = vf{};
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load_aligned(b + v * kVL);
+#pragma GCC unroll 32
+    for (int i = 0; i < R; ++i) {
+      const float ai = a[i * rs];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] += bv[v] * ai;
+    }
+    a += cs;
+    b += NV * kVL;
+  }
+  const vf zero = vf{};
+#pragma GCC unroll 32
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + i * ldc + v * kVL;
+      vf t = acc[i][v] * e.alpha;
+      if (e.load_c) t += loadu(cp) * e.beta;
+      if (e.bias) t += loadu(e.bias + v * kVL);
+      if (e.preact) storeu(e.preact + i * e.ldp + v * kVL, t);
+      if (e.act == Activation::relu) {
+        t = t > zero ? t : zero;
+      } else if (e.act == Activation::leaky_relu) {
+        t = t > zero ? t : t * e.slope;
+      }
+      storeu(cp, t);
+    }
+  }
+}
+
+template <int R, int NV>
+inline void run_kernel(int64_t kc, const float* a, int64_t rs, int64_t cs, const float* b,
+                       float* c, int64_t ldc, const Epilogue& e) {
+  if (rs) {
+    micro_kernel<R, NV, false>(kc, a, rs, cs, b, c, ldc, e);
+  } else {
+    micro_kernel<R, NV, true>(kc, a, 1, kMR, b, c, ldc, e);
+  }
+}
+
+// One tile of R rows x `cols` (<= NV*kVL) columns; `a` is packed unless rs != 0. A tile narrower
+// than its vectors runs the kernel on a padded copy, so it computes exactly what a full tile would.
+template <int R, int NV>
+void tile(int cols, int64_t kc, const float* a, int64_t rs, int64_t cs, const float* b, float* c,
+          int64_t ldc, const Epilogue& e) {
+  constexpr int W = NV * kVL;
+  if (cols == W) {
+    run_kernel<R, NV>(kc, a, rs, cs, b, c, ldc, e);
+    return;
+  }
+  alignas(64) float ct[R * W];  // written by the kernel before it is read unless load_c
+  alignas(64) float pt[R * W];
+  alignas(64) float bt[W];
+  Epilogue le = e;
+  if (e.load_c) {
+    for (int i = 0; i < R; ++i) {
+      std::memcpy(ct + i * W, c + i * ldc, cols * sizeof(float));
+      std::memset(ct + i * W + cols, 0, (W - cols) * sizeof(float));
+    }
+  }
+  if (e.bias) {
+    std::memcpy(bt, e.bias, cols * sizeof(float));
+    std::memset(bt + cols, 0, (W - cols) * sizeof(float));
+    le.bias = bt;
+  }
+  if (e.preact) {
+    le.preact = pt;
+    le.ldp = W;
+  }
+  run_kernel<R, NV>(kc, a, rs, cs, b, ct, W, le);
+  for (int i = 0; i < R; ++i) {
+    std::memcpy(c + i * ldc, ct + i * W, cols * sizeof(float));
+    if (e.preact) std::memcpy(e.preact + i * e.ldp, pt + i * W, cols * sizeof(float));
+  }
+}
+
+using TileFn = void (*)(int, int64_t, const float*, int64_t, int64_t, const float*, float*,
+                        int64_t, const Epilogue&);
+
+// kTiles[R-1][NV-1]
+template <int R, int... NV>
+constexpr std::array<TileFn, kNV> tile_row(std::integer_sequence<int, NV...>) {
+  return {&tile<R, NV + 1>...};
+}
+template <int... R>
+constexpr std::array<std::array<TileFn, kNV>, kMR> tile_table(std::integer_sequence<int, R...>) {
+  return {tile_row<R + 1>(std::make_integer_sequence<int, kNV>())...};
+}
+constexpr auto kTiles = tile_table(std::make_integer_sequence<int, kMR>());
+
+// dst[k*W + r] = src[r*ld + k] for r < rows, 0 for rows <= r < W; k < kc. (Packing a k-contiguous
+// operand: A as stored, or B^T.)
+void pack_transposed(const float* src, int64_t ld, int rows, int64_t kc, float* dst, int W) {
+  int64_t k = 0;
+#if defined(__AVX__)
+  // 8x8 transposes: 8 rows x 8 k in, 8 k-rows of 8 out.
+  for (; k + 8 <= kc; k += 8) {
+    for (int r0 = 0; r0 < W; r0 += 8) {
+      const int g = std::min(8, rows - r0);
+      __m256 v[8];
+      for (int r = 0; r < 8; ++r) {
+        v[r] = r < g ? _mm256_loadu_ps(src + (r0 + r) * ld + k) : _mm256_setzero_ps();
+      }
+      const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+      const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      __m256 o[8];
+      o[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+      o[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+      o[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+      o[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+      o[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+      o[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+      o[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+      o[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+      if (r0 + 8 <= W) {
+        for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + (k + t) * W + r0, o[t]);
+      } else {
+        alignas(32) float tmp[8];
+        for (int t = 0; t < 8; ++t) {
+          _mm256_store_ps(tmp, o[t]);
+          std::memcpy(dst + (k + t) * W + r0, tmp, (W - r0) * sizeof(float));
+        }
+      }
+    }
+  }
+#endif
+  for (; k < kc; ++k) {
+    float* d = dst + k * W;
+    for (int r = 0; r < rows; ++r) d[r] = src[r * ld + k];
+    for (int r = rows; r < W; ++r) d[r] = 0.0f;
+  }
+}
+
+// dst[k*W + j] = src[k*ld + j] for j < cols, 0 for cols <= j < W. (Packing an operand that is
+// contiguous along the packed panel's width: B as stored, or A^T.)
+// W is a multiple of kVL (a B panel) or kMR (an A panel).
+void pack_rows(const float* src, int64_t ld, int cols, int64_t kc, float* dst, int W) {
+  if (W % kVL == 0) {
+    for (int64_t k = 0; k < kc; ++k) {
+      float* d = dst + k * W;
+      const float* s = src + k * ld;
+      for (int j = 0; j < W; j += kVL) storeu(d + j, load_partial(s + j, cols - j));
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * W;
+    const float* s = src + k * ld;
+    for (int j = 0; j < cols; ++j) d[j] = s[j];
+    for (int j = cols; j < W; ++j) d[j] = 0.0f;
+  }
+}
+
+// Per-thread packing buffers: 64-byte aligned, grown when a larger problem comes, kept for the
+// life of the thread (OpenMP keeps its pool), so calls after warm-up never allocate.
+struct Buffer {
+  float* p = nullptr;
+  size_t cap = 0;  // floats
+  ~Buffer() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, round_up(int64_t(n) * sizeof(float), 64)));
+      cap = p ? n : 0;
+    }
+    return p;
+  }
+};
+thread_local Buffer t_apack, t_bpack;
+
+// The K blocks depend on k only (never on threads): ceil(k/kKC) blocks of nearly equal size.
+struct KBlocks {
+  int64_t count, size;
+  explicit KBlocks(int64_t k) {
+    count = std::max<int64_t>(1, (k + kKC - 1) / kKC);
+    size = round_up((k + count - 1) / count, 8);
+  }
+};
+
+// The activations that are not applied in registers (gelu, tanh, sigmoid, silu), on a tile that
+// is still in L1, by activation.cpp's vectorised span routine. Column tiles start at multiples of
+// kNR whatever the thread count, so every element meets the same code path.
+void apply_act_rows(float* c, int64_t ldc, int rows, int cols, Activation act, float p) {
+  for (int i = 0; i < rows; ++i) act_forward_span(c + i * ldc, c + i * ldc, cols, act, p);
+}
+
+// All of C on the calling thread. Returns false if the packing buffers cannot be allocated.
+bool gemm_block(const GemmArgs& g) {
+  const int64_t m0 = 0, m1 = g.m, n0 = 0, n1 = g.n;
+  const KBlocks kb(g.k);
+  float* apack = t_apack.get(size_t(kMR) * kb.size);
+  float* bpack = t_bpack.get(size_t(kb.size) * std::min<int64_t>(kNC, round_up(n1 - n0, kNR)));
+  if (!apack || !bpack) return false;
+  const bool post_act = !in_register_act(g.act);
+
+  for (int64_t jc = n0; jc < n1; jc += kNC) {
+    const int64_t nc = std::min(kNC, n1 - jc);
+    for (int64_t blk = 0; blk < kb.count; ++blk) {
+      const int64_t k0 = blk * kb.size;
+      const int64_t kc = std::max<int64_t>(0, std::min(kb.size, g.k - k0));
+      const bool first = blk == 0, last = blk == kb.count - 1;
+
+      // Pack op(B)[k0:k0+kc, jc:jc+nc] into panels of width kNR (the last rounded up to kVL).
+      for (int64_t jr = 0; jr < nc; jr += kNR) {
+        const int cols = int(std::min<int64_t>(kNR, nc - jr));
+        const int w = int(round_up(cols, kVL));
+        float* dst = bpack + jr * kc;
+        if (g.trans_b) {
+          pack_transposed(g.b + (jc + jr) * g.ldb + k0, g.ldb, cols, kc, dst, w);
+        } else {
+          pack_rows(g.b + k0 * g.ldb + jc + jr, g.ldb, cols, kc, dst, w);
+        }
+      }
+
+      Epilogue e;
+      e.alpha = g.alpha;
+      e.load_c = first ? g.beta != 0.0f : true;
+      e.beta = first ? g.beta : 1.0f;
+      if (last) {
+        e.act = g.act;
+        e.slope = g.act_param;
+      }
+
+      for (int64_t ic = m0; ic < m1; ic += kMR) {
+        const int rows = int(std::min<int64_t>(kMR, m1 - ic));
+        // A panel is used by nc/kNR tiles; when that is one or two, packing it costs as much as the
+        // kernel saves, so full panels are read in place.
+        const float* ap = apack;
+        int64_t rs = 0, cs = 0;
+        if (nc <= 2 * kNR) {
+          ap = g.trans_a ? g.a + k0 * g.lda + ic : g.a + ic * g.lda + k0;
+          rs = g.trans_a ? 1 : g.lda;
+          cs = g.trans_a ? g.lda : 1;
+        } else if (g.trans_a) {
+          pack_rows(g.a + k0 * g.lda + ic, g.lda, rows, kc, apack, kMR);
+        } else {
+          pack_transposed(g.a + ic * g.lda + k0, g.lda, rows, kc, apack, kMR);
+        }
+        for (int64_t jr = 0; jr < nc; jr += kNR) {
+          const int cols = int(std::min<int64_t>(kNR, nc - jr));
+          const int64_t j = jc + jr;
+          float* c = g.c + ic * g.ldc + j;
+          Epilogue te = e;
+          if (last) {
+            te.bias = g.bias ? g.bias + j : nullptr;
+            te.preact = g.preact ? g.preact + ic * g.ldc + j : nullptr;
+            te.ldp = g.ldc;
+          }
+          kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, bpack + jr * kc, c,
+                                                       g.ldc, te);
+          if (last && post_act) apply_act_rows(c, g.ldc, rows, cols, g.act, g.act_param);
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// The block C[m0:m1, n0:n1] of g as a problem of its own.
+GemmArgs sub_problem(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  GemmArgs r = g;
+  r.m = m1 - m0;
+  r.n = n1 - n0;
+  r.a = g.trans_a ? g.a + m0 : g.a + m0 * g.lda;
+  r.b = g.trans_b ? g.b + n0 * g.ldb : g.b + n0;
+  r.c = g.c + m0 * g.ldc + n0;
+  if (g.bias) r.bias = g.bias + n0;
+  if (g.preact) r.preact = g.preact + m0 * g.ldc + n0;
+  return r;
+}
+
+// Split C over a tm x tn grid of threads (MR/NR-aligned) to minimise the slowest thread's
+// estimated time: its share of the multiply-adds plus the packing it repeats.
+void choose_grid(const GemmArgs& g, int threads, int& tm, int& tn) {
+  const int64_t mu = (g.m + kMR - 1) / kMR, nu = (g.n + kNR - 1) / kNR;
+  double best = -1.0;
+  tm = threads;
+  tn = 1;
+  for (int f = 1; f <= threads; ++f) {
+    if (threads % f) continue;
+    const int fm = f, fn = threads / f;
+    if (fm > mu || fn > nu) continue;
+    const double rows = double((mu + fm - 1) / fm * kMR), cols = double((nu + fn - 1) / fn * kNR);
+    const double fma = rows * cols * double(g.k) / kVL;
+    const double pack = (cols + rows * std::ceil(cols / kNC)) * double(g.k);
+    const double cost = fma + pack;
+    if (best < 0 || cost < best) {
+      best = cost;
+      tm = fm;
+      tn = fn;
+    }
+  }
+}
+
+// dZ = dY * act'(Z) into grad_preact, with db = column sums of dZ in the same pass (each 64-wide
+// row segment is summed while it is in L1). Threads own blocks of 64 columns and walk the rows in
+// order, so db does not depend on the thread count.
+void grad_preact_and_bias(const LinearBackwardArgs& a) {
+  constexpr int64_t kBlock = 64;
+  const int64_t rows = a.batch, cols = a.out_features;
+  const int64_t nblocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t(1) << 15) && nblocks > 1)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const int64_t c0 = blk * kBlock, w = std::min(kBlock, cols - c0);
+    double acc[kBlock] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* g = a.grad_out + r * cols + c0;
+      const float* z = a.preact + r * cols + c0;
+      float* d = a.grad_preact + r * cols + c0;
+      act_backward_span(g, z, d, w, a.act, a.act_param);
+      if (a.grad_bias) {
+        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(d[j]);
+      }
+    }
+    if (a.grad_bias) {
+      float* o = a.grad_bias + c0;
+      for (int64_t j = 0; j < w; ++j) {
+        o[j] = a.accumulate ? static_cast<float>(static_cast<double>(o[j]) + acc[j])
+                            : static_cast<float>(acc[j]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void gemm(const GemmArgs& g) {
+  if (g.m <= 0 || g.n <= 0) return;
+  // Thread `id` of `nt` computes one MR/NR-aligned block of C.
+  auto run = [&](int nt, int id) {
+    int tm, tn;
+    choose_grid(g, nt, tm, tn);
+    if (id >= tm * tn) return true;
+    const int im = id / tn, in = id % tn;
+    const int64_t mu = (g.m + kMR - 1) / kMR, nu = (g.n + kNR - 1) / kNR;
+    const int64_t m0 = std::min(g.m, mu * im / tm * kMR), m1 = std::min(g.m, mu * (im + 1) / tm * kMR);
+    const int64_t n0 = std::min(g.n, nu * in / tn * kNR), n1 = std::min(g.n, nu * (in + 1) / tn * kNR);
+    if (m0 >= m1 || n0 >= n1) return true;
+    return gemm_block(sub_problem(g, m0, m1, n0, n1));
+  };
+  const int64_t work = g.m * g.n * std::max<int64_t>(g.k, 1);
+  const int threads = work >= kParallelWork ? omp_get_max_threads() : 1;
+  bool ok = true;
+  if (threads <= 1) {
+    ok = run(1, 0);
+  } else {
+#pragma omp parallel num_threads(threads)
+    {
+      if (!run(omp_get_num_threads(), omp_get_thread_num())) {
+#pragma omp atomic write
+        ok = false;
+      }
+    }
+  }
+  if (!ok) throw std::bad_alloc();
+}
+
+void linear_backward(const LinearBackwardArgs& a) {
+  const float* dz = a.grad_out;
+  if (a.act != Activation::identity) {
+    grad_preact_and_bias(a);
+    dz = a.grad_preact;
+  } else if (a.grad_bias) {
+    column_sum(a.batch, a.out_features, a.grad_out, a.grad_bias, a.accumulate);
+  }
+  if (a.grad_input) {  // dX = dZ W: (batch x out) (out x in)
+    GemmArgs g;
+    g.m = a.batch;
+    g.n = a.in_features;
+    g.k = a.out_features;
+    g.a = dz;
+    g.lda = a.out_features;
+    g.b = a.weight;
+    g.ldb = a.in_features;
+    g.c = a.grad_input;
+    g.ldc = a.in_features;
+    gemm(g);
+  }
+  if (a.grad_weight) {  // dW (+)= dZ^T x: (out x batch) (batch x in)
+    GemmArgs g;
+    g.m = a.out_features;
+    g.n = a.in_features;
+    g.k = a.batch;
+    g.a = dz;
+    g.lda = a.out_features;
+    g.trans_a = true;
+    g.b = a.x;
+    g.ldb = a.in_features;
+    g.c = a.grad_weight;
+    g.ldc = a.in_features;
+    g.beta = a.accumulate ? 1.0f : 0.0f;
+    gemm(g);
+  }
+}
+
+}  // namespace ember::cpu::EMBER_ISA
