@@ -33,6 +33,13 @@ __all__ = [
 ]
 
 
+def _kernels(x, fn: str, name: str):
+    """The kernel module for ``x``'s device (ember._cpu or ember._cuda_ops): layers call it
+    directly with the positional signatures documented in :mod:`ember.ops`, skipping one Python
+    call per op on the hot path."""
+    return ops._cpu if type(x) is np.ndarray else ops._impl(x, fn, name)
+
+
 def _xp(a):
     """numpy or cupy, whichever holds ``a``."""
     if type(a) is np.ndarray:
@@ -50,23 +57,54 @@ class Parameter:
         requires_grad: False freezes the parameter: optimizers leave it unchanged.
     """
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("_data", "_grad", "_requires_grad")
+    #: Bumped whenever any Parameter's data, grad or requires_grad is reassigned, so that an
+    #: optimizer can keep its list of tensors between steps and rebuild it only after a change.
+    version = 0
 
     def __init__(self, data, requires_grad: bool = True):
-        self.data = data
-        self.grad = None
-        self.requires_grad = requires_grad
+        self._data = data
+        self._grad = None
+        self._requires_grad = bool(requires_grad)
+        Parameter.version += 1
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value
+        Parameter.version += 1
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
+        Parameter.version += 1
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool):
+        self._requires_grad = bool(value)
+        Parameter.version += 1
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.data.shape)
+        return tuple(self._data.shape)
 
     @property
     def size(self) -> int:
-        return int(self.data.size)
+        return int(self._data.size)
 
     def __repr__(self) -> str:
-        frozen = "" if self.requires_grad else ", frozen"
+        frozen = "" if self._requires_grad else ", frozen"
         return f"Parameter(shape={self.shape}{frozen})"
 
 
@@ -206,7 +244,7 @@ class Module:
     @property
     def device(self) -> str:
         params = self.parameters()
-        if params and type(params[0].data) is not np.ndarray:
+        if params and hasattr(params[0].data, "__cuda_array_interface__"):
             return "cuda"
         return "cpu"
 
@@ -277,18 +315,16 @@ class Linear(Module):
 
     def forward(self, x, out=None, preact_out=None):
         b = None if self.bias is None else self.bias.data
-        fused = self.activation != "identity"
+        k = _kernels(x, "Linear.forward", "x")
         if self.training:
             self._x = x
-            if fused:
-                y, self._z = ops.linear_forward(
-                    x, self.weight.data, b, activation=self.activation,
-                    negative_slope=self.negative_slope, out=out,
-                    preact_out=preact_out, save_preact=True)
+            if self.activation != "identity":
+                y, self._z = k.gemm(x, self.weight.data, b, out, preact_out, False, True,
+                                    self.activation, self.negative_slope, 1.0, 0.0, True, "fp32")
                 return y
             self._z = None
-        return ops.linear_forward(x, self.weight.data, b, activation=self.activation,
-                                  negative_slope=self.negative_slope, out=out)
+        return k.gemm(x, self.weight.data, b, out, None, False, True, self.activation,
+                      self.negative_slope, 1.0, 0.0, False, "fp32")
 
     def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None):
         if self._x is None:
@@ -299,11 +335,11 @@ class Linear(Module):
             w.grad = xp.zeros_like(w.data)
             if self.bias is not None:
                 self.bias.grad = xp.zeros_like(self.bias.data)
-        gi, _, _ = ops.linear_backward(
-            grad_out, self._x, w.data, preact=self._z, activation=self.activation,
-            negative_slope=self.negative_slope, bias=self.bias is not None,
-            need_grad_input=need_grad_input, grad_input=grad_input, grad_weight=w.grad,
-            grad_bias=None if self.bias is None else self.bias.grad, workspace=workspace)
+        has_bias = self.bias is not None
+        gi, _, _ = _kernels(grad_out, "Linear.backward", "grad_out").linear_backward(
+            grad_out, self._x, w.data, self._z, self.activation, self.negative_slope,
+            need_grad_input, has_bias, False, grad_input, w.grad,
+            self.bias.grad if has_bias else None, workspace, "fp32")
         return gi
 
     def config(self) -> dict:

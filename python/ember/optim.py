@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ember import ops
+from ember.nn import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
 
@@ -40,7 +41,6 @@ class Optimizer:
     _state_keys: tuple = ()
 
     def __init__(self, params, lr: float, max_grad_norm: Optional[float] = None):
-        from ember.nn import Module
         if isinstance(params, Module):
             named = list(params.named_parameters())
         else:
@@ -72,7 +72,7 @@ class Optimizer:
 
     def _active(self):
         """(params, grads, state lists) of the trainable parameters, cached between steps."""
-        key = tuple((id(p.data), id(p.grad), p.requires_grad) for _, p in self.named_params)
+        key = Parameter.version
         if self._lists is None or self._lists[0] != key:
             names, ps, gs = [], [], []
             for name, p in self.named_params:
