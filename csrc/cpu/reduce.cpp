@@ -13,16 +13,22 @@ namespace {
 constexpr int kChunks = 64;
 constexpr int64_t kParallelMin = int64_t(1) << 15;
 
-// Sum of f(x[i]) in float64 with 8 independent lanes (vectorisable without reassociation).
+// Sum of f(x[i]) in float64 with 32 independent lanes (vectorisable without reassociation).
+// 32, not 8: with one vector of accumulators the loop waits on the add latency and runs at half
+// the speed of the cache (it is the global-norm pass of every optimizer step).
 template <class F>
 double lane_sum(const float* x, int64_t n, F f) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  constexpr int kLanes = 32;
+  double acc[kLanes] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) acc[l] += f(static_cast<double>(x[i + l]));
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += f(static_cast<double>(x[i + l]));
   }
   for (int l = 0; i < n; ++i, ++l) acc[l] += f(static_cast<double>(x[i]));
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  }
+  return acc[0];
 }
 
 template <class F>

@@ -77,6 +77,9 @@ struct SoftmaxCrossEntropyArgs {
 };
 
 // Optimizer steps over many tensors in one call. Step-dependent scalars are computed on the host.
+// Hyperparameters are doubles (Python floats) because derived scalars such as 1 - beta2 and
+// 1 - beta2^t lose digits when beta2 is first rounded to float (0.999f gives 1 - beta2 wrong by
+// 1.3e-5); they are computed in double and rounded once, as PyTorch does.
 // grad_norm: the global L2 norm of all gradients (before clipping). When it is not finite the step
 // is skipped: parameters and state are left untouched and `skipped` is set.
 // With max_grad_norm > 0 gradients are scaled on the fly by min(1, max_grad_norm/(norm+1e-6))
@@ -92,10 +95,10 @@ struct SgdArgs {
   const float* const* grads = nullptr;
   float* const* momentum_buffers = nullptr;  // required when momentum != 0
   const int64_t* sizes = nullptr;            // elements per tensor
-  float lr = 0.01f, momentum = 0.0f, dampening = 0.0f, weight_decay = 0.0f;
+  double lr = 0.01, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
   bool nesterov = false, maximize = false;
   int64_t step = 1;  // 1-based index of this step; step 1 initialises momentum buffers to the gradient
-  float max_grad_norm = 0.0f;
+  double max_grad_norm = 0.0;
 };
 
 struct AdamArgs {
@@ -106,10 +109,10 @@ struct AdamArgs {
   float* const* exp_avg_sq = nullptr;
   float* const* max_exp_avg_sq = nullptr;  // required when amsgrad
   const int64_t* sizes = nullptr;
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   bool amsgrad = false, decoupled_weight_decay = false /* AdamW */, maximize = false;
   int64_t step = 1;  // 1-based index of this step (bias corrections use it)
-  float max_grad_norm = 0.0f;
+  double max_grad_norm = 0.0;
 };
 
 }  // namespace ember
