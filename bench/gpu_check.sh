@@ -35,7 +35,7 @@ cat "$logs/nvidia-smi.txt"
 
 # Install; if that fails, fall back to the in-tree developer build so the tests still run.
 # (Not after a timeout: the two limits together would break the 8 minutes.)
-stage install 180 "$py" -m pip install --no-build-isolation --no-deps -v .
+stage install 180 "$py" -m pip install --no-build-isolation --no-deps -v -C cmake.define.EMBER_CUDA=ON .
 rc=$?
 if [ $rc -ne 0 ]; then
   tail -30 "$logs/install.log"

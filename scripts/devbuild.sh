@@ -2,7 +2,8 @@
 # Incremental developer build without pip: configures once into build/dev, rebuilds what changed,
 # and copies the extension modules into python/ember/ so `PYTHONPATH=python pytest` uses them.
 # Safe to run from several shells at once (one build at a time, by lock).
-# Pass extra CMake options in EMBER_CMAKE_ARGS, e.g. EMBER_CMAKE_ARGS=-DEMBER_CUDA=OFF.
+# Builds the CUDA module too (EMBER_CUDA=ON: developers keep it compiling); pass extra CMake
+# options in EMBER_CMAKE_ARGS, e.g. EMBER_CMAKE_ARGS=-DEMBER_CUDA=OFF.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
@@ -12,7 +13,7 @@ flock 9
 if [ ! -f "$root/build/dev/build.ninja" ]; then
   cmake -S "$root" -B "$root/build/dev" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DPython_EXECUTABLE="$(command -v "$py")" \
-    -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" ${EMBER_CMAKE_ARGS:-} >/dev/null
+    -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DEMBER_CUDA=ON ${EMBER_CMAKE_ARGS:-} >/dev/null
 fi
 cmake --build "$root/build/dev" -- -j2
 # Copy then rename: a process that has the old module mapped keeps its inode (cp over a mapped
