@@ -52,7 +52,7 @@ constexpr int kNR = kVL * kNV;
 constexpr int64_t kKC = 512;
 constexpr int64_t kNC = 256;
 // Below this many multiply-adds a problem runs on the calling thread: a fork/join costs more.
-constexpr int64_t kParallelWork = int64_t(1) << 19;
+constexpr int64_t kParallelWork = int64_t(1) << 21;
 
 typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
 
