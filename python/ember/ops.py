@@ -74,10 +74,6 @@ def _labels(labels: Any, fn: str) -> Any:
     return labels
 
 
-def _plain(x: Any) -> Any:
-    return x.view(np.ndarray) if isinstance(x, np.ndarray) and type(x) is not np.ndarray else x
-
-
 # ---------------------------------------------------------------------------------------------
 # GEMM family
 
@@ -105,7 +101,7 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None,
     Returns:
         ``out``, or ``(out, preact)`` when ``save_preact`` or ``preact_out`` is given.
     """
-    return _impl(a, "gemm", "a").gemm(_plain(a), _plain(b), bias, out, preact_out, trans_a,
+    return _impl(a, "gemm", "a").gemm(a, b, bias, out, preact_out, trans_a,
                                       trans_b, activation, negative_slope, alpha, beta,
                                       save_preact, precision)
 
@@ -151,7 +147,7 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
         ``(grad_input or None, grad_weight, grad_bias or None)``.
     """
     return _impl(grad_out, "linear_backward", "grad_out").linear_backward(
-        _plain(grad_out), _plain(x), _plain(weight), preact, activation, negative_slope,
+        grad_out, x, weight, preact, activation, negative_slope,
         need_grad_input, bias, accumulate, grad_input, grad_weight, grad_bias, workspace,
         precision)
 
@@ -163,14 +159,14 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
 def activation_forward(x, activation: str, *, negative_slope: float = 0.01, out=None):
     """``act(x)`` elementwise for an array of any rank; ``out`` may be ``x`` (in place)."""
     return _impl(x, "activation_forward", "x").activation_forward(
-        _plain(x), activation, negative_slope, out)
+        x, activation, negative_slope, out)
 
 
 def activation_backward(grad_out, preact, activation: str, *, negative_slope: float = 0.01,
                         out=None):
     """``grad_out * act'(preact)`` elementwise; ``out`` may be ``grad_out`` (in place)."""
     return _impl(grad_out, "activation_backward", "grad_out").activation_backward(
-        _plain(grad_out), _plain(preact), activation, negative_slope, out)
+        grad_out, preact, activation, negative_slope, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def softmax_cross_entropy(logits, labels, *, weight=None, label_smoothing: float
         ``(loss as a Python float, grad or None)``.
     """
     return _impl(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
-        _plain(logits), _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
+        logits, _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
         reduction, grad_scale, compute_grad, grad, row_loss)
 
 
@@ -212,18 +208,18 @@ def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
     ``pred`` and ``target`` have the same shape (any rank). ``"mean"`` averages over all
     elements, like ``torch.nn.functional.mse_loss``. Returns ``(loss, grad or None)``.
     """
-    return _impl(pred, "mse", "pred").mse(_plain(pred), _plain(target), reduction, grad_scale,
+    return _impl(pred, "mse", "pred").mse(pred, target, reduction, grad_scale,
                                           compute_grad, grad)
 
 
 def argmax(x, *, out=None):
     """Index of the largest value in each row of a 2-D array (first one on ties), as int64."""
-    return _impl(x, "argmax", "x").argmax(_plain(x), out)
+    return _impl(x, "argmax", "x").argmax(x, out)
 
 
 def accuracy(logits, labels) -> float:
     """Fraction of rows whose argmax equals the label."""
-    return _impl(logits, "accuracy", "logits").accuracy(_plain(logits),
+    return _impl(logits, "accuracy", "logits").accuracy(logits,
                                                         _labels(labels, "accuracy"))
 
 
@@ -234,12 +230,12 @@ def accuracy(logits, labels) -> float:
 def column_sum(x, *, out=None, accumulate: bool = False):
     """Sum of each column of a 2-D array (e.g. a bias gradient); ``+=`` into ``out`` when
     ``accumulate``."""
-    return _impl(x, "column_sum", "x").column_sum(_plain(x), out, accumulate)
+    return _impl(x, "column_sum", "x").column_sum(x, out, accumulate)
 
 
 def sum(x) -> float:  # noqa: A001 - mirrors numpy.sum
     """Sum of all elements, accumulated in float64, deterministic."""
-    return _impl(x, "sum", "x").sum(_plain(x))
+    return _impl(x, "sum", "x").sum(x)
 
 
 def global_norm(arrays: Sequence[Any]) -> float:
@@ -270,14 +266,14 @@ def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
         x: float32 array of any rank. p: drop probability in [0, 1].
         seed, offset: integers in [0, 2**64). out: optional output; may be ``x``.
     """
-    return _impl(x, "dropout_forward", "x").dropout_forward(_plain(x), p, seed, offset, out)
+    return _impl(x, "dropout_forward", "x").dropout_forward(x, p, seed, offset, out)
 
 
 def dropout_backward(grad_out, p: float, seed: int, offset: int = 0, *, out=None):
     """Gradient of :func:`dropout_forward` with the same ``(p, seed, offset)``; the mask is
     regenerated, never stored."""
     return _impl(grad_out, "dropout_backward", "grad_out").dropout_backward(
-        _plain(grad_out), p, seed, offset, out)
+        grad_out, p, seed, offset, out)
 
 
 # ---------------------------------------------------------------------------------------------
