@@ -51,8 +51,10 @@ def main():
         def torn(path, payload):
             calls[0] += 1
             if calls[0] == args.kill_in_save:
+                data = b"".join(bytes(c) for c in ([payload] if isinstance(payload, bytes)
+                                                   else payload))
                 with open(path, "wb") as f:  # half a file, then die
-                    f.write(payload[: len(payload) // 2])
+                    f.write(data[: len(data) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, payload)
 

@@ -60,13 +60,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> str:
-    """Write ``data`` durably; returns its SHA-256."""
+def _write_file(path: Path, data) -> str:
+    """Write ``data`` (bytes, or a list of buffers written in order) durably; returns the
+    SHA-256 of what was written."""
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    digest = hashlib.sha256()
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in chunks:
+            digest.update(chunk)
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
-    return hashlib.sha256(data).hexdigest()
+    return digest.hexdigest()
 
 
 def _replace_pointer(path: Path, target: str) -> None:
@@ -81,9 +86,29 @@ def _to_host(a) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _safetensors_bytes(arrays: dict) -> bytes:
-    from safetensors.numpy import save
-    return save({k: _to_host(v) for k, v in arrays.items()})
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
+              np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8"}
+
+
+def _safetensors_chunks(arrays: dict) -> list:
+    """The safetensors file for ``arrays`` as a list of buffers: the 8-byte header length, the
+    JSON header (padded to 8 bytes), then each array's own memory — no serialised copy of the
+    data (safetensors.numpy.save would make two). Files are read back with the safetensors
+    package, which validates this layout."""
+    header: dict = {}
+    views = []
+    offset = 0
+    for name, arr in arrays.items():
+        a = _to_host(arr)
+        if a.dtype not in _ST_DTYPES:
+            raise TypeError(f"cannot checkpoint {name!r} of dtype {a.dtype}")
+        header[name] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        views.append(memoryview(a.reshape(-1)).cast("B"))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little"), text] + views
 
 
 def _json_default(o):
@@ -153,16 +178,16 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
     tmp.mkdir()
     files: dict[str, str] = {}
     files["model.safetensors"] = _write_file(
-        tmp / "model.safetensors", _safetensors_bytes(trainer.model.state_dict()))
+        tmp / "model.safetensors", _safetensors_chunks(trainer.model.state_dict()))
     opt_arrays = {f"{p}/{k}": a for p, st in trainer.optimizer.state.items()
                   for k, a in st.items()}
     files["optimizer.safetensors"] = _write_file(tmp / "optimizer.safetensors",
-                                                 _safetensors_bytes(opt_arrays))
+                                                 _safetensors_chunks(opt_arrays))
     cb_arrays = {f"{_callback_key(i, cb)}/{k}": a for i, cb in enumerate(callbacks)
                  for k, a in cb.arrays().items()}
     if cb_arrays:
         files["callbacks.safetensors"] = _write_file(tmp / "callbacks.safetensors",
-                                                     _safetensors_bytes(cb_arrays))
+                                                     _safetensors_chunks(cb_arrays))
     state = _trainer_state(trainer, callbacks, finished)
     files["trainer.json"] = _write_file(
         tmp / "trainer.json",
