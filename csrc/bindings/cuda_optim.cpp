@@ -17,40 +17,11 @@
 
 #include "cuda_bindings.h"
 #include "cuda_ops_common.h"
+#include "optim_args.h"
 
 namespace ember::bind {
 namespace {
 
-std::string num(double v) { return py::str(py::float_(v)); }
-
-double at_least_zero(const char* fn, double v, const char* name) {
-  if (!(std::isfinite(v) && v >= 0.0)) {
-    throw py::value_error(std::string(fn) + ": " + name + " must be a finite number >= 0, got " + num(v));
-  }
-  return v;
-}
-
-double beta_arg(const char* fn, double v, const char* name) {
-  if (!(v >= 0.0 && v < 1.0)) {
-    throw py::value_error(std::string(fn) + ": " + name + " must be in [0, 1), got " + num(v));
-  }
-  return v;
-}
-
-int64_t step_arg(const char* fn, py::handle obj) {
-  if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr())) {
-    throw py::type_error(std::string(fn) + ": step must be an int, got " + type_name(obj));
-  }
-  const auto step = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
-  if (!step) throw py::error_already_set();
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(step.ptr(), &overflow);
-  if (overflow != 0 || v < 1) {
-    throw py::value_error(std::string(fn) + ": step must be >= 1 (the 1-based number of this "
-                          "step), got " + py::str(step).cast<std::string>());
-  }
-  return static_cast<int64_t>(v);
-}
 
 // The step's device state and result: the caller's (graph mode) or scratch (host mode).
 struct StepIO {
@@ -109,20 +80,8 @@ py::object sgd_step(py::handle params_obj, py::handle grads_obj, py::handle bufs
                     py::handle result_obj, bool advance_step, uintptr_t stream,
                     const py::object& alloc) {
   const char* fn = "sgd_step";
-  SgdArgs a;
-  a.lr = at_least_zero(fn, lr, "lr");
-  a.momentum = at_least_zero(fn, momentum, "momentum");
-  finite_scalar(fn, dampening, "dampening");
-  a.dampening = dampening;
-  a.weight_decay = at_least_zero(fn, weight_decay, "weight_decay");
-  if (nesterov && !(momentum > 0.0 && dampening == 0.0)) {
-    throw py::value_error("sgd_step: nesterov requires momentum > 0 and dampening == 0, got "
-                          "momentum=" + num(momentum) + ", dampening=" + num(dampening));
-  }
-  a.nesterov = nesterov;
-  a.maximize = maximize;
-  a.step = step_arg(fn, step_obj);
-  a.max_grad_norm = at_least_zero(fn, max_grad_norm, "max_grad_norm");
+  SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize,
+                                    step_obj, max_grad_norm);
 
   const CudaArrayList params = cuda_array_list(fn, params_obj, "params", true, -1);
   const auto n = static_cast<py::ssize_t>(params.arrays.size());
@@ -165,17 +124,8 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
                      py::handle result_obj, bool advance_step, uintptr_t stream,
                      const py::object& alloc) {
   const char* fn = "adam_step";
-  AdamArgs a;
-  a.lr = at_least_zero(fn, lr, "lr");
-  a.beta1 = beta_arg(fn, beta1, "beta1");
-  a.beta2 = beta_arg(fn, beta2, "beta2");
-  a.eps = at_least_zero(fn, eps, "eps");
-  a.weight_decay = at_least_zero(fn, weight_decay, "weight_decay");
-  a.amsgrad = amsgrad;
-  a.decoupled_weight_decay = decoupled_weight_decay;
-  a.maximize = maximize;
-  a.step = step_arg(fn, step_obj);
-  a.max_grad_norm = at_least_zero(fn, max_grad_norm, "max_grad_norm");
+  AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                      decoupled_weight_decay, maximize, step_obj, max_grad_norm);
 
   const CudaArrayList params = cuda_array_list(fn, params_obj, "params", true, -1);
   const auto n = static_cast<py::ssize_t>(params.arrays.size());

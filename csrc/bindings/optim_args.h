@@ -1,0 +1,90 @@
+// Hyperparameter checks shared by the CPU and CUDA optimizer bindings (cpu_optim.cpp,
+// cuda_optim.cpp): the same arguments give the same errors on either device.
+#pragma once
+#include <Python.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <string>
+
+#include "checks.h"
+#include "ember/common.h"
+
+namespace ember::bind {
+
+inline std::string num(double v) { return py::str(py::float_(v)); }
+
+inline double at_least_zero(const char* fn, double v, const char* name) {
+  if (!(std::isfinite(v) && v >= 0.0)) {
+    throw py::value_error(std::string(fn) + ": " + name + " must be a finite number >= 0, got " +
+                          num(v));
+  }
+  return v;
+}
+
+inline double beta_arg(const char* fn, double v, const char* name) {
+  if (!(v >= 0.0 && v < 1.0)) {
+    throw py::value_error(std::string(fn) + ": " + name + " must be in [0, 1), got " + num(v));
+  }
+  return v;
+}
+
+// step: a Python or NumPy integer >= 1 (bool and float are refused: a float step is a bug).
+inline int64_t step_arg(const char* fn, py::handle obj) {
+  if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr())) {
+    throw py::type_error(std::string(fn) + ": step must be an int, got " + type_name(obj));
+  }
+  const auto step = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!step) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(step.ptr(), &overflow);
+  if (overflow != 0 || v < 1) {
+    throw py::value_error(std::string(fn) + ": step must be >= 1 (the 1-based number of this "
+                          "step), got " + py::str(step).cast<std::string>());
+  }
+  return static_cast<int64_t>(v);
+}
+
+// The scalar part of SgdArgs, checked (PyTorch's rules, e.g. Nesterov needs momentum and no
+// dampening); the tensor lists are filled by the caller.
+inline SgdArgs sgd_hyperparameters(double lr, double momentum, double dampening,
+                                   double weight_decay, bool nesterov, bool maximize,
+                                   py::handle step_obj, double max_grad_norm) {
+  const char* fn = "sgd_step";
+  SgdArgs a;
+  a.lr = at_least_zero(fn, lr, "lr");
+  a.momentum = at_least_zero(fn, momentum, "momentum");
+  finite_scalar(fn, dampening, "dampening");
+  a.dampening = dampening;
+  a.weight_decay = at_least_zero(fn, weight_decay, "weight_decay");
+  if (nesterov && !(momentum > 0.0 && dampening == 0.0)) {
+    throw py::value_error("sgd_step: nesterov requires momentum > 0 and dampening == 0, got "
+                          "momentum=" + num(momentum) + ", dampening=" + num(dampening));
+  }
+  a.nesterov = nesterov;
+  a.maximize = maximize;
+  a.step = step_arg(fn, step_obj);
+  a.max_grad_norm = at_least_zero(fn, max_grad_norm, "max_grad_norm");
+  return a;
+}
+
+inline AdamArgs adam_hyperparameters(double lr, double beta1, double beta2, double eps,
+                                     double weight_decay, bool amsgrad,
+                                     bool decoupled_weight_decay, bool maximize,
+                                     py::handle step_obj, double max_grad_norm) {
+  const char* fn = "adam_step";
+  AdamArgs a;
+  a.lr = at_least_zero(fn, lr, "lr");
+  a.beta1 = beta_arg(fn, beta1, "beta1");
+  a.beta2 = beta_arg(fn, beta2, "beta2");
+  a.eps = at_least_zero(fn, eps, "eps");
+  a.weight_decay = at_least_zero(fn, weight_decay, "weight_decay");
+  a.amsgrad = amsgrad;
+  a.decoupled_weight_decay = decoupled_weight_decay;
+  a.maximize = maximize;
+  a.step = step_arg(fn, step_obj);
+  a.max_grad_norm = at_least_zero(fn, max_grad_norm, "max_grad_norm");
+  return a;
+}
+
+}  // namespace ember::bind
