@@ -66,7 +66,7 @@ def test_unfused_activation_and_input_gradient():
     model = nn.Sequential(nn.Tanh(), nn.Linear(6, 4, seed=1), nn.ReLU(), nn.Linear(4, 2, seed=2))
     x = rng.standard_normal((5, 6)).astype(np.float32)
     g = rng.standard_normal((5, 2)).astype(np.float32)
-    model.forward(x)
+    y = model.forward(x)
     gx = model.backward(g)
     # reference: the same network in float64
     w1, b1 = model[1].weight.data.astype(np.float64), model[1].bias.data.astype(np.float64)
@@ -74,6 +74,7 @@ def test_unfused_activation_and_input_gradient():
     t = np.tanh(x.astype(np.float64))
     z1 = t @ w1.T + b1
     gz1 = (g @ w2) * (z1 > 0)
+    check_op(y, np.maximum(z1, 0) @ w2.T + b2, 1e-5, "forward through the unfused tanh")
     ref_gx = (gz1 @ w1) * (1 - t * t)
     check_op(gx, ref_gx, 1e-5, "input grad through the unfused tanh")
     check_op(model[1].weight.grad, gz1.T @ t, 1e-5, "w1 grad")

@@ -42,7 +42,7 @@ def _cuda_devices() -> tuple[int, str]:
             n, why = _cuda.device_count()
             if n > 0:
                 try:
-                    import cupy  # noqa: F401
+                    import cupy  # noqa: F401  (only whether it imports)
                 except ImportError:
                     n, why = 0, "CuPy is not installed (pip install cupy-cuda13x)"
             _cuda_state = (n, why)

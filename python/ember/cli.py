@@ -25,14 +25,12 @@ without a traceback and without overwriting anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import hashlib
 import json
 import math
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -1021,156 +1019,12 @@ def cmd_info(ns: dict) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# bench: small, self-checking measurements (bench/ holds the full versions)
-
-
-@contextlib.contextmanager
-def _blas_threads(n: int):
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield
-
-
-def _seconds_per_call(fn, min_time: float) -> float:
-    reps = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        t = time.perf_counter() - t0
-        if t >= min_time:
-            return t / reps
-        reps = max(reps * 2, int(reps * min_time / max(t, 1e-9) * 1.2) + 1)
-
-
-_SETTLE_S = 0.3  # idle OpenMP / OpenBLAS workers spin this long before they sleep
-
-
-def _compare(ember_fn, numpy_fn, samples: int, min_time: float,
-             rounds: int = 2) -> tuple[float, float]:
-    """Median seconds per call of each. The two run in separate blocks, alternated over
-    ``rounds`` so that load from other processes hits both alike, with a pause before each
-    block: after a call each library's idle workers spin for a while, and on a 2-core machine a
-    spinning pool halves the other's speed (or worse)."""
-    te, tn = [], []
-    for _ in range(rounds):
-        for fn, times in ((ember_fn, te), (numpy_fn, tn)):
-            time.sleep(_SETTLE_S)
-            fn()  # warm-up: buffers, thread pool wake-up
-            times.extend(_seconds_per_call(fn, min_time) for _ in range(samples))
-    return statistics.median(te), statistics.median(tn)
-
-
-def bench_gemm(quick: bool = False) -> list[tuple]:
-    """``[(case, ember GFLOP/s, NumPy GFLOP/s)]`` for the MLP-shaped and square GEMMs and the
-    fused linear+bias+ReLU forward; each result is checked against float64 first."""
-    from ember import ops
-    rng = np.random.default_rng(0)
-    f32 = np.float32
-    samples, min_time, rounds = (3, 0.01, 1) if quick else (4, 0.03, 2)
-    cases = [(128, 256, 784), (128, 256, 256), (32, 256, 64)] + \
-        ([(512, 512, 512)] if quick else [(512, 512, 512), (1024, 1024, 1024)])
-    rows = []
-    for m, n, k in cases:
-        x = rng.standard_normal((m, k), dtype=f32)
-        w = rng.standard_normal((n, k), dtype=f32) / np.float32(math.sqrt(k))
-        bias = rng.standard_normal(n, dtype=f32)
-        ye, yn = np.empty((m, n), f32), np.empty((m, n), f32)
-        ref = x.astype(np.float64) @ w.T.astype(np.float64)
-        _check_close("gemm", ops.gemm(x, w, trans_b=True, out=ye), ref)
-        te, tn = _compare(lambda: ops.gemm(x, w, trans_b=True, out=ye),
-                          lambda: np.matmul(x, w.T, out=yn), samples, min_time, rounds)
-        flops = 2.0 * m * n * k
-        rows.append((f"gemm {m}x{k} @ {k}x{n}", flops / te * 1e-9, flops / tn * 1e-9))
-        if k <= 784 and m <= 128:
-            _check_close("linear", ops.linear_forward(x, w, bias, activation="relu", out=ye),
-                         np.maximum(ref + bias, 0))
-
-            def np_linear():
-                np.matmul(x, w.T, out=yn)
-                np.add(yn, bias, out=yn)
-                np.maximum(yn, 0, out=yn)
-            te, tn = _compare(lambda: ops.linear_forward(x, w, bias, activation="relu", out=ye),
-                              np_linear, samples, min_time, rounds)
-            rows.append((f"linear+bias+relu {m}x{k}->{n}", flops / te * 1e-9, flops / tn * 1e-9))
-    return rows
-
-
-def _check_close(what: str, got, ref, tol: float = 1e-4) -> None:
-    ref = np.asarray(ref, np.float64)
-    err = float(np.linalg.norm(np.asarray(got, np.float64) - ref) / np.linalg.norm(ref))
-    if not err <= tol:
-        raise RuntimeError(f"bench: {what} relative error {err:.2e} > {tol:.0e}; not timing a "
-                           "wrong kernel")
-
-
-def bench_training(quick: bool = False, threads: int = 1) -> list[tuple]:
-    """``[(case, batch, ember samples/s, PyTorch samples/s or None)]``: Adam, lr 1e-3, same
-    model and data; ember through Trainer.fit, PyTorch through a hand-written loop."""
-    import ember
-    from ember import nn
-    try:
-        import torch
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
-    n = 1024 if quick else 4096
-    repeats = 2 if quick else 3
-    cases = [([64, 256, 256, 10], 32)] + ([] if quick else [([784, 256, 256, 10], 128)])
-    rows = []
-    for sizes, batch in cases:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, sizes[0])).astype(np.float32)
-        y = rng.integers(0, sizes[-1], n)
-        trainer = ember.Trainer(nn.MLP(sizes, seed=0), optimizer="adam", lr=1e-3, device="cpu")
-        time.sleep(0.2)
-        trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)  # warm-up
-        rates = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)
-            rates.append(n / (time.perf_counter() - t0))
-        tr = _torch_rate(torch, sizes, batch, x, y, repeats) if torch is not None else None
-        rows.append(("MLP " + "-".join(map(str, sizes)), batch, statistics.median(rates), tr))
-    return rows
-
-
-def _torch_rate(torch, sizes, batch, x, y, repeats) -> float:
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(0)
-
-    def epoch():
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(tx.index_select(0, idx)),
-                                                     ty.index_select(0, idx))
-            loss.backward()
-            opt.step()
-    time.sleep(0.2)
-    epoch()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        epoch()
-        rates.append(len(x) / (time.perf_counter() - t0))
-    return statistics.median(rates)
+# bench: small, self-checking measurements (ember/bench.py; bench/ holds the full versions)
 
 
 def cmd_bench(ns: dict) -> int:
     import ember
+    from ember.bench import bench_gemm, bench_training, blas_threads
     before = ember.get_num_threads()
     threads = ns.get("threads") or before
     isa = ember.info()["backends"]["cpu"]["isa"]
@@ -1180,7 +1034,7 @@ def cmd_bench(ns: dict) -> int:
           f"{'' if _has('threadpoolctl') else ' (threadpoolctl absent: BLAS threads unpinned)'}")
     ember.set_num_threads(threads)
     try:
-        with _blas_threads(threads):
+        with blas_threads(threads):
             gemm_rows = bench_gemm(ns.get("quick", False))
             print("\n| kernel | ember GFLOP/s | NumPy GFLOP/s | ember / NumPy |")
             print("|---|---:|---:|---:|")

@@ -11,7 +11,6 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 
