@@ -6,6 +6,18 @@ import pytest
 
 import ember
 
+def subprocess_env(**extra) -> dict:
+    """Environment for a child Python that must import the same ember as this test process
+    (the installed package in CI, python/ in a developer's tree)."""
+    import os
+    from pathlib import Path
+    root = str(Path(ember.__file__).resolve().parents[1])
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH")
+                                                  else []))
+    return env
+
+
 # Sizes that include 1, primes and sizes that are not multiples of any block size.
 ODD_SIZES = (1, 2, 3, 5, 7, 13, 17, 31, 33, 63, 65, 97, 127, 129, 257)
 

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 import ember
+from conftest import subprocess_env
 from ember import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ember.__file__)))
 
 
 def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "ember", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -256,7 +256,7 @@ def test_config_toml_and_flags_override(tmp_path, blobs_csv):
 def test_sigint_leaves_a_resumable_run_that_completes_identically(tmp_path):
     # ~60 ms an epoch: the signal lands while training is still going on
     args = ["--epochs", "30", "--patience", "0", "--batch-size", "4", "--hidden", "128,128"]
-    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "ember", "train", *args, "--out",
                              "runs/interrupted"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import subprocess_env
+
 SCRIPT = textwrap.dedent(r'''
     import json, random, traceback
     import numpy as np
@@ -131,10 +133,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_every_op_rejects_bad_input_without_crashing():
-    env = dict(os.environ)
-    here = os.path.dirname(os.path.abspath(__file__))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(here, "..", "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:{proc.stdout[-2000:]}\nstderr:{proc.stderr[-4000:]}"

@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
+from conftest import subprocess_env  # noqa: E402
 from ember.datasets import load_digits  # noqa: E402
 from ember.sklearn import EmberClassifier, EmberRegressor  # noqa: E402
 
@@ -63,18 +64,9 @@ def test_import_ember_does_not_need_sklearn():
             raise SystemExit("ember.sklearn imported without scikit-learn")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=_subprocess_env(), timeout=60)
+                         env=subprocess_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok:")
-
-
-def _subprocess_env():
-    import os
-    import ember
-    env = dict(os.environ)
-    pkg_root = os.path.dirname(os.path.dirname(ember.__file__))
-    env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")])
-    return env
 
 
 # -- data ------------------------------------------------------------------------------------
