@@ -2,7 +2,6 @@
 raise TypeError or ValueError (or succeed, for odd but valid input), never crash the interpreter
 or raise anything else."""
 import json
-import os
 import subprocess
 import sys
 import textwrap
