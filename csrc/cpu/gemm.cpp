@@ -80,6 +80,20 @@ inline vf load_partial(const float* p, int n) {
 #endif
 }
 
+// Stores the first n (may be >= kVL) floats of v at p; writes nothing beyond p[n-1].
+inline void store_partial(float* p, vf v, int n) {
+  if (n >= kVL) return storeu(p, v);
+  if (n <= 0) return;
+#if defined(__AVX512F__)
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
+#elif defined(__AVX2__)
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane), v);
+#else
+  std::memcpy(p, &v, size_t(n) * sizeof(float));
+#endif
+}
+
 inline int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 bool in_register_act(Activation a) {
@@ -97,6 +111,22 @@ struct Epilogue {
   Activation act = Activation::identity;  // relu / leaky_relu applied in registers
   float slope = 0.0f;
 };
+
+// One vector of a row of C: t = alpha*sum (+ beta*C) (+ bias), saved as the pre-activation,
+// activated in registers (relu, leaky_relu), stored. n < kVL touches only the first n columns.
+inline void epilogue(vf sum, float* c, const float* bias, float* preact, int n, const Epilogue& e) {
+  const vf zero = vf{};
+  vf t = sum * e.alpha;
+  if (e.load_c) t += load_partial(c, n) * e.beta;
+  if (bias) t += load_partial(bias, n);
+  if (preact) store_partial(preact, t, n);
+  if (e.act == Activation::relu) {
+    t = t > zero ? t : zero;
+  } else if (e.act == Activation::leaky_relu) {
+    t = t > zero ? t : t * e.slope;
+  }
+  store_partial(c, t, n);
+}
 
 // C[0:R, 0:NV*kVL] = epilogue(sum_k A[i][k] * B[k][j]) for R <= kMR rows. B is packed (NV*kVL
 // floats per k, 64-byte aligned). A is read as a[i*rs + k*cs]: packed (rs = 1, cs = kMR), or in
@@ -128,22 +158,12 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int6
     a += cs;
     b += NV * kVL;
   }
-  const vf zero = vf{};
 #pragma GCC unroll 32
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      float* cp = c + i * ldc + v * kVL;
-      vf t = acc[i][v] * e.alpha;
-      if (e.load_c) t += loadu(cp) * e.beta;
-      if (e.bias) t += loadu(e.bias + v * kVL);
-      if (e.preact) storeu(e.preact + i * e.ldp + v * kVL, t);
-      if (e.act == Activation::relu) {
-        t = t > zero ? t : zero;
-      } else if (e.act == Activation::leaky_relu) {
-        t = t > zero ? t : t * e.slope;
-      }
-      storeu(cp, t);
+      epilogue(acc[i][v], c + i * ldc + v * kVL, e.bias ? e.bias + v * kVL : nullptr,
+               e.preact ? e.preact + i * e.ldp + v * kVL : nullptr, kVL, e);
     }
   }
 }
@@ -382,6 +402,172 @@ bool gemm_block(const GemmArgs& g) {
   return true;
 }
 
+// Narrow C (n < kNarrow columns, A not transposed). The register tile above puts C's columns along
+// the lanes, so it fills n of its NV*kVL lanes (10 of 16 for the MLP's output layer, 1 of 16 for a
+// matrix-vector product). Here each element is instead a dot product with k along the lanes: a
+// vector accumulator per element sums A[i][k:k+VL] * B^T[j][k:k+VL], so every lane is busy but in
+// the last k step; A is read in place and B^T (n x k: packed once when B is stored k x n) stays
+// in L1. A tile of R rows x n columns keeps R*n accumulators, and the tile's accumulators are then
+// summed across lanes, kVL at a time, by a shuffle tree into one vector of kVL results.
+// Determinism: every element is one FMA chain over k per lane (lane l sums k = l mod kVL) and
+// then the same halving tree (lane l + lane l+kVL/2, then +kVL/4, ...), whatever the tile, its
+// slot in the tree, the row count or the thread; so any split of the rows gives the same bits.
+constexpr int kNarrow = 16;
+#if defined(__AVX512F__)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+
+constexpr int bit_reverse(int x, int bits) {
+  int r = 0;
+  for (int i = 0; i < bits; ++i) r |= ((x >> i) & 1) << (bits - 1 - i);
+  return r;
+}
+constexpr int log2_int(int x) { return x <= 1 ? 0 : 1 + log2_int(x / 2); }
+
+// Lane p of fold<H>(x, y): lanes form segments of 2H; a segment of the result holds the H sums
+// lane + lane+H of x's segment, then those of y's. (Index >= kVL picks from y.)
+template <int H, bool kHigh>
+constexpr int fold_index(int p) {
+  const int seg = p / (2 * H) * (2 * H), r = p % (2 * H), hi = kHigh ? H : 0;
+  return r < H ? seg + r + hi : kVL + seg + (r - H) + hi;
+}
+template <int H, size_t... P>
+inline vf fold(vf x, vf y, std::index_sequence<P...>) {
+  return __builtin_shufflevector(x, y, fold_index<H, false>(P)...) +
+         __builtin_shufflevector(x, y, fold_index<H, true>(P)...);
+}
+// v[0:2H] -> the lane sums of all of them. After log2(kVL) folds lane p holds the sum of the
+// vector that was in slot bit_reverse(p).
+template <int H>
+inline vf fold_tree(vf* v) {
+#pragma GCC unroll 16
+  for (int i = 0; i < H; ++i) v[i] = fold<H>(v[2 * i], v[2 * i + 1], std::make_index_sequence<kVL>());
+  if constexpr (H == 1) {
+    return v[0];
+  } else {
+    return fold_tree<H / 2>(v);
+  }
+}
+
+// Rows [m0, m1) of C for n = N columns; bt[j*ldbt + k] = op(B)[k][j].
+template <int N>
+void narrow_rows(const GemmArgs& g, const float* bt, int64_t ldbt, int64_t m0, int64_t m1) {
+  // R*N accumulators, R rows of A and one vector of B^T must fit the register file.
+  constexpr int R = std::max(1, std::min(8, (kVecRegs - 1) / (N + 1)));
+  constexpr int kAcc = R * N, kGroups = (kAcc + kVL - 1) / kVL, kBits = log2_int(kVL);
+  Epilogue e;
+  e.alpha = g.alpha;
+  e.beta = g.beta;
+  e.load_c = g.beta != 0.0f;
+  e.act = g.act;
+  e.slope = g.act_param;
+  const bool post_act = !in_register_act(g.act);
+  const float* br[N];
+  for (int j = 0; j < N; ++j) br[j] = bt + j * ldbt;
+  for (int64_t i0 = m0; i0 < m1; i0 += R) {
+    const int rows = int(std::min<int64_t>(R, m1 - i0));
+    // A last tile of fewer rows repeats its last row in the missing ones (computed, not stored).
+    const float* ar[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) ar[r] = g.a + (i0 + std::min(r, rows - 1)) * g.lda;
+    vf acc[kAcc];
+#pragma GCC unroll 32
+    for (int q = 0; q < kAcc; ++q) acc[q] = vf{};
+    auto step = [&](int64_t k, int n) __attribute__((always_inline)) {
+      vf av[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) av[r] = load_partial(ar[r] + k, n);
+#pragma GCC unroll 16
+      for (int j = 0; j < N; ++j) {
+        vf bv = load_partial(br[j] + k, n);
+        // Load B^T once into a register: GCC would fold it into each of the R FMAs as a memory
+        // operand, and R loads per FMA row make the loop load-bound (Zen 4: one zmm load/cycle).
+#if defined(__AVX512F__)
+        asm("" : "+v"(bv));
+#else
+        asm("" : "+x"(bv));
+#endif
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) acc[r * N + j] += av[r] * bv;
+      }
+    };
+    int64_t k = 0;
+    for (; k + kVL <= g.k; k += kVL) step(k, kVL);
+    if (k < g.k) step(k, int(g.k - k));
+
+    alignas(64) float sums[kGroups * kVL];  // sums[r*N + j] = C[i0+r][j] before the epilogue
+#pragma GCC unroll 4
+    for (int grp = 0; grp < kGroups; ++grp) {
+      vf v[kVL];
+#pragma GCC unroll 16
+      for (int q = 0; q < kVL; ++q) {
+        const int idx = grp * kVL + bit_reverse(q, kBits);
+        v[q] = idx < kAcc ? acc[idx] : vf{};
+      }
+      storeu(sums + grp * kVL, fold_tree<kVL / 2>(v));
+    }
+    float* c = g.c + i0 * g.ldc;
+    for (int r = 0; r < rows; ++r) {
+#pragma GCC unroll 4
+      for (int j = 0; j < N; j += kVL) {
+        epilogue(load_partial(sums + r * N + j, N - j), c + r * g.ldc + j,
+                 g.bias ? g.bias + j : nullptr,
+                 g.preact ? g.preact + (i0 + r) * g.ldc + j : nullptr, N - j, e);
+      }
+    }
+    if (post_act) apply_act_rows(c, g.ldc, rows, N, g.act, g.act_param);
+  }
+}
+
+using NarrowFn = void (*)(const GemmArgs&, const float*, int64_t, int64_t, int64_t);
+template <int... N>
+constexpr std::array<NarrowFn, kNarrow - 1> narrow_table(std::integer_sequence<int, N...>) {
+  return {&narrow_rows<N + 1>...};
+}
+constexpr auto kNarrowRows = narrow_table(std::make_integer_sequence<int, kNarrow - 1>());
+
+// Where the narrow path wins (Zen 4, one thread, against the register tile): k >= 128 (below, the
+// cross-lane sums and the per-tile overhead outweigh the busier lanes), B^T of up to 64 KiB (L1,
+// or streamed from L2 without loss), and with AVX the register tile leaving over 1/5 of its lanes
+// idle (v4: n <= 12, ~80 vs 52-79 GFLOP/s; at n = 13 they tie). Without AVX the register tile is
+// slower at every n < 16 (SSE2: 40 vs 12-28 GFLOP/s). The choice depends on n and k only, never
+// on m: a row's bits do not depend on the batch it is in.
+bool use_narrow(const GemmArgs& g) {
+  if (g.n >= kNarrow || g.trans_a || g.k < 128 || g.n * g.k > 16384) return false;
+#if defined(__AVX2__)
+  return g.n * 5 <= round_up(g.n, kVL) * 4;
+#else
+  return true;
+#endif
+}
+
+// C by narrow_rows on `threads` threads, each a contiguous range of rows.
+bool gemm_narrow(const GemmArgs& g, int threads) {
+  const float* bt = g.b;
+  int64_t ldbt = g.ldb;
+  if (!g.trans_b) {  // B^T, rows padded to whole vectors
+    ldbt = round_up(g.k, kVL);
+    float* p = t_bpack.get(size_t(g.n * ldbt));
+    if (!p) return false;
+    pack_transposed(g.b, g.ldb, int(g.k), g.n, p, int(ldbt));
+    bt = p;
+  }
+  const NarrowFn fn = kNarrowRows[g.n - 1];
+  auto run = [&](int nt, int id) {
+    const int64_t m0 = g.m * id / nt / 8 * 8, m1 = id == nt - 1 ? g.m : g.m * (id + 1) / nt / 8 * 8;
+    if (m0 < m1) fn(g, bt, ldbt, m0, m1);
+  };
+  if (threads <= 1) {
+    run(1, 0);
+  } else {
+#pragma omp parallel num_threads(threads)
+    run(omp_get_num_threads(), omp_get_thread_num());
+  }
+  return true;
+}
+
 // The block C[m0:m1, n0:n1] of g as a problem of its own.
 GemmArgs sub_problem(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   GemmArgs r = g;
@@ -466,6 +652,10 @@ void gemm(const GemmArgs& g) {
   };
   const int64_t work = g.m * g.n * std::max<int64_t>(g.k, 1);
   const int threads = work >= kParallelWork ? omp_get_max_threads() : 1;
+  if (use_narrow(g)) {
+    if (!gemm_narrow(g, threads)) throw std::bad_alloc();
+    return;
+  }
   bool ok = true;
   if (threads <= 1) {
     ok = run(1, 0);
