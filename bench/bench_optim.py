@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 import ember
 import ember.ops as ops
+from ember.bench import seconds_per_call
 
 # (out, in) weights and biases of a 784-1024-200-10 MLP: 1,010,850 parameters in 6 tensors.
 SHAPES = [(1024, 784), (1024,), (200, 1024), (200,), (10, 200), (10,)]
@@ -113,15 +114,7 @@ def reference_adam(params, grads_seq):
 
 def sample(fn, min_time: float = 0.02) -> float:
     """Seconds per call of fn over a batch of calls lasting at least min_time."""
-    reps = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        t = time.perf_counter() - t0
-        if t >= min_time:
-            return t / reps
-        reps = max(reps * 2, int(reps * min_time / max(t, 1e-9) * 1.2) + 1)
+    return seconds_per_call(fn, min_time)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """Shared test helpers: `check_op` compares any ember op with a float64 NumPy reference."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,57 @@ def check_op(got, ref, rtol: float = 1e-5, what: str = "") -> float:
     err = rel_error(got, ref)
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
     return err
+
+
+# float64 references for the activations (the formulas of csrc/cpu/activation_math.h), shared by
+# the CPU and CUDA GEMM tests.
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def act_ref(z, name, slope=0.01):
+    """act(z) in float64."""
+    if name == "identity":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, slope * z)
+    if name == "gelu":
+        return 0.5 * z * (1 + _erf(z / math.sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if name == "silu":
+        return z / (1 + np.exp(-z))
+    raise AssertionError(name)
+
+
+def act_grad_ref(z, name, slope=0.01):
+    """act'(z) in float64."""
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, slope)
+    if name == "gelu":
+        return 0.5 * (1 + _erf(z / math.sqrt(2))) + z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        k = math.sqrt(2 / math.pi)
+        t = np.tanh(k * (z + 0.044715 * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * k * (1 + 3 * 0.044715 * z * z)
+    if name == "tanh":
+        return 1 - np.tanh(z) ** 2
+    if name == "sigmoid":
+        s = 1 / (1 + np.exp(-z))
+        return s * (1 - s)
+    if name == "silu":
+        s = 1 / (1 + np.exp(-z))
+        return s * (1 + z * (1 - s))
+    raise AssertionError(name)
 
 
 def poisoned(shape, dtype=np.float32):

@@ -13,65 +13,12 @@ import pytest
 import ember
 from ember import backend, ops
 
-from conftest import ODD_SIZES, check_op
+from conftest import ODD_SIZES, act_grad_ref, act_ref, check_op
 
 _cuda = pytest.importorskip("ember._cuda") if backend.cuda_built() else None
 
 TOL = {"fp32": 1e-5, "tf32": 1e-3, "bf16": 1e-2}
 PRECISIONS = tuple(TOL)
-
-# ---------------------------------------------------------------------------------------------
-# float64 references (the formulas of csrc/cpu/activation_math.h)
-
-
-def _erf(x):
-    from math import erf
-    return np.vectorize(erf, otypes=[np.float64])(x)
-
-
-def act_ref(z, name, slope=0.01):
-    if name == "identity":
-        return z
-    if name == "relu":
-        return np.maximum(z, 0.0)
-    if name == "leaky_relu":
-        return np.where(z > 0, z, z * slope)
-    if name == "gelu":
-        return 0.5 * z * (1.0 + _erf(z / np.sqrt(2.0)))
-    if name == "gelu_tanh":
-        return 0.5 * z * (1.0 + np.tanh(0.7978845608028654 * (z + 0.044715 * z**3)))
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if name == "silu":
-        return z / (1.0 + np.exp(-z))
-    raise AssertionError(name)
-
-
-def act_grad_ref(z, name, slope=0.01):
-    if name == "identity":
-        return np.ones_like(z)
-    if name == "relu":
-        return (z > 0).astype(np.float64)
-    if name == "leaky_relu":
-        return np.where(z > 0, 1.0, slope)
-    if name == "gelu":
-        return 0.5 * (1.0 + _erf(z / np.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
-    if name == "gelu_tanh":
-        k = 0.7978845608028654
-        t = np.tanh(k * (z + 0.044715 * z**3))
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * k * (1 + 3 * 0.044715 * z * z)
-    if name == "tanh":
-        return 1.0 - np.tanh(z) ** 2
-    if name == "sigmoid":
-        s = 1.0 / (1.0 + np.exp(-z))
-        return s * (1 - s)
-    if name == "silu":
-        s = 1.0 / (1.0 + np.exp(-z))
-        return s * (1 + z * (1 - s))
-    raise AssertionError(name)
-
 
 # ---------------------------------------------------------------------------------------------
 # GPU tests

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 __all__ = ["bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
-           "blas_threads"]
+           "blas_threads", "seconds_per_call"]
 
 
 
@@ -30,7 +30,8 @@ def blas_threads(n: int):
         yield
 
 
-def _seconds_per_call(fn, min_time: float) -> float:
+def seconds_per_call(fn, min_time: float) -> float:
+    """Seconds per call of ``fn``, timed over enough calls to last at least ``min_time``."""
     reps = 1
     while True:
         t0 = time.perf_counter()
@@ -56,7 +57,7 @@ def _compare(ember_fn, numpy_fn, samples: int, min_time: float,
         for fn, times in ((ember_fn, te), (numpy_fn, tn)):
             time.sleep(_SETTLE_S)
             fn()  # warm-up: buffers, thread pool wake-up
-            times.extend(_seconds_per_call(fn, min_time) for _ in range(samples))
+            times.extend(seconds_per_call(fn, min_time) for _ in range(samples))
     return statistics.median(te), statistics.median(tn)
 
 
