@@ -22,8 +22,15 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 __all__ = [
     "info", "cuda_built", "cuda_available", "cuda_training_available", "set_num_threads", "get_num_threads",
-    "resolve_device", "is_cuda_array", "array_module",
+    "resolve_device", "resolve_training_device", "is_cuda_array", "array_module",
+    "GPU_TRAINING_VERIFIED",
 ]
+
+#: Whether ``Trainer(device="auto")`` may pick the GPU. The GPU training loop is written but was
+#: built on a machine without a GPU; ``device="cuda"`` uses it, while ``"auto"`` keeps training on
+#: the CPU until it has been checked on one. The GPU session flips this to True after
+#: ``bench/gpu_check.sh`` passes the GPU training tests (tests/test_gpu_training.py).
+GPU_TRAINING_VERIFIED = False
 
 _cuda_state: tuple[int, str] | None = None
 
@@ -57,14 +64,16 @@ def cuda_available() -> bool:
 def cuda_training_available() -> tuple[bool, str]:
     """Whether ``Trainer`` can train on the GPU. Returns ``(ok, reason)``.
 
-    Not yet: the CUDA kernels of every family are built and callable through :mod:`ember.ops`
-    on CuPy arrays, but the GPU training loop (batches on the device, the step captured as a CUDA
-    graph) has not landed, so ``device="auto"`` trains on the CPU and ``device="cuda"`` says why.
+    True whenever CUDA is usable (:func:`cuda_available`): batches, parameters, gradients and
+    optimizer state then live on the device as CuPy arrays. ``device="auto"`` picks the GPU only
+    once :data:`GPU_TRAINING_VERIFIED` is set (see :func:`resolve_training_device`).
     """
     if not cuda_available():
         return False, _cuda_devices()[1]
-    return False, ("training on the GPU is not available yet: the CUDA kernels work through "
-                   "ember.ops on CuPy arrays, but Trainer runs on the CPU")
+    if GPU_TRAINING_VERIFIED:
+        return True, ""
+    return True, ("the GPU training loop has not been verified on a GPU yet: device='auto' "
+                  "trains on the CPU, device='cuda' on the GPU")
 
 
 def set_num_threads(n: int) -> None:
@@ -123,6 +132,19 @@ def resolve_device(device: str) -> str:
     if device == "cuda":
         raise ValueError(f"device='cuda' requested but CUDA is not usable: {_cuda_devices()[1]}")
     return "cpu"
+
+
+def resolve_training_device(device: str) -> str:
+    """Where ``Trainer`` trains: :func:`resolve_device`, except that ``"auto"`` stays on the CPU
+    until :data:`GPU_TRAINING_VERIFIED` (an explicit ``"cuda"`` always trains on the GPU).
+
+    Raises:
+        ValueError: as :func:`resolve_device`.
+    """
+    resolved = resolve_device(device)
+    if resolved == "cuda" and device == "auto" and not GPU_TRAINING_VERIFIED:
+        return "cpu"
+    return resolved
 
 
 def is_cuda_array(x: Any) -> bool:

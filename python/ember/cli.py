@@ -925,20 +925,14 @@ def _eval_data(cfg: dict, ns: dict, require_target: bool):
 
 
 def _run_trainer(run_dir: Path, device: str):
-    from ember.backend import resolve_device
+    from ember.backend import resolve_training_device
     from ember.checkpoint import load_trainer
     ckpt = run_dir / "checkpoints"
     if not (ckpt / "latest").exists():
         raise ValueError(f"{run_dir}: the run has no checkpoint yet (it was interrupted "
                          "before its first epoch ended); resume it with 'ember train --resume "
                          f"{run_dir}'")
-    dev = resolve_device(device)
-    if dev == "cuda":
-        from ember.backend import cuda_training_available
-        ok, _ = cuda_training_available()
-        if not ok and device == "auto":
-            dev = "cpu"
-    return load_trainer(ckpt, device=dev)
+    return load_trainer(ckpt, device=resolve_training_device(device))
 
 
 def cmd_evaluate(ns: dict) -> int:

@@ -4,7 +4,9 @@
 is a pure function of the two, so a run resumed in the middle of an epoch sees the same batches
 as one never interrupted, and ``batches(epoch, start=k)`` jumps to batch ``k`` in O(1).
 Batches are gathered with NumPy fancy indexing into buffers reused between steps (no per-sample
-Python work).
+Python work). CuPy arrays (GPU training) are batched on the device the same way: the epoch's order
+is still computed with NumPy (same seed, same order as on the CPU), copied to the device once per
+epoch, and batches are gathered with ``cupy.take`` into reused device buffers.
 
 Example:
     >>> import numpy as np
@@ -89,7 +91,8 @@ class DataLoader:
     """Mini-batches of ``(x, y)`` in a seeded order.
 
     Args:
-        x: (n, features) float32 array. y: (n, ...) array, or None.
+        x: (n, features) float32 array (NumPy, or CuPy for batches on the GPU).
+        y: (n, ...) array on the same device, or None.
         batch_size: samples per batch (>= 1).
         shuffle: shuffle each epoch (order a pure function of ``(seed, epoch)``).
         drop_last: drop the last incomplete batch.
@@ -116,6 +119,12 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self._bufs: dict = {}
+        # The array module batches are gathered with: chosen once, here, from x's device.
+        if hasattr(x, "__cuda_array_interface__"):
+            import cupy
+            self._xp = cupy
+        else:
+            self._xp = np
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -133,21 +142,24 @@ class DataLoader:
         shape = (rows,) + arr.shape[1:]
         buf = self._bufs.get(key)
         if buf is None or buf.shape != shape:
-            buf = np.empty(shape, dtype=arr.dtype)
+            buf = self._xp.empty(shape, dtype=arr.dtype)
             self._bufs[key] = buf
         return buf
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:
         """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on."""
+        xp = self._xp
         idx = self.order(epoch)
+        if xp is not np:
+            idx = xp.asarray(idx)  # one host-to-device copy per epoch
         bs = self.batch_size
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
-            xb = np.take(self.x, sel, axis=0, out=self._buffer("x", self.x, len(sel)))
+            xb = xp.take(self.x, sel, axis=0, out=self._buffer("x", self.x, len(sel)))
             if self.y is None:
                 yield xb, None
             else:
-                yield xb, np.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)))
+                yield xb, xp.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)))
 
     def __iter__(self):
         return self.batches(0)

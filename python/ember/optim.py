@@ -63,8 +63,18 @@ class Optimizer:
 
     def _state_for(self, name, p) -> dict:
         st = self.state.get(name)
-        if st is None or st[self._state_keys[0]].shape != p.data.shape or \
-                type(st[self._state_keys[0]]) is not type(p.data):
+        k0 = self._state_keys[0]
+        if st is not None and st[k0].shape == p.data.shape and \
+                hasattr(st[k0], "__cuda_array_interface__") != \
+                hasattr(p.data, "__cuda_array_interface__"):
+            # The parameter moved between the CPU and the GPU (model.to): its state follows.
+            if hasattr(p.data, "__cuda_array_interface__"):
+                cupy = __import__("cupy")
+                st = {k: cupy.ascontiguousarray(cupy.asarray(a)) for k, a in st.items()}
+            else:
+                st = {k: np.ascontiguousarray(a.get()) for k, a in st.items()}
+            self.state[name] = st
+        if st is None or st[k0].shape != p.data.shape or type(st[k0]) is not type(p.data):
             xp = np if type(p.data) is np.ndarray else __import__("cupy")
             st = {k: xp.zeros_like(p.data) for k in self._state_keys}
             self.state[name] = st

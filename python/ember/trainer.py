@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ember import ops
+from ember.backend import array_module, resolve_training_device
 from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler, ProgressBar,
                              TerminateOnNaN)
 from ember.data import DataLoader, check_xy, train_val_split
@@ -134,7 +135,10 @@ class Trainer:
         metrics: ``("accuracy",)`` for classification; none needed for regression (loss is
             always reported).
         callbacks: :class:`ember.callbacks.Callback` instances.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``"cuda"`` trains on the GPU (CuPy arrays:
+            the data is copied to the device once per ``fit``); ``"auto"`` picks the GPU only
+            once the GPU loop is verified (:data:`ember.backend.GPU_TRAINING_VERIFIED`).
+            ``evaluate`` / ``predict*`` always return NumPy arrays and Python floats.
         lr_schedule: an :mod:`ember.schedules` schedule (adds an LRScheduler callback).
         max_grad_norm: clip gradients by global norm (with an optimizer name).
         optimizer_kwargs: extra arguments for a named optimizer (momentum, weight_decay, ...).
@@ -144,21 +148,14 @@ class Trainer:
                  lr: Optional[float] = None, metrics: Sequence[str] = ("accuracy",),
                  callbacks: Sequence[Callback] = (), device: str = "auto", lr_schedule=None,
                  max_grad_norm: Optional[float] = None, **optimizer_kwargs):
-        from ember.backend import resolve_device
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: model must be an ember.nn.Module, got "
                             f"{type(model).__name__}")
         self.model = model
         self.loss: Loss = get_loss(loss)
         self.task = self.loss.task
-        self.device = resolve_device(device)
-        if self.device == "cuda":
-            from ember.backend import cuda_training_available
-            ok, why = cuda_training_available()
-            if not ok:
-                if device == "cuda":
-                    raise ValueError(f"Trainer: device='cuda' cannot train yet: {why}")
-                self.device = "cpu"
+        # "cuda" without a usable GPU raises ValueError ("... CUDA is not usable: <why>").
+        self.device = resolve_training_device(device)
         model.to(self.device)
         if isinstance(optimizer, Optimizer):
             if lr is not None or optimizer_kwargs or max_grad_norm is not None:
@@ -216,6 +213,14 @@ class Trainer:
         return check_xy(x, y, task=self.task, n_features=self._input_size(),
                         n_classes=n_classes, where=where)
 
+    def _to_device(self, *arrays):
+        """The (already checked, host) arrays on the trainer's device: unchanged on the CPU,
+        copied once to CuPy arrays on the GPU (None stays None)."""
+        if self.device != "cuda":
+            return arrays
+        xp = array_module("cuda")
+        return tuple(None if a is None else xp.asarray(a) for a in arrays)
+
     def hyperparameters(self) -> dict:
         """What the user chose (as opposed to what was learned)."""
         return {**self.fit_params, **self.optimizer.hyperparameters(),
@@ -266,6 +271,11 @@ class Trainer:
             validation = self._prepare(*validation_data, "fit (validation_data)")
         else:
             validation = None
+        # Validated on the host; on the GPU the data moves to the device once, here, and batches
+        # are gathered there (DataLoader follows the arrays' device).
+        x, y = self._to_device(x, y)
+        if validation is not None:
+            validation = self._to_device(*validation)
 
         self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
                            "validation_split": validation_split, "seed": int(seed),
@@ -304,6 +314,11 @@ class Trainer:
                 print(f"ember: {ckpt.finished}; nothing more to train.")
             return self.history
 
+        # The loop is the same on both devices. On the GPU each step's loss, accuracy and
+        # (grad_norm, skipped) come back as Python values, so a step synchronises the stream a
+        # few times; acceptable for this first GPU version (the kernels can instead leave them on
+        # the device: softmax_cross_entropy(device_loss=True), adam_step(state=...), which the
+        # CUDA-graph loop will use).
         model, loss_fn, opt = self.model, self.loss, self.optimizer
         classify = self.task == "classification"
         count_correct = ops.accuracy
@@ -386,12 +401,15 @@ class Trainer:
     def evaluate(self, x, y, batch_size: int = 1024, _checked: bool = False) -> dict:
         """Loss and metrics on ``(x, y)`` in eval mode (dropout off). Returns a dict."""
         if not _checked:
-            x, y = self._prepare(x, y, "evaluate")
+            x, y = self._to_device(*self._prepare(x, y, "evaluate"))
         classify = self.task == "classification"
         loss_sum = 0.0
         weight_sum = 0.0
         correct = 0.0
         w = getattr(self.loss, "weight", None)
+        xp = array_module(self.device)
+        if w is not None and xp is not np:
+            w = xp.asarray(w, dtype=xp.float32)  # the class weights must be where the logits are
         for i, out in self._batched_outputs(x, batch_size):
             yb = y[i:i + batch_size]
             n = out.shape[0]
@@ -400,7 +418,7 @@ class Trainer:
                     out, yb, weight=w, label_smoothing=self.loss.label_smoothing,
                     reduction="sum", compute_grad=False)
                 loss_sum += s
-                weight_sum += float(np.asarray(w)[yb].sum()) if w is not None else n
+                weight_sum += float(xp.asarray(w)[yb].sum()) if w is not None else n
                 correct += ops.accuracy(out, yb) * n
             else:
                 s, _ = ops.mse(out, yb.reshape(out.shape), reduction="sum", compute_grad=False)
@@ -414,8 +432,14 @@ class Trainer:
         return result
 
     def predict_raw(self, x, batch_size: int = 1024):
-        """The network's outputs (logits for classification), in eval mode."""
+        """The network's outputs (logits for classification), in eval mode, as a NumPy array
+        (copied back from the GPU when the trainer is on one)."""
         x, _ = self._prepare(x, None, "predict")
+        if self.device == "cuda":
+            xd, = self._to_device(x)
+            outs = [out for _, out in self._batched_outputs(xd, batch_size)]
+            out = outs[0] if len(outs) == 1 else array_module("cuda").concatenate(outs)
+            return out.get()
         outs = [out for _, out in self._batched_outputs(x, batch_size)]
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
