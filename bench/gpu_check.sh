@@ -6,8 +6,8 @@
 # bench/results/gpu-<date>-<card>.md. Logs, the nvidia-smi line and the raw numbers go to $OUT
 # when it is set (the device tool's output folder), else to /tmp/ember-gpu-check.
 # Each stage has its own time limit and its failure is recorded; the script always goes on and
-# finishes in under 8 minutes even when every stage hits its limit (install 180 s, or a failed
-# install plus a 120 s fallback developer build; tests 110 s; bench 150 s).
+# finishes in under 8 minutes even when every stage hits its limit (install 150 s, or a failed
+# install plus a 90 s fallback developer build; tests 150 s — about 400 GPU tests; bench 150 s).
 set -u
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -35,11 +35,11 @@ cat "$logs/nvidia-smi.txt"
 
 # Install; if that fails, fall back to the in-tree developer build so the tests still run.
 # (Not after a timeout: the two limits together would break the 8 minutes.)
-stage install 180 "$py" -m pip install --no-build-isolation --no-deps -v -C cmake.define.EMBER_CUDA=ON .
+stage install 150 "$py" -m pip install --no-build-isolation --no-deps -v -C cmake.define.EMBER_CUDA=ON .
 rc=$?
 if [ $rc -ne 0 ]; then
   tail -30 "$logs/install.log"
-  if [ $rc -ne 124 ] && stage devbuild 120 env PYTHON="$py" scripts/devbuild.sh; then
+  if [ $rc -ne 124 ] && stage devbuild 90 env PYTHON="$py" scripts/devbuild.sh; then
     export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
   fi
 fi
@@ -47,7 +47,7 @@ fi
 "$py" -c "import ember, json; print(json.dumps(ember.info()['backends']['cuda'], default=str))" 2>&1 |
   tee -a "$stages"
 
-stage tests 110 "$py" -m pytest -m gpu -q -p no:cacheprovider tests
+stage tests 150 "$py" -m pytest -m gpu -q -p no:cacheprovider tests
 tail -5 "$logs/tests.log"
 
 stage bench 150 "$py" bench/gpu_bench.py --tests-log "$logs/tests.log"
