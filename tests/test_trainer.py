@@ -104,6 +104,15 @@ def test_regression():
     assert np.mean((pred - y) ** 2) < 0.1
 
 
+def test_regression_target_width_must_match_the_model():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    t = Trainer(nn.MLP([4, 8, 1], seed=0), loss="mse")
+    with pytest.raises(ValueError, match=r"y has 2 target column\(s\), the model outputs 1"):
+        t.fit(x, rng.standard_normal((20, 2)), epochs=1, verbose=0)
+    assert t.global_step == 0
+
+
 def test_early_stopping_restores_best_weights():
     x, y = _blobs(n=90)
     xv, yv = _blobs(n=60, seed=9)

@@ -210,8 +210,13 @@ class Trainer:
     def _prepare(self, x, y, where):
         n_out = self._output_size()
         n_classes = n_out if self.task == "classification" else None
-        return check_xy(x, y, task=self.task, n_features=self._input_size(),
+        x, y = check_xy(x, y, task=self.task, n_features=self._input_size(),
                         n_classes=n_classes, where=where)
+        if y is not None and self.task == "regression" and n_out is not None and \
+                y.shape[1] != n_out:
+            raise ValueError(f"{where}: y has {y.shape[1]} target column(s), the model outputs "
+                             f"{n_out}")
+        return x, y
 
     def _to_device(self, *arrays):
         """The (already checked, host) arrays on the trainer's device: unchanged on the CPU,
