@@ -96,8 +96,10 @@ def test_cross_entropy_finite_differences(rng):
         assert abs(fd - g[r, c]) <= 1e-3 * max(abs(fd), 1e-2), (r, c, fd, g[r, c])
 
 
-def test_cross_entropy_in_place_large_and_thread_independent(rng):
-    rows, classes = 3001, 37  # above the parallel threshold; rows not a multiple of the chunks
+# Above the parallel threshold, rows not a multiple of the chunks. Fewer than 16 classes take the
+# row-block path (7681 x 10: each chunk spans two blocks of 102 rows; 5003 x 1: one column).
+@pytest.mark.parametrize("rows, classes", [(3001, 37), (7681, 10), (5003, 1)])
+def test_cross_entropy_in_place_large_and_thread_independent(rows, classes, rng):
     logits = (rng.standard_normal((rows, classes)) * 5).astype(np.float32)
     labels = rng.integers(0, classes, rows)
     w = rng.uniform(0.1, 1, classes).astype(np.float32)

@@ -111,10 +111,70 @@ double ce_row(const float* x, int64_t y, float* g, const CeConst& k) {
   return loss;
 }
 
+// Rows [lo, hi) when there are fewer classes than lanes (an MLP's 10-way output): a row is too
+// short for ce_row's vector loop, so blocks of rows go through stack buffers instead, and the exps
+// of a whole block run as one vectorised loop over contiguous memory. Same formulas as ce_row; the
+// result of a row does not depend on the block it falls in. Every input of a block is read before
+// any of its gradients is written (grad may be the logits themselves).
+template <bool kWeight, bool kSmooth, bool kGrad>
+double ce_rows_narrow(const SoftmaxCrossEntropyArgs& args, const CeConst& k, int64_t lo,
+                      int64_t hi) {
+  constexpr int64_t kBuf = 1024;
+  const int64_t n = k.classes;
+  const int64_t block_rows = kBuf / n;  // n < kLanes, so >= 64
+  float d[kBuf], e[kBuf];
+  double dy[kBuf];  // x_y - m of each row of the block
+  double total = 0.0;
+  for (int64_t r0 = lo; r0 < hi; r0 += block_rows) {
+    const int64_t nr = std::min(block_rows, hi - r0);
+    const float* x = args.logits + r0 * n;
+    for (int64_t r = 0; r < nr; ++r) {
+      const float* xr = x + r * n;
+      float m = -std::numeric_limits<float>::infinity();  // NaN skipped, as in row_max
+      for (int64_t j = 0; j < n; ++j) m = xr[j] > m ? xr[j] : m;
+      for (int64_t j = 0; j < n; ++j) d[r * n + j] = xr[j] - m;
+      dy[r] = static_cast<double>(xr[args.labels[r0 + r]]) - m;
+    }
+    const int64_t len = nr * n;
+    for (int64_t i = 0; i < len; ++i) e[i] = math::exp_f(d[i]);
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t y = args.labels[r0 + r];
+      const float* er = e + r * n;
+      float s = 0.0f, ws = 0.0f;
+      for (int64_t j = 0; j < n; ++j) s += er[j];
+      if constexpr (kSmooth) {
+        for (int64_t j = 0; j < n; ++j) ws += (kWeight ? k.weight[j] : 1.0f) * d[r * n + j];
+      }
+      const double log_s = std::log(static_cast<double>(s));
+      const double wy = kWeight ? k.weight[y] : 1.0;
+      const double eps = k.eps, eps_c = eps / static_cast<double>(n);
+      double l = (1.0 - eps) * wy * (log_s - dy[r]);
+      if constexpr (kSmooth) l += eps_c * (k.weight_total * log_s - static_cast<double>(ws));
+      if constexpr (kGrad) {
+        float* g = args.grad + (r0 + r) * n;
+        const float a = static_cast<float>(k.grad_scale * ((1.0 - eps) * wy + eps_c * k.weight_total) / s);
+        const float b = static_cast<float>(k.grad_scale * eps_c);
+        for (int64_t j = 0; j < n; ++j) {
+          if constexpr (kSmooth) {
+            g[j] = a * er[j] - b * (kWeight ? k.weight[j] : 1.0f);
+          } else {
+            g[j] = a * er[j];
+          }
+        }
+        g[y] -= static_cast<float>(k.grad_scale * (1.0 - eps) * wy);
+      }
+      if (args.row_loss != nullptr) args.row_loss[r0 + r] = static_cast<float>(l);
+      total += l;
+    }
+  }
+  return total;
+}
+
 template <bool kWeight, bool kSmooth, bool kGrad>
 double ce_rows(const SoftmaxCrossEntropyArgs& args, const CeConst& k) {
   const int64_t rows = args.rows, classes = args.classes;
   return chunked_sum(rows, 1, rows * classes >= kParallelMin, [&](int64_t lo, int64_t hi) {
+    if (classes < kLanes) return ce_rows_narrow<kWeight, kSmooth, kGrad>(args, k, lo, hi);
     double total = 0.0;
     for (int64_t r = lo; r < hi; ++r) {
       const double l = ce_row<kWeight, kSmooth, kGrad>(
