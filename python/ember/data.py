@@ -153,13 +153,18 @@ class DataLoader:
         if xp is not np:
             idx = xp.asarray(idx)  # one host-to-device copy per epoch
         bs = self.batch_size
+        # The indices are a permutation of range(n), always in bounds: NumPy's mode="clip" then
+        # gives the same rows as the default "raise", which copies through a temporary buffer
+        # (4.7 vs 1.5 us for a 200 x 64 batch). CuPy's take has no mode (and no such copy).
+        kw = {"mode": "clip"} if xp is np else {}
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
-            xb = xp.take(self.x, sel, axis=0, out=self._buffer("x", self.x, len(sel)))
+            xb = xp.take(self.x, sel, axis=0, out=self._buffer("x", self.x, len(sel)), **kw)
             if self.y is None:
                 yield xb, None
             else:
-                yield xb, xp.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)))
+                yield xb, xp.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)),
+                                  **kw)
 
     def __iter__(self):
         return self.batches(0)
