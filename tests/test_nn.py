@@ -60,6 +60,33 @@ def test_mlp_forward_backward_matches_float64(act, sizes, batch):
         check_op(lin.bias.grad, ref_grads[i][1], 1e-5, f"layer {i} bias grad")
 
 
+@pytest.mark.parametrize("slope", [0.2, 0.0, -0.5])
+def test_leaky_relu_slopes_and_relu_derivative_from_output(slope):
+    # relu and leaky_relu with slope >= 0 evaluate act' at the layer's output (no pre-activation
+    # stored); a negative slope flips the output's sign below 0, so it keeps the pre-activation.
+    # Both must give the float64 gradients; zeros and exact-zero pre-activations included.
+    rng = np.random.default_rng(11)
+    batch, sizes = 37, [9, 23, 6]
+    model = nn.Sequential(nn.Linear(9, 23, seed=1), nn.LeakyReLU(slope), nn.Linear(23, 6, seed=2))
+    model.layers[0].bias.data[:5] = 0.0
+    x = rng.standard_normal((batch, 9)).astype(np.float32)
+    x[:4] = 0.0  # these rows have z = bias exactly: 0 in the first 5 columns (act'(0) = slope)
+    g = rng.standard_normal((batch, 6)).astype(np.float32)
+    w1, b1 = (p.astype(np.float64) for p in (model.layers[0].weight.data, model.layers[0].bias.data))
+    w2 = model.layers[2].weight.data.astype(np.float64)
+    z = x.astype(np.float64) @ w1.T + b1
+    h = np.where(z > 0, z, slope * z)
+    dz = (g.astype(np.float64) @ w2) * np.where(z > 0, 1.0, slope)
+    y = model.forward(x)
+    check_op(y, h @ w2.T + model.layers[2].bias.data, 1e-5, "forward")
+    first = model.layers[0]
+    assert (first._z is model.layers[2]._x) == (slope >= 0)  # the output stands in for z
+    model.backward(g)
+    check_op(first.weight.grad, dz.T @ x, 1e-5, "weight grad")
+    check_op(first.bias.grad, dz.sum(0), 1e-5, "bias grad")
+    check_op(model.layers[2].weight.grad, g.T.astype(np.float64) @ h, 1e-5, "output weight grad")
+
+
 def test_unfused_activation_and_input_gradient():
     """An activation not preceded by Linear runs as its own layer; grads flow to the input."""
     rng = np.random.default_rng(1)
