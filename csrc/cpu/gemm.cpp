@@ -53,9 +53,12 @@ constexpr int kNR = kVL * kNV;
 // (512 KiB), which stays in L2. K up to 512 is one block: no partial sums through C.
 constexpr int64_t kKC = 512;
 constexpr int64_t kNC = 256;
-// Below this many multiply-adds a problem runs on the calling thread: a fork/join of a warm pool
-// costs ~1 us (measured on Zen 4 with GOMP), about 40K multiply-adds of one core's work.
-constexpr int64_t kParallelWork = int64_t(1) << 16;
+// Below this many multiply-adds a problem runs on the calling thread. A fork/join of a warm
+// (spinning) pool costs ~1 us on Zen 4 with GOMP, ~40K multiply-adds of one core's work, so in a
+// training loop splitting pays from ~64K on (200x64x100 on 2 cores: 30 -> 19.5 us); but a call
+// after the pool has gone to sleep pays 50-150 us to wake it (measured after 10 ms idle), so
+// problems that would save under ~2 us stay on one thread.
+constexpr int64_t kParallelWork = int64_t(1) << 17;
 
 typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
 
