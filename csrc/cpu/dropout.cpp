@@ -15,7 +15,7 @@ namespace {
 constexpr int kBlocks = 16;                          // Philox calls computed side by side
 constexpr int64_t kGroup = 4 * kBlocks;              // elements they serve
 constexpr int64_t kChunk = 4096;                     // elements per parallel work item
-constexpr int64_t kParallelMin = int64_t(1) << 15;
+constexpr int64_t kParallelMin = int64_t(1) << 13;
 
 struct Mask {
   uint64_t seed;

@@ -16,7 +16,7 @@ namespace ember::cpu::EMBER_ISA {
 namespace {
 
 constexpr int kChunks = 64;
-constexpr int64_t kParallelMin = int64_t(1) << 15;  // elements of work before threads pay off
+constexpr int64_t kParallelMin = int64_t(1) << 13;  // elements of work before threads pay off
 constexpr int kLanes = 16;                          // float accumulators per row reduction
 
 // sum over c of f(lo_c, hi_c), where [lo_c, hi_c) are kChunks fixed slices of [0, n) whose

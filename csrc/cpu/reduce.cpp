@@ -11,7 +11,7 @@ namespace {
 
 // A fixed number of chunks (not threads) so that the partial sums are the same on any machine.
 constexpr int kChunks = 64;
-constexpr int64_t kParallelMin = int64_t(1) << 15;
+constexpr int64_t kParallelMin = int64_t(1) << 13;
 
 // Sum of f(x[i]) in float64 with 32 independent lanes (vectorisable without reassociation).
 // 32, not 8: with one vector of accumulators the loop waits on the add latency and runs at half
