@@ -26,6 +26,26 @@ def test_order_is_pure_function_of_seed_and_epoch():
         np.testing.assert_array_equal(xb[:, 0], 2 * yb)
 
 
+@pytest.mark.parametrize("make", [
+    lambda a: a,                                      # float32, C order: ember's gather kernel
+    lambda a: a.astype(np.float64),                   # other dtypes: numpy.take
+    lambda a: np.asfortranarray(a),                   # not C-contiguous: numpy.take
+    lambda a: a.reshape(len(a), 3, 1),                # more than 2-D: numpy.take
+])
+def test_batches_hold_the_rows_of_the_order(make):
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((37, 3)).astype(np.float32)
+    x, y = make(base), np.arange(37)
+    loader = DataLoader(x, y, batch_size=8, seed=1)
+    for epoch in (0, 4):
+        order = loader.order(epoch)
+        for b, (xb, yb) in enumerate(loader.batches(epoch)):
+            sel = order[b * 8:(b + 1) * 8]
+            assert xb.dtype == x.dtype and xb.shape == (len(sel),) + x.shape[1:]
+            np.testing.assert_array_equal(xb, x[sel])
+            np.testing.assert_array_equal(yb, sel)
+
+
 def test_drop_last_and_no_shuffle():
     x = np.zeros((10, 1), np.float32)
     assert len(DataLoader(x, None, batch_size=4)) == 3

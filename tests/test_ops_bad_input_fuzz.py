@@ -69,6 +69,7 @@ SCRIPT = textwrap.dedent(r'''
             "argmax": (ops.argmax, dict(x=x, out=None)),
             "accuracy": (ops.accuracy, dict(logits=x, labels=y)),
             "column_sum": (ops.column_sum, dict(x=x, out=None, accumulate=False)),
+            "gather_rows": (ops.gather_rows, dict(x=x, index=y, out=None)),
             "sum": (ops.sum, dict(x=x)),
             "global_norm": (ops.global_norm, dict(arrays=[x, w])),
             "dropout_forward": (ops.dropout_forward, dict(x=x, p=0.5, seed=1, offset=0, out=None)),

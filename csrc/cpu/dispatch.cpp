@@ -115,6 +115,9 @@ double sum(int64_t n, const float* x) { EMBER_DISPATCH(sum, n, x) }
 double sum_squares(int64_t count, const float* const* t, const int64_t* sizes) {
   EMBER_DISPATCH(sum_squares, count, t, sizes)
 }
+void gather_rows(int64_t rows, int64_t cols, const float* x, const int64_t* index, float* out) {
+  EMBER_DISPATCH(gather_rows, rows, cols, x, index, out)
+}
 void dropout_forward(int64_t n, const float* x, float* y, float p, uint64_t seed, uint64_t off) {
   EMBER_DISPATCH(dropout_forward, n, x, y, p, seed, off)
 }

@@ -34,8 +34,8 @@ from ember import _cpu
 __all__ = [
     "ACTIVATIONS", "gemm", "matmul", "linear_forward", "linear_backward",
     "activation_forward", "activation_backward", "softmax_cross_entropy", "mse", "argmax",
-    "accuracy", "column_sum", "sum", "global_norm", "dropout_forward", "dropout_backward",
-    "sgd_step", "adam_step", "adamw_step",
+    "accuracy", "column_sum", "sum", "global_norm", "gather_rows", "dropout_forward",
+    "dropout_backward", "sgd_step", "adam_step", "adamw_step",
 ]
 
 #: Activation names accepted by every ``activation=`` argument. ``"gelu"`` is the exact (erf) form,
@@ -247,6 +247,24 @@ def global_norm(arrays: Sequence[Any]) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Dropout (counter-based RNG: the mask is a pure function of seed, offset and element index)
+
+
+def gather_rows(x, index, *, out=None):
+    """``out[i] = x[index[i]]``: the rows of a 2-D float32 NumPy array picked by ``index`` (a
+    batch), like ``numpy.take(x, index, axis=0)``, written by as many threads as the GEMM that
+    reads the batch next (each thread gathers the rows it will multiply).
+
+    ``index`` is integer (widened to int64) with every value in ``[0, len(x))``: negative indices
+    are rejected, not wrapped. CPU only (CuPy arrays: use ``cupy.take``).
+    """
+    if type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__"):
+        raise TypeError("gather_rows: x is a CUDA array; gather_rows is CPU-only "
+                        "(use cupy.take(x, index, axis=0))")
+    if type(index) is np.ndarray and index.dtype != np.int64:
+        if not np.issubdtype(index.dtype, np.integer):
+            raise TypeError(f"gather_rows: index must be an integer array, got dtype {index.dtype}")
+        index = index.astype(np.int64)
+    return _cpu.gather_rows(x, index, out)
 
 
 def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
