@@ -67,6 +67,33 @@ struct CeConst {
   float grad_scale;     // grad_scale / divisor of the reduction
 };
 
+// The loss of one row and (when kGrad) its gradient, from the row's sums: s = sum_j e_j,
+// dy = x_y - m, wsum = sum_j w_j (x_j - m) (smoothing only), and its exps e (n values), which
+// g may alias (each g[j] is written after e[j] is read).
+template <bool kWeight, bool kSmooth, bool kGrad>
+inline double ce_finish(const CeConst& k, int64_t y, double s, double dy, double wsum,
+                        const float* e, float* g) {
+  const int64_t n = k.classes;
+  const double log_s = std::log(s);
+  const double wy = kWeight ? k.weight[y] : 1.0;
+  const double eps = k.eps, eps_c = eps / static_cast<double>(n);
+  double loss = (1.0 - eps) * wy * (log_s - dy);
+  if constexpr (kSmooth) loss += eps_c * (k.weight_total * log_s - wsum);
+  if constexpr (kGrad) {
+    const float a = static_cast<float>(k.grad_scale * ((1.0 - eps) * wy + eps_c * k.weight_total) / s);
+    const float b = static_cast<float>(k.grad_scale * eps_c);
+    for (int64_t j = 0; j < n; ++j) {
+      if constexpr (kSmooth) {
+        g[j] = a * e[j] - b * (kWeight ? k.weight[j] : 1.0f);
+      } else {
+        g[j] = a * e[j];
+      }
+    }
+    g[y] -= static_cast<float>(k.grad_scale * (1.0 - eps) * wy);
+  }
+  return loss;
+}
+
 // One row: returns l_i and, when kGrad, writes grad_scale' * d l_i / d x into g (which may be x).
 // With e_j = exp(x_j - m), S = sum_j e_j, p_j = e_j / S:
 //   -log p_c = log S - (x_c - m)
@@ -93,26 +120,8 @@ double ce_row(const float* x, int64_t y, float* g, const CeConst& k) {
   }
   for (int l = 0; j < n; ++j, ++l) body(j, l);
 
-  const double s = lanes_total(sum);
-  const double log_s = std::log(s);
-  const double wy = kWeight ? k.weight[y] : 1.0;
-  const double eps = k.eps, eps_c = eps / static_cast<double>(n);
-  double loss = (1.0 - eps) * wy * (log_s - (static_cast<double>(xy) - m));
-  if constexpr (kSmooth) loss += eps_c * (k.weight_total * log_s - lanes_total(wsum));
-
-  if constexpr (kGrad) {
-    const float a = static_cast<float>(k.grad_scale * ((1.0 - eps) * wy + eps_c * k.weight_total) / s);
-    const float b = static_cast<float>(k.grad_scale * eps_c);
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (kSmooth) {
-        g[i] = a * g[i] - b * (kWeight ? k.weight[i] : 1.0f);
-      } else {
-        g[i] = a * g[i];
-      }
-    }
-    g[y] -= static_cast<float>(k.grad_scale * (1.0 - eps) * wy);
-  }
-  return loss;
+  return ce_finish<kWeight, kSmooth, kGrad>(k, y, lanes_total(sum), static_cast<double>(xy) - m,
+                                            kSmooth ? lanes_total(wsum) : 0.0, g, g);
 }
 
 // Rows [lo, hi) when there are fewer classes than lanes (an MLP's 10-way output): a row is too
@@ -149,24 +158,9 @@ double ce_rows_narrow(const SoftmaxCrossEntropyArgs& args, const CeConst& k, int
       if constexpr (kSmooth) {
         for (int64_t j = 0; j < n; ++j) ws += (kWeight ? k.weight[j] : 1.0f) * d[r * n + j];
       }
-      const double log_s = std::log(static_cast<double>(s));
-      const double wy = kWeight ? k.weight[y] : 1.0;
-      const double eps = k.eps, eps_c = eps / static_cast<double>(n);
-      double l = (1.0 - eps) * wy * (log_s - dy[r]);
-      if constexpr (kSmooth) l += eps_c * (k.weight_total * log_s - static_cast<double>(ws));
-      if constexpr (kGrad) {
-        float* g = args.grad + (r0 + r) * n;
-        const float a = static_cast<float>(k.grad_scale * ((1.0 - eps) * wy + eps_c * k.weight_total) / s);
-        const float b = static_cast<float>(k.grad_scale * eps_c);
-        for (int64_t j = 0; j < n; ++j) {
-          if constexpr (kSmooth) {
-            g[j] = a * er[j] - b * (kWeight ? k.weight[j] : 1.0f);
-          } else {
-            g[j] = a * er[j];
-          }
-        }
-        g[y] -= static_cast<float>(k.grad_scale * (1.0 - eps) * wy);
-      }
+      const double l = ce_finish<kWeight, kSmooth, kGrad>(
+          k, y, static_cast<double>(s), dy[r], static_cast<double>(ws), er,
+          kGrad ? args.grad + (r0 + r) * n : nullptr);
       if (args.row_loss != nullptr) args.row_loss[r0 + r] = static_cast<float>(l);
       total += l;
     }
