@@ -89,7 +89,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     f32 = np.float32
 
+    from ember.bench import core_check
     print(f"ember {ember.__version__}, CPU build {ember._cpu.isa()}, numpy {np.__version__}")
+    print("before: " + core_check(max(args.threads)))
     print("GFLOP/s are medians; ratio = numpy time / ember time (medians), best = the same for "
           "the fastest samples")
     print(f"{'case':<34}{'thr':>3}{'ember':>9}{'numpy':>9}{'ratio':>7}{'best':>7}  target")
@@ -153,6 +155,7 @@ def main() -> None:
                     grad_bias=gb, workspace=ws), np_backward, args.samples)
                 print(row(f"linear+relu bwd {b}x{i}->{o}", threads, 4.0 * b * i * o, te, tn, None),
                       flush=True)
+    print("after:  " + core_check(max(args.threads)))
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alpha", type=float, default=1e-4)
     args = p.parse_args(argv)
+    from ember.bench import core_check
+    print("before: " + core_check(args.threads))
     for spec in args.hidden:
         bench(args, tuple(int(h) for h in spec.split(",")))
+    print("after:  " + core_check(args.threads))
     return 0
 
 

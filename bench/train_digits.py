@@ -76,6 +76,8 @@ def main() -> None:
 
     peers = [("ember", run_ember), ("scikit-learn MLPClassifier", run_sklearn),
              ("PyTorch (CPU, eager)", run_torch)]
+    from ember.bench import core_check
+    checks = [core_check(args.threads)]
     with threadpool_limits(args.threads):
         for name, fn in peers:
             try:
@@ -96,6 +98,8 @@ def main() -> None:
             print(f"| {name} | not installed | - | - |")
         else:
             print(f"| {name} | {r[0]:.2f} s | {r[1]:.2%} | {r[0] / base:.2f}x |")
+    checks.append(core_check(args.threads))
+    print("\n".join(["before: " + checks[0], "after:  " + checks[1]]))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ def main() -> None:
         print(json.dumps(child(args.child, args.threads, args.samples, args.repeats)))
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    from ember.bench import core_check
+    checks = [core_check(args.threads)]  # before importing torch here (its own OpenMP runtime)
     try:
         import torch  # noqa: F401  (only whether it is installed)
         frameworks = ["ember", "torch"]
@@ -90,6 +92,8 @@ def main() -> None:
         ratio = f"{e / t:.2f}x" if t else "n/a (torch not installed)"
         tt = f"{t:,.0f}" if t else "-"
         print(f"| {name} | {batch} | {e:,.0f} | {tt} | {ratio} |")
+    checks.append(core_check(args.threads))
+    print("\n".join(["before: " + checks[0], "after:  " + checks[1]]))
 
 
 if __name__ == "__main__":

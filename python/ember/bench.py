@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 __all__ = ["bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
-           "blas_threads", "seconds_per_call"]
-
+           "blas_threads", "seconds_per_call", "core_check"]
 
 
 @contextlib.contextmanager
@@ -41,6 +40,36 @@ def seconds_per_call(fn, min_time: float) -> float:
         if t >= min_time:
             return t / reps
         reps = max(reps * 2, int(reps * min_time / max(t, 1e-9) * 1.2) + 1)
+
+
+def core_check(threads: int, seconds: float = 0.3) -> str:
+    """One line on whether this machine gives us ``threads`` cores right now: ember's 256^3
+    GEMM rate on 1 thread and on ``threads``. A shared VM goes through spells where a second
+    vCPU is busy elsewhere (measured: 2 threads no faster than 1 for tens of seconds); ratios
+    measured then are not comparable. Benchmarks print it before and after their tables."""
+    import ember
+    from ember import ops
+
+    a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
+    out = np.empty_like(a)
+    before = ember.get_num_threads()
+    rates = {}
+    try:
+        for n in sorted({1, max(1, int(threads))}):
+            ember.set_num_threads(n)
+            ops.gemm(a, a, out=out)
+            rates[n] = 2 * 256 ** 3 / seconds_per_call(lambda: ops.gemm(a, a, out=out),
+                                                       seconds) / 1e9
+    finally:
+        ember.set_num_threads(before)
+    line = f"core check: 256^3 GEMM {rates[1]:.0f} GFLOP/s on 1 thread"
+    if threads > 1:
+        scaling = rates[threads] / rates[1]
+        line += f", {rates[threads]:.0f} on {threads} ({scaling:.2f}x)"
+        if scaling < 0.75 * threads:
+            line += (f" -- WARNING: {threads} threads scale {scaling:.2f}x, other load holds "
+                     f"cores; numbers from this run are not comparable")
+    return line
 
 
 _SETTLE_S = 0.3  # idle OpenMP / OpenBLAS workers spin this long before they sleep
