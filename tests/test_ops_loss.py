@@ -337,6 +337,26 @@ def test_argmax_nan_and_inf_like_numpy():
     np.testing.assert_array_equal(ops.argmax(x), np.argmax(x, axis=1))
 
 
+@pytest.mark.parametrize("cols", [64, 65, 79, 1000, 1031])
+def test_argmax_wide_rows_like_numpy(cols, rng):
+    # Rows of >= 64 values take the vectorised search: ties across lanes and with the tail, the
+    # maximum in the tail, -inf rows, NaN in the vector part or only in the tail (first NaN wins).
+    x = np.round(rng.standard_normal((40, cols)) * 2).astype(np.float32)  # many ties
+    x[1] = 7.0                                  # all equal: position 0
+    x[2] = -np.inf
+    x[3, -1] = 50.0                             # maximum in the tail (or the last vector)
+    x[4, [5, 37, cols - 1]] = 60.0              # tie: the first one
+    x[5, [cols - 2, cols - 1]] = np.nan         # NaN at the end: the first NaN
+    x[6, [3, 20]] = np.nan                      # NaN in the vector part
+    x[7, cols // 2] = np.inf
+    x[8, 17] = 60.0
+    x[8, cols - 1] = 60.0                       # equal to a lane's maximum, later: not taken
+    np.testing.assert_array_equal(ops.argmax(x), np.argmax(x, axis=1))
+    y = np.argmax(x, axis=1)
+    y[::3] = 0
+    assert ops.accuracy(x, y) == np.mean(np.argmax(x, axis=1) == y)
+
+
 def test_accuracy(rng):
     for rows, cols in [(1, 1), (1, 5), (33, 10), (5000, 11)]:
         x = rng.standard_normal((rows, cols)).astype(np.float32)

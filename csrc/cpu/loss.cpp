@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "activation_math.h"
@@ -253,7 +255,7 @@ namespace {
 
 // First index of the largest value; a NaN counts as larger than everything (numpy.argmax), so
 // the first NaN wins.
-inline int64_t row_argmax(const float* x, int64_t n) {
+inline int64_t row_argmax_scalar(const float* x, int64_t n) {
   int64_t best = 0;
   float bv = x[0];
   if (bv != bv) return 0;
@@ -266,6 +268,60 @@ inline int64_t row_argmax(const float* x, int64_t n) {
     }
   }
   return best;
+}
+
+// The same, vectorised for long rows: each vector lane keeps the first position of its own
+// maximum (strictly greater replaces), then the lanes are merged: the largest value, and among
+// equal ones the smallest position. A row holding a NaN goes to the scalar loop (first NaN wins).
+#if defined(__AVX512F__)
+constexpr int kArgW = 16;
+#elif defined(__AVX2__)
+constexpr int kArgW = 8;
+#else
+constexpr int kArgW = 4;  // SSE2: wider vectors would be split and run slower than scalar code
+#endif
+typedef float vfa __attribute__((vector_size(kArgW * sizeof(float))));
+typedef int32_t via __attribute__((vector_size(kArgW * sizeof(int32_t))));
+
+inline int64_t row_argmax(const float* x, int64_t n) {
+  constexpr int W = kArgW;
+  if (n < 64 || n > INT32_MAX) return row_argmax_scalar(x, n);
+  vfa best, v;
+  std::memcpy(&best, x, sizeof best);
+  via pos, step;
+  for (int l = 0; l < W; ++l) {
+    pos[l] = l;
+    step[l] = W;
+  }
+  via cur = pos, nan = best != best;
+  int64_t j = W;
+  for (; j + W <= n; j += W) {
+    std::memcpy(&v, x + j, sizeof v);
+    cur += step;
+    const via gt = v > best;
+    best = gt ? v : best;
+    pos = gt ? cur : pos;
+    nan |= v != v;
+  }
+  bool any_nan = false;
+  for (int l = 0; l < W; ++l) any_nan = any_nan || nan[l] != 0;
+  for (int64_t t = j; t < n; ++t) any_nan = any_nan || x[t] != x[t];
+  if (any_nan) return row_argmax_scalar(x, n);
+  float bv = best[0];
+  int64_t bi = pos[0];
+  for (int l = 1; l < W; ++l) {
+    if (best[l] > bv || (best[l] == bv && pos[l] < bi)) {
+      bv = best[l];
+      bi = pos[l];
+    }
+  }
+  for (; j < n; ++j) {  // the tail comes after every position seen: strictly greater only
+    if (x[j] > bv) {
+      bv = x[j];
+      bi = j;
+    }
+  }
+  return bi;
 }
 
 }  // namespace
