@@ -110,3 +110,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["base", "v3", "v4"])
+def isa(request):
+    """Run under each CPU build (baseline x86-64, AVX2, AVX-512) this processor supports; restore
+    the default afterwards. CI's machine supports all three, so every build is tested there."""
+    from ember import _cpu
+    before = {"base": "base", "x86-64-v3": "v3", "x86-64-v4": "v4"}[_cpu.isa()]
+    try:
+        _cpu.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"{request.param} not supported by this CPU")
+    yield request.param
+    _cpu.set_isa(before)

@@ -77,7 +77,7 @@ def _shapes(rng):
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_forward_and_backward_match_float64(act, rng):
+def test_forward_and_backward_match_float64(act, isa, rng):
     for shape in _shapes(rng):
         x = (rng.standard_normal(shape) * 3).astype(np.float32)
         g = rng.standard_normal(shape).astype(np.float32)
@@ -89,7 +89,7 @@ def test_forward_and_backward_match_float64(act, rng):
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "tanh", "sigmoid", "silu"])
-def test_elementwise_relative_error_over_a_dense_sweep(act):
+def test_elementwise_relative_error_over_a_dense_sweep(act, isa):
     # Every float32 value on a fine grid, elementwise (not just in norm): the approximations of
     # exp / tanh / the normal CDF hold a few ulp everywhere, tails included.
     x = np.linspace(-30, 30, 600_001, dtype=np.float32)
@@ -119,7 +119,7 @@ SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -100.0, 100.0, 88.8, -88
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_special_values_follow_ieee_limits(act):
+def test_special_values_follow_ieee_limits(act, isa):
     with np.errstate(all="ignore"):
         ref = ref_forward(SPECIAL, act)
         dref = ref_derivative(SPECIAL, act)

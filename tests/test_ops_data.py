@@ -7,7 +7,7 @@ import ember.ops as ops
 from conftest import ODD_SIZES, poisoned
 
 
-def test_gather_rows_matches_numpy_take(rng):
+def test_gather_rows_matches_numpy_take(isa, rng):
     for n in ODD_SIZES[:9]:
         for cols in (1, 3, 64, 129):
             x = rng.standard_normal((n, cols)).astype(np.float32)

@@ -57,7 +57,7 @@ def test_philox_known_answers(counter, key, expected):
     (65, 0.9, 2**63 + 17, 6), (1023, 0.25, 42, 2**34 + 3), (4099, 0.5, 99, 2**64 - 9),
     (100_003, 0.2, 5, 11),
 ])
-def test_matches_the_documented_stream(n, p, seed, offset, rng):
+def test_matches_the_documented_stream(n, p, seed, offset, isa, rng):
     # Includes: seeds using the high key word, counters using the high word, offsets that wrap.
     x = rng.standard_normal(n).astype(np.float32)
     y = ops.dropout_forward(x, p, seed, offset, out=poisoned(n))

@@ -15,18 +15,6 @@ def f32(rng, *shape):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-@pytest.fixture(params=["base", "v3", "v4"])
-def isa(request):
-    """Run under each CPU build this processor supports; restore the default afterwards."""
-    before = {"base": "base", "x86-64-v3": "v3", "x86-64-v4": "v4"}[_cpu.isa()]
-    try:
-        _cpu.set_isa(request.param)
-    except ValueError:
-        pytest.skip(f"{request.param} not supported by this CPU")
-    yield request.param
-    _cpu.set_isa(before)
-
-
 @pytest.fixture
 def threads():
     """Restores the thread count a test changes."""

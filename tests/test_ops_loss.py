@@ -34,7 +34,7 @@ CE_SHAPES = [(1, 1), (1, 2), (1, 7), (2, 1), (3, 5), (13, 10), (31, 17), (64, 33
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
-def test_cross_entropy_matches_float64(reduction, weighted, eps, rng):
+def test_cross_entropy_matches_float64(reduction, weighted, eps, isa, rng):
     for rows, classes in CE_SHAPES:
         logits = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
         labels = rng.integers(0, classes, rows)
@@ -122,7 +122,7 @@ def test_cross_entropy_in_place_large_and_thread_independent(rows, classes, rng)
     np.testing.assert_array_equal(inplace, out[1][1])
 
 
-def test_cross_entropy_extreme_logits(rng):
+def test_cross_entropy_extreme_logits(isa, rng):
     # Large logits must not overflow (max subtraction); -inf in a non-label column is p = 0.
     logits = np.array([[1e4, -1e4, 0.0], [-1e30, 3e4, 3e4], [0.0, -np.inf, 1.0]], np.float32)
     labels = np.array([0, 1, 2])
@@ -236,7 +236,7 @@ def test_cross_entropy_read_only_and_overlapping_outputs():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_mse_matches_float64(reduction, rng):
+def test_mse_matches_float64(reduction, isa, rng):
     shapes = [(n,) for n in ODD_SIZES] + [(3, 7), (2, 3, 5), (129, 65), (100_003,)]
     for shape in shapes:
         pred = rng.standard_normal(shape).astype(np.float32)
@@ -338,7 +338,7 @@ def test_argmax_nan_and_inf_like_numpy():
 
 
 @pytest.mark.parametrize("cols", [64, 65, 79, 1000, 1031])
-def test_argmax_wide_rows_like_numpy(cols, rng):
+def test_argmax_wide_rows_like_numpy(cols, isa, rng):
     # Rows of >= 64 values take the vectorised search: ties across lanes and with the tail, the
     # maximum in the tail, -inf rows, NaN in the vector part or only in the tail (first NaN wins).
     x = np.round(rng.standard_normal((40, cols)) * 2).astype(np.float32)  # many ties

@@ -196,13 +196,13 @@ def assert_bits_equal(got, want, what):
 # Each run is compared after 20 and after 50 consecutive steps.
 @pytest.mark.parametrize("shapes", SHAPE_SETS)
 @pytest.mark.parametrize("name", SGD_CONFIGS)
-def test_sgd_matches_reference(name, shapes):
+def test_sgd_matches_reference(name, shapes, isa):
     run_steps("sgd", SGD_CONFIGS[name], SHAPE_SETS[shapes])
 
 
 @pytest.mark.parametrize("shapes", SHAPE_SETS)
 @pytest.mark.parametrize("name", ADAM_CONFIGS)
-def test_adam_matches_reference(name, shapes):
+def test_adam_matches_reference(name, shapes, isa):
     run_steps("adam", ADAM_CONFIGS[name], SHAPE_SETS[shapes])
 
 
