@@ -202,6 +202,25 @@ def test_column_sum_and_sum(cp, rng, shape):
 
 
 @pytest.mark.gpu
+def test_gather_rows_matches_the_cpu_and_checks_indices(cp, rng):
+    x = rng.standard_normal((37, 5)).astype(np.float32)
+    idx = rng.integers(0, 37, 61)
+    got = ops.gather_rows(cp.asarray(x), cp.asarray(idx))
+    np.testing.assert_array_equal(cp.asnumpy(got), ops.gather_rows(x, idx))
+    out = _nan(cp, (3, 5))
+    assert ops.gather_rows(cp.asarray(x), cp.asarray(np.array([36, 0, 36], np.int32)), out=out) is out
+    np.testing.assert_array_equal(cp.asnumpy(out), x[[36, 0, 36]])
+    with pytest.raises(ValueError, match=r"gather_rows: index holds 37, out of range \[0, 37\)"):
+        ops.gather_rows(cp.asarray(x), cp.asarray(np.array([0, 37])))
+    with pytest.raises(ValueError, match="gather_rows: index holds -1"):
+        ops.gather_rows(cp.asarray(x), cp.asarray(np.array([-1])))
+    with pytest.raises(TypeError, match="gather_rows: index must be a cupy.ndarray"):
+        ops.gather_rows(cp.asarray(x), idx)
+    with pytest.raises(ValueError, match="gather_rows: out must be a C-contiguous float32"):
+        ops.gather_rows(cp.asarray(x), cp.asarray(idx), out=cp.zeros((61, 4), cp.float32))
+
+
+@pytest.mark.gpu
 def test_global_norm(cp, rng):
     arrays = [_rand(rng, cp, s) for s in [(1,), (278011,), (13, 7), (1000, 10), (10,)]]
     ref = np.sqrt(sum((_h(a) ** 2).sum() for a in arrays))

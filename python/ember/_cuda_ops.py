@@ -83,6 +83,45 @@ def global_norm(arrays):
     return _cuda.global_norm(arrays, _stream(), _alloc)
 
 
+def gather_rows(x, index, out):
+    """out[i] = x[index[i]] with ``cupy.take`` (no ember kernel: a row copy is all it is), after
+    the checks ember._cpu.gather_rows makes. The index range check reads the index's minimum and
+    maximum back to the host, so this synchronises the stream (the DataLoader, whose indices are
+    a permutation, calls cupy.take directly)."""
+    cp = _cp()
+    fn = "gather_rows"
+    for name, a, kind, ndim in (("x", x, "f", 2), ("index", index, "iu", 1)):
+        if not isinstance(a, cp.ndarray):
+            raise TypeError(f"{fn}: {name} must be a cupy.ndarray like x, got {type(a).__name__}")
+        if a.dtype.kind not in kind or (kind == "f" and a.dtype != cp.float32):
+            want = "float32" if kind == "f" else "an integer dtype"
+            raise TypeError(f"{fn}: {name} must have dtype {want}, got {a.dtype}")
+        if a.ndim != ndim:
+            raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {a.shape}")
+        if a.size == 0:
+            raise ValueError(f"{fn}: {name} must not be empty, got shape {a.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{fn}: x must be C-contiguous (use cupy.ascontiguousarray)")
+    if x.device.id != index.device.id:
+        raise ValueError(f"{fn}: index is on device {index.device.id}, x on {x.device.id}")
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= x.shape[0]:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{fn}: index holds {bad}, out of range [0, {x.shape[0]}) "
+                         f"(x has {x.shape[0]} rows)")
+    shape = (index.shape[0], x.shape[1])
+    if out is None:
+        out = cp.empty(shape, dtype=cp.float32)
+    elif not isinstance(out, cp.ndarray) or out.dtype != cp.float32 or out.shape != shape or \
+            not out.flags.c_contiguous or out.device.id != x.device.id:
+        raise ValueError(f"{fn}: out must be a C-contiguous float32 cupy.ndarray of shape "
+                         f"{shape} on x's device")
+    elif cp.shares_memory(out, x) or cp.shares_memory(out, index):
+        raise ValueError(f"{fn}: out must not share memory with x or index")
+    cp.take(x, index, axis=0, out=out)  # on CuPy's current stream, like every ember kernel
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Losses and metrics
 

@@ -255,11 +255,11 @@ def gather_rows(x, index, *, out=None):
     reads the batch next (each thread gathers the rows it will multiply).
 
     ``index`` is integer (widened to int64) with every value in ``[0, len(x))``: negative indices
-    are rejected, not wrapped. CPU only (CuPy arrays: use ``cupy.take``).
+    are rejected, not wrapped. CuPy arrays go to ``cupy.take`` after the same checks (the range
+    check synchronises the stream there).
     """
     if type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__"):
-        raise TypeError("gather_rows: x is a CUDA array; gather_rows is CPU-only "
-                        "(use cupy.take(x, index, axis=0))")
+        return _impl(x, "gather_rows", "x").gather_rows(x, index, out)
     if type(index) is np.ndarray and index.dtype != np.int64:
         if not np.issubdtype(index.dtype, np.integer):
             raise TypeError(f"gather_rows: index must be an integer array, got dtype {index.dtype}")
