@@ -59,6 +59,9 @@ constexpr int64_t kNC = 256;
 // after the pool has gone to sleep pays 50-150 us to wake it (measured after 10 ms idle), so
 // problems that would save under ~2 us stay on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 17;
+// linear_backward runs dX and dW side by side, one thread each, below this many multiply-adds
+// each (a 2-way split of each pays two fork/joins and packs B twice).
+constexpr int64_t kTaskParallelWork = int64_t(1) << 21;
 
 typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
 
@@ -627,7 +630,8 @@ void gemm(const GemmArgs& g) {
     return gemm_block(sub_problem(g, m0, m1, n0, n1));
   };
   const int64_t work = g.m * g.n * std::max<int64_t>(g.k, 1);
-  const int threads = work >= kParallelWork ? omp_get_max_threads() : 1;
+  // Inside a parallel region (linear_backward's two GEMMs side by side) a GEMM is one thread's.
+  const int threads = work >= kParallelWork && !omp_in_parallel() ? omp_get_max_threads() : 1;
   if (use_narrow(g)) {
     if (!gemm_narrow(g, threads)) throw std::bad_alloc();
     return;
@@ -660,8 +664,9 @@ void linear_backward(const LinearBackwardArgs& a) {
   } else if (a.grad_bias) {
     column_sum(a.batch, a.out_features, a.grad_out, a.grad_bias, a.accumulate);
   }
+  GemmArgs gx, gw;
   if (a.grad_input) {  // dX = dZ W: (batch x out) (out x in)
-    GemmArgs g;
+    GemmArgs& g = gx;
     g.m = a.batch;
     g.n = a.in_features;
     g.k = a.out_features;
@@ -671,10 +676,9 @@ void linear_backward(const LinearBackwardArgs& a) {
     g.ldb = a.in_features;
     g.c = a.grad_input;
     g.ldc = a.in_features;
-    gemm(g);
   }
   if (a.grad_weight) {  // dW (+)= dZ^T x: (out x batch) (batch x in)
-    GemmArgs g;
+    GemmArgs& g = gw;
     g.m = a.out_features;
     g.n = a.in_features;
     g.k = a.batch;
@@ -686,8 +690,28 @@ void linear_backward(const LinearBackwardArgs& a) {
     g.c = a.grad_weight;
     g.ldc = a.in_features;
     g.beta = a.accumulate ? 1.0f : 0.0f;
-    gemm(g);
   }
+  // Both GEMMs small: side by side, one thread each (one fork/join instead of two, and no
+  // duplicated packing). Each computes the same bits either way.
+  const int64_t work = a.batch * a.in_features * a.out_features;  // multiply-adds of each
+  if (a.grad_input && a.grad_weight && work < kTaskParallelWork && omp_get_max_threads() >= 2 &&
+      !omp_in_parallel()) {
+    bool failed = false;
+#pragma omp parallel num_threads(2)
+    {
+      try {
+        if (omp_get_thread_num() == 0) gemm(gx);
+        if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1) gemm(gw);
+      } catch (...) {  // only std::bad_alloc (packing buffers); rethrown outside the region
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+    if (failed) throw std::bad_alloc();
+    return;
+  }
+  if (a.grad_input) gemm(gx);
+  if (a.grad_weight) gemm(gw);
 }
 
 }  // namespace ember::cpu::EMBER_ISA
