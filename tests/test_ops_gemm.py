@@ -133,8 +133,12 @@ def test_gemm_bit_identical_across_runs_and_threads(rng, threads, m, n, k):
             np.testing.assert_array_equal(r, results[0])
 
 
-def test_linear_backward_bit_identical_across_threads(rng, threads):
-    x, w, gy, z = f32(rng, 256, 300), f32(rng, 130, 300), f32(rng, 256, 130), f32(rng, 256, 130)
+# Below 2M multiply-adds per GEMM, dX and dW run side by side (one thread each); above, each is
+# split over the threads.
+@pytest.mark.parametrize("batch, fin, fout", [(256, 300, 130), (200, 100, 10), (37, 29, 11)])
+def test_linear_backward_bit_identical_across_threads(rng, threads, batch, fin, fout):
+    x, w = f32(rng, batch, fin), f32(rng, fout, fin)
+    gy, z = f32(rng, batch, fout), f32(rng, batch, fout)
     results = []
     for t in (1, 2, 2):
         ember.set_num_threads(t)
