@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -207,6 +208,25 @@ def test_convergence_warning_when_max_iter_ends_the_run():
 
 
 # -- determinism, pickling -------------------------------------------------------------------
+def test_gradient_diagnosis_only_when_verbose(capsys):
+    # Ten sigmoid layers: the first layers' gradients vanish (the Trainer would warn). Like
+    # MLPClassifier, the estimator stays quiet (and skips the norms) unless verbose.
+    from ember.callbacks import GradientWarning
+    x, y = load_digits()
+    x, y = x[:300], y[:300]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        EmberClassifier((64,) * 10, activation="logistic", max_iter=2, random_state=0).fit(x, y)
+        quiet = [w for w in caught if issubclass(w.category, GradientWarning)]
+        caught.clear()
+        EmberClassifier((64,) * 10, activation="logistic", max_iter=2, random_state=0,
+                        verbose=True).fit(x, y)
+        loud = [w for w in caught if issubclass(w.category, GradientWarning)]
+    capsys.readouterr()
+    assert quiet == []
+    assert loud and "vanishing gradients in layer 0" in str(loud[0].message)
+
+
 def test_random_state_int_is_reproducible_none_is_not():
     x, y = _blobs()
     kw = dict(hidden_layer_sizes=(16,), max_iter=3)

@@ -332,9 +332,13 @@ class GradientMonitor(Callback):
     naming the layer) and feeds the trainer's end-of-training verdict.
     """
 
-    def __init__(self, vanish_ratio: float = 1e-4, explode_threshold: float = 1e3):
+    def __init__(self, vanish_ratio: float = 1e-4, explode_threshold: float = 1e3,
+                 active: bool = True):
         self.vanish_ratio = float(vanish_ratio)
         self.explode_threshold = float(explode_threshold)
+        #: False: record nothing and never warn (ember.sklearn's estimators, like MLPClassifier,
+        #: do not diagnose gradients unless verbose).
+        self.active = bool(active)
         self.flags: dict[str, str] = {}
 
     def on_train_begin(self, logs):
@@ -342,6 +346,8 @@ class GradientMonitor(Callback):
             self.flags = {}
 
     def on_epoch_end(self, epoch, logs):
+        if not self.active:
+            return
         from ember import ops
         norms, rels = {}, {}
         for name, p in self.trainer.model.named_parameters():

@@ -183,10 +183,9 @@ class _BaseEmberMLP(BaseEstimator):
         trainer = Trainer(model, loss="cross_entropy" if self._task == "classification" else "mse",
                           optimizer=self.optimizer, lr=float(self.learning_rate_init),
                           metrics=(), device=self.device, **extra)
-        if not self.verbose:
-            # MLPClassifier does not diagnose gradients; keep grid searches quiet likewise.
-            trainer.gradient_monitor.vanish_threshold = 0.0
-            trainer.gradient_monitor.explode_threshold = float("inf")
+        # MLPClassifier does not diagnose gradients; unless verbose, neither do these (quiet grid
+        # searches, and no per-epoch norm computations).
+        trainer.gradient_monitor.active = bool(self.verbose)
         return trainer
 
     def _get_trainer(self) -> Trainer:
