@@ -321,40 +321,45 @@ class Linear(Module):
         return self.activation == "relu" or (self.activation == "leaky_relu" and
                                              self.negative_slope >= 0.0)
 
+    # forward and backward run once per layer per training step: they read the Parameters'
+    # slots directly (no property calls) and test the activation inline.
     def forward(self, x, out=None, preact_out=None):
-        b = None if self.bias is None else self.bias.data
-        k = _kernels(x, "Linear.forward", "x")
+        bias = self.bias
+        b = None if bias is None else bias._data
+        w = self.weight._data
+        k = ops._cpu if type(x) is np.ndarray else _kernels(x, "Linear.forward", "x")
+        act, slope = self.activation, self.negative_slope
         if self.training:
             self._x = x
-            if self._act_from_output():
+            if act == "relu" or (act == "leaky_relu" and slope >= 0.0):  # _act_from_output()
                 # The output itself stands in for the pre-activation in backward; the next
                 # layer reads it and must not modify it in place (no ember module does).
-                y = self._z = k.gemm(x, self.weight.data, b, out, None, False, True,
-                                     self.activation, self.negative_slope, 1.0, 0.0, False,
-                                     "fp32")
+                y = self._z = k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0,
+                                     False, "fp32")
                 return y
-            if self.activation != "identity":
-                y, self._z = k.gemm(x, self.weight.data, b, out, preact_out, False, True,
-                                    self.activation, self.negative_slope, 1.0, 0.0, True, "fp32")
+            if act != "identity":
+                y, self._z = k.gemm(x, w, b, out, preact_out, False, True, act, slope, 1.0, 0.0,
+                                    True, "fp32")
                 return y
             self._z = None
-        return k.gemm(x, self.weight.data, b, out, None, False, True, self.activation,
-                      self.negative_slope, 1.0, 0.0, False, "fp32")
+        return k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0, False, "fp32")
 
     def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None):
-        if self._x is None:
+        x = self._x
+        if x is None:
             raise RuntimeError("Linear.backward called before a forward pass in training mode")
-        w = self.weight
-        if w.grad is None:
-            xp = _xp(w.data)
-            w.grad = xp.zeros_like(w.data)
-            if self.bias is not None:
-                self.bias.grad = xp.zeros_like(self.bias.data)
-        has_bias = self.bias is not None
-        gi, _, _ = _kernels(grad_out, "Linear.backward", "grad_out").linear_backward(
-            grad_out, self._x, w.data, self._z, self.activation, self.negative_slope,
-            need_grad_input, has_bias, False, grad_input, w.grad,
-            self.bias.grad if has_bias else None, workspace, "fp32")
+        w, bias = self.weight, self.bias
+        if w._grad is None:
+            xp = _xp(w._data)
+            w.grad = xp.zeros_like(w._data)
+            if bias is not None:
+                bias.grad = xp.zeros_like(bias._data)
+        k = (ops._cpu if type(grad_out) is np.ndarray
+             else _kernels(grad_out, "Linear.backward", "grad_out"))
+        gi, _, _ = k.linear_backward(
+            grad_out, x, w._data, self._z, self.activation, self.negative_slope,
+            need_grad_input, bias is not None, False, grad_input, w._grad,
+            None if bias is None else bias._grad, workspace, "fp32")
         return gi
 
     def config(self) -> dict:
