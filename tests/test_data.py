@@ -31,6 +31,7 @@ def test_order_is_pure_function_of_seed_and_epoch():
     lambda a: a.astype(np.float64),                   # other dtypes: numpy.take
     lambda a: np.asfortranarray(a),                   # not C-contiguous: numpy.take
     lambda a: a.reshape(len(a), 3, 1),                # more than 2-D: numpy.take
+    lambda a: np.frombuffer(b"\0" + a.tobytes(), np.float32, offset=1).reshape(a.shape),  # unaligned
 ])
 def test_batches_hold_the_rows_of_the_order(make):
     rng = np.random.default_rng(5)

@@ -163,7 +163,7 @@ class DataLoader:
         # float32 features (what the Trainer passes) are gathered by ember's kernel, on the
         # threads that multiply the batch next (see ember.ops.gather_rows).
         fast = (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and
-                x.flags.c_contiguous and x.size > 0)
+                x.flags.c_contiguous and x.flags.aligned and x.size > 0)
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
             out = self._buffer("x", x, len(sel))
