@@ -87,6 +87,33 @@ def test_leaky_relu_slopes_and_relu_derivative_from_output(slope):
     check_op(model.layers[2].weight.grad, g.T.astype(np.float64) @ h, 1e-5, "output weight grad")
 
 
+def test_relu_output_kept_apart_when_the_caller_or_a_custom_module_may_change_it():
+    # A ReLU at the end of the model, or before a user's module, keeps its pre-activation: the
+    # caller (or that module) may modify the output in place before backward.
+    class Negate(nn.Module):  # modifies its input in place
+        def forward(self, x):
+            np.negative(x, out=x)
+            return x
+
+        def backward(self, grad_out):
+            return -grad_out
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((9, 5)).astype(np.float32)
+    g = rng.standard_normal((9, 4)).astype(np.float32)
+    for model in (nn.Sequential(nn.Linear(5, 4, seed=1), nn.ReLU()),
+                  nn.Sequential(nn.Linear(5, 4, seed=1), nn.ReLU(), Negate())):
+        lin = model.layers[0]
+        z = x.astype(np.float64) @ lin.weight.data.T.astype(np.float64) + lin.bias.data
+        y = model.forward(x)
+        assert lin._z is not y
+        y -= 100.0  # the caller scribbles on the output
+        model.backward(g)
+        sign = -1.0 if len(model.layers) == 3 else 1.0
+        dz = sign * g.astype(np.float64) * (z > 0)
+        check_op(lin.weight.grad, dz.T @ x, 1e-5, "weight grad")
+
+
 def test_unfused_activation_and_input_gradient():
     """An activation not preceded by Linear runs as its own layer; grads flow to the input."""
     rng = np.random.default_rng(1)
