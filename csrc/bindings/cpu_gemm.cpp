@@ -218,8 +218,8 @@ The CPU computes in float32 for every precision ('fp32', 'tf32', 'bf16').)");
       py::arg("workspace") = py::none(), py::arg("precision") = "fp32",
       R"(Backward of act(x @ weight.T + bias): (grad_input|None, grad_weight, grad_bias|None).
 
-dZ = grad_out * act'(preact) and the bias gradient in one pass (into workspace, which may be
-grad_out itself), then dX = dZ @ weight and dW (+)= dZ.T @ x. See ember.ops.linear_backward.
+dZ = grad_out * act'(preact) (into workspace, which may be grad_out itself), the bias gradient
+(its column sums), then dX = dZ @ weight and dW (+)= dZ.T @ x. See ember.ops.linear_backward.
 The CPU computes in float32 for every precision.)");
 }
 

@@ -127,7 +127,7 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
                     negative_slope: float = 0.01, bias: bool = True,
                     need_grad_input: bool = True, accumulate: bool = False, grad_input=None,
                     grad_weight=None, grad_bias=None, workspace=None, precision: str = "fp32"):
-    """Backward of :func:`linear_forward`, with ``act'`` fused and the bias gradient in one pass.
+    """Backward of :func:`linear_forward` in one call: ``act'``, the bias gradient and both GEMMs.
 
     ``dZ = grad_out * act'(preact)``; ``dX = dZ @ weight``; ``dW = dZ.T @ x``;
     ``db = dZ.sum(0)``. Sums over the batch are deterministic.
