@@ -77,6 +77,34 @@ def test_digits_reaches_97_percent():
     assert np.mean(t.predict(xte) == yte) == pytest.approx(acc)
 
 
+def test_metrics_empty_records_the_loss_only(tmp_path):
+    # metrics=() turns accuracy off everywhere (history, evaluate, report); the training itself,
+    # and its loss, are the same bits as with accuracy on. load_trainer keeps the choice.
+    x, y = _blobs(n=300, seed=4)
+    x, y, xv, yv = x[:240], y[:240], x[240:], y[240:]
+    runs = {}
+    for metrics in ((), ("accuracy",)):
+        t = Trainer(nn.MLP([6, 16, 3], seed=0), optimizer="adam", lr=1e-2, metrics=metrics)
+        t.fit(x, y, epochs=3, batch_size=16, validation_data=(xv, yv), verbose=0,
+              checkpoint_dir=tmp_path / str(len(metrics)))
+        runs[metrics] = t
+    quiet, full = runs[()], runs[("accuracy",)]
+    assert "accuracy" not in quiet.history and "val_accuracy" not in quiet.history
+    assert "accuracy" in full.history and "val_accuracy" in full.history
+    assert quiet.history["loss"] == full.history["loss"]
+    assert quiet.history["val_loss"] == full.history["val_loss"]
+    assert set(quiet.evaluate(xv, yv)) == {"loss"}
+    assert set(full.evaluate(xv, yv)) == {"loss", "accuracy"}
+    assert "accuracy" not in quiet.report()
+    assert quiet.diagnosis()["fit"] in ("good", "underfitting")
+    stopper = EarlyStopping(monitor="val_accuracy")
+    with pytest.raises(ValueError, match="val_accuracy"):
+        Trainer(nn.MLP([6, 16, 3], seed=0), metrics=(), callbacks=[stopper]).fit(
+            x, y, epochs=2, validation_data=(xv, yv), verbose=0)
+    assert ember.load_trainer(tmp_path / "0" / "latest").metrics == ()
+    assert ember.load_trainer(tmp_path / "1" / "latest").metrics == ("accuracy",)
+
+
 def test_predict_same_at_any_batch_size():
     x, y = _blobs(n=101)
     t = Trainer(nn.MLP([6, 24, 3], seed=2), lr=1e-2)

@@ -151,6 +151,7 @@ def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
         "device": trainer.device,
         "model": trainer.model.config(),
         "loss": trainer.loss.config(),
+        "metrics": list(trainer.metrics),
         "optimizer": trainer.optimizer.hyperparameters(),
         "optimizer_step": trainer.optimizer.step_count,
         "optimizer_skipped_steps": trainer.optimizer.skipped_steps,
@@ -347,7 +348,7 @@ def load_trainer(path, device: Optional[str] = None):
     name = hp.pop("optimizer").lower()
     trainer = Trainer(model, loss=get_loss(st["loss"]),
                       optimizer=get_optimizer(name, model, **_optimizer_kwargs(hp)),
-                      device=model.device)
+                      metrics=tuple(st.get("metrics", ("accuracy",))), device=model.device)
     _restore_optimizer(trainer, ck)
     trainer.history = History.from_dict(st["history"])
     trainer.fit_params = st.get("fit_params", {})

@@ -132,8 +132,9 @@ class Trainer:
         loss: a :class:`ember.losses.Loss` or ``"cross_entropy"`` / ``"mse"``.
         optimizer: an :class:`ember.optim.Optimizer` or ``"sgd"`` / ``"adam"`` / ``"adamw"``.
         lr: learning rate when ``optimizer`` is a name (default 1e-3 for Adam(W), 1e-2 for SGD).
-        metrics: ``("accuracy",)`` for classification; none needed for regression (loss is
-            always reported).
+        metrics: ``("accuracy",)`` (the default) records accuracy for classification, per
+            epoch and in :meth:`evaluate`; ``()`` records the loss only (one argmax pass per step
+            less). Ignored for regression (the loss is always reported).
         callbacks: :class:`ember.callbacks.Callback` instances.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``"cuda"`` trains on the GPU (CuPy arrays:
             the data is copied to the device once per ``fit``); ``"auto"`` picks the GPU only
@@ -325,7 +326,7 @@ class Trainer:
         # the device: softmax_cross_entropy(device_loss=True), adam_step(state=...), which the
         # CUDA-graph loop will use).
         model, loss_fn, opt = self.model, self.loss, self.optimizer
-        classify = self.task == "classification"
+        classify = "accuracy" in self.metrics  # classification only (see __init__)
         count_correct = ops.accuracy
         model.train()
         cbs.on_train_begin({})
@@ -408,6 +409,7 @@ class Trainer:
         if not _checked:
             x, y = self._to_device(*self._prepare(x, y, "evaluate"))
         classify = self.task == "classification"
+        with_accuracy = "accuracy" in self.metrics
         loss_sum = 0.0
         weight_sum = 0.0
         correct = 0.0
@@ -424,7 +426,8 @@ class Trainer:
                     reduction="sum", compute_grad=False)
                 loss_sum += s
                 weight_sum += float(xp.asarray(w)[yb].sum()) if w is not None else n
-                correct += ops.accuracy(out, yb) * n
+                if with_accuracy:
+                    correct += ops.accuracy(out, yb) * n
             else:
                 s, _ = ops.mse(out, yb.reshape(out.shape), reduction="sum", compute_grad=False)
                 loss_sum += s
@@ -432,7 +435,7 @@ class Trainer:
         result = {"loss": loss_sum / weight_sum}
         if self.loss.reduction == "sum":
             result["loss"] = loss_sum
-        if classify:
+        if with_accuracy:
             result["accuracy"] = correct / len(x)
         return result
 
@@ -472,10 +475,9 @@ class Trainer:
         out: dict[str, Any] = {"fit": "unknown", "gradients": "healthy", "notes": []}
         if not self.history.epochs:
             return out
-        classify = self.task == "classification"
         train_loss = h["loss"][-1]
         first_loss = h["loss"][0]
-        if classify:
+        if "accuracy" in h and h["accuracy"][-1] is not None:  # classification, metric kept
             train_acc = h["accuracy"][-1]
             val_acc = h.get("val_accuracy", [None])[-1]
             if train_acc < 0.7 and (val_acc is None or val_acc < 0.7):
