@@ -17,9 +17,16 @@ directories are ignored and removed by the next save. Loading verifies the manif
 names the file and the problem (:class:`ember.CheckpointError`).
 
 Example:
-    >>> from ember.callbacks import EarlyStopping
-    >>> trainer.fit(x, y, epochs=50, checkpoint_dir="runs/a")            # doctest: +SKIP
-    >>> trainer.fit(x, y, epochs=50, checkpoint_dir="runs/a", resume="latest")  # continues
+    >>> import tempfile, numpy as np, ember
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int64)
+    >>> run = tempfile.mkdtemp()
+    >>> _ = ember.Trainer(ember.nn.MLP([4, 8, 2])).fit(x, y, epochs=2, checkpoint_dir=run,
+    ...                                                verbose=0)  # then the process dies
+    >>> trainer = ember.Trainer(ember.nn.MLP([4, 8, 2]))
+    >>> _ = trainer.fit(x, y, epochs=4, checkpoint_dir=run, resume="latest", verbose=0)
+    >>> trainer.epoch, len(trainer.history["loss"])  # epochs 3 and 4 trained, 1-4 in the history
+    (4, 4)
 """
 from __future__ import annotations
 
