@@ -540,10 +540,14 @@ class Sequential(Module):
                 # Its output may stand in for the pre-activation only when the next layer is one
                 # of ember's own (they never modify their input). Before a user's module, or as
                 # the model's output (which the caller may change in place), z is kept.
-                consumer = self.layers[i + 2] if i + 2 < len(self.layers) else None
+                # A Dropout may hand its input on unchanged (p = 0, eval): look past it.
+                j = i + 2
+                while j < len(self.layers) and type(self.layers[j]) is Dropout:
+                    j += 1
+                consumer = self.layers[j] if j < len(self.layers) else None
                 layer._output_internal = (
                     consumer is not None and type(consumer).__module__ == __name__ and
-                    isinstance(consumer, (Linear, Dropout, Activation)))
+                    isinstance(consumer, (Linear, Activation)))
                 plan.append((layer, nxt))
                 i += 2
             else:
