@@ -72,7 +72,8 @@ def test_leaky_relu_slopes_and_relu_derivative_from_output(slope):
     x = rng.standard_normal((batch, 9)).astype(np.float32)
     x[:4] = 0.0  # these rows have z = bias exactly: 0 in the first 5 columns (act'(0) = slope)
     g = rng.standard_normal((batch, 6)).astype(np.float32)
-    w1, b1 = (p.astype(np.float64) for p in (model.layers[0].weight.data, model.layers[0].bias.data))
+    first_w, first_b = model.layers[0].weight.data, model.layers[0].bias.data
+    w1, b1 = first_w.astype(np.float64), first_b.astype(np.float64)
     w2 = model.layers[2].weight.data.astype(np.float64)
     z = x.astype(np.float64) @ w1.T + b1
     h = np.where(z > 0, z, slope * z)
@@ -266,3 +267,67 @@ def test_matches_pytorch_sequential():
     back = nn.MLP([10, 16, 16, 3], seed=99)
     back.load_state_dict(tm.float().state_dict())
     np.testing.assert_array_equal(back.state_dict()["2.weight"], model.state_dict()["2.weight"])
+
+
+# -- ember._cpu.MlpPlan (Sequential's training fast path): its checks -----------------------------
+def _plan_args(batch=6, sizes=(5, 4, 3), act="tanh"):
+    f = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    L = len(sizes) - 1
+    ws = [f(o, i) for i, o in zip(sizes[:-1], sizes[1:])]
+    return dict(
+        batch=batch, in_features=sizes[0], weights=ws, biases=[f(o) for o in sizes[1:]],
+        activations=[act] * (L - 1) + ["identity"], slopes=[0.01] * L,
+        outputs=[f(batch, o) for o in sizes[1:]],
+        preacts=[f(batch, o) for o in sizes[1:-1]] + [None],
+        grad_weights=[np.zeros_like(w) for w in ws], grad_biases=[f(o) for o in sizes[1:]],
+        grad_inputs=[None] + [f(batch, i) for i in sizes[1:-1]],
+        workspaces=[f(batch, o) for o in sizes[1:-1]] + [None],
+        loss_grad=f(batch, sizes[-1]), class_weight=None, label_smoothing=0.0,
+        reduction="mean", count_correct=True)
+
+
+def _replace(args, key, i, value):
+    args = dict(args)
+    args[key] = list(args[key])
+    args[key][i] = value
+    return args
+
+
+@pytest.mark.parametrize("change, exc, msg", [
+    (lambda a: dict(a, weights=[]), ValueError, "at least one layer"),
+    (lambda a: dict(a, slopes=[0.01]), ValueError, "one entry per layer"),
+    (lambda a: _replace(a, "weights", 1, np.zeros((3, 5), np.float32)), ValueError,
+     r"weights\[1\] must have shape \(3, 4\)"),
+    (lambda a: _replace(a, "weights", 0, np.zeros((4, 5))), TypeError,
+     r"weights\[0\] must have dtype float32"),
+    (lambda a: _replace(a, "preacts", 0, None), ValueError, "preacts.* is required"),
+    (lambda a: _replace(a, "grad_inputs", 0, np.zeros((6, 5), np.float32)), ValueError,
+     r"grad_inputs\[0\] must be None"),
+    (lambda a: _replace(a, "grad_biases", 1, None), ValueError, "exactly when biases"),
+    (lambda a: _replace(a, "outputs", 1, a["loss_grad"]), ValueError, "must not share memory"),
+    (lambda a: dict(a, activations=["swish", "identity"]), ValueError, "activation"),
+    (lambda a: dict(a, label_smoothing=1.5), ValueError, "label_smoothing"),
+])
+def test_mlp_plan_rejects_bad_arrays(change, exc, msg):
+    from ember import _cpu
+    with pytest.raises(exc, match=msg):
+        _cpu.MlpPlan(**change(_plan_args()))
+
+
+def test_mlp_plan_step_checks_its_batch():
+    from ember import _cpu
+    args = _plan_args()
+    plan = _cpu.MlpPlan(**args)
+    x, y = np.ones((6, 5), np.float32), np.array([0, 1, 2, 0, 1, 2])
+    loss, correct = plan.step(x, y)
+    assert loss == pytest.approx(np.log(3)) and 0 <= correct <= 6  # zero weights: uniform
+    with pytest.raises(ValueError, match=r"MlpPlan.step: x must have shape \(6, 5\)"):
+        plan.step(np.ones((5, 5), np.float32), y[:5])
+    with pytest.raises(ValueError, match=r"labels\[2\] = 3 is out of range \[0, 3\)"):
+        plan.step(x, np.array([0, 1, 3, 0, 1, 2]))
+    with pytest.raises(TypeError, match="labels must have dtype int64"):
+        plan.step(x, y.astype(np.float32))
+    buf = np.zeros(100, np.float32)
+    shared = _cpu.MlpPlan(**_replace(args, "outputs", 0, buf[:24].reshape(6, 4)))
+    with pytest.raises(ValueError, match="must not share memory with x"):
+        shared.step(buf[:30].reshape(6, 5), y)

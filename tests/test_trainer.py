@@ -77,6 +77,61 @@ def test_digits_reaches_97_percent():
     assert np.mean(t.predict(xte) == yte) == pytest.approx(acc)
 
 
+@pytest.mark.parametrize("case", [
+    dict(sizes=[6, 16, 3], act="relu", loss={}, batch=16),
+    dict(sizes=[6, 7, 5, 3], act="tanh", loss={"label_smoothing": 0.1}, batch=33),
+    dict(sizes=[6, 9, 3], act="leaky_relu", slope=-0.3, loss={"reduction": "sum"}, batch=50),
+    dict(sizes=[6, 3], act="relu", loss={"weight": [0.5, 2.0, 1.0]}, batch=240),
+    dict(sizes=[6, 12, 12, 3], act="gelu", loss={}, batch=7, metrics=()),
+])
+def test_fused_step_matches_layer_by_layer_bit_for_bit(case):
+    # Trainer's CPU fast path (one MlpPlan call per batch for forward, loss and backward) against
+    # the layer-by-layer path: identical weights, optimizer state and history (times aside).
+    x, y = _blobs(n=300, seed=6)
+    runs = []
+    for fused in (True, False):
+        layers = []
+        for i, (a, b) in enumerate(zip(case["sizes"][:-1], case["sizes"][1:])):
+            layers.append(nn.Linear(a, b, seed=i))
+            if i < len(case["sizes"]) - 2:
+                layers.append(nn.LeakyReLU(case["slope"]) if case["act"] == "leaky_relu" else
+                              {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[case["act"]]())
+        model = nn.Sequential(*layers)
+        t = Trainer(model, loss=CrossEntropy(**case["loss"]), optimizer="adam", lr=1e-2,
+                    metrics=case.get("metrics", ("accuracy",)))
+        t._fused = fused
+        assert model._fused_step_ok(t.loss)
+        calls, step = [], model._fused_train_step
+        model._fused_train_step = lambda *a: (calls.append(1), step(*a))[1]
+        t.fit(x[:250], y[:250], epochs=3, batch_size=case["batch"], verbose=0,
+              validation_data=(x[250:], y[250:]))
+        assert bool(calls) == fused  # the path really taken
+        hist = {k: v for k, v in t.history.history.items() if k != "time"}
+        runs.append((_weights(model), t.optimizer.state_dict(), hist, t.loss._grad.copy()))
+    (w1, o1, h1, g1), (w2, o2, h2, g2) = runs
+    assert h1 == h2
+    for k in w1:
+        np.testing.assert_array_equal(w1[k], w2[k])
+    for name in o1["state"]:
+        for k in o1["state"][name]:
+            np.testing.assert_array_equal(o1["state"][name][k], o2["state"][name][k])
+    np.testing.assert_array_equal(g1, g2)
+
+
+def test_fused_step_only_for_plain_linear_stacks():
+    ce = CrossEntropy()
+    assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3])._fused_step_ok(ce)
+    assert not nn.MLP([4, 8, 3], dropout=0.1)._fused_step_ok(ce)  # Dropout: layer by layer
+    assert not nn.MLP([4, 8, 3])._fused_step_ok(ember.losses.MSE())
+    unfused_act = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Tanh(), nn.Linear(8, 3))
+    assert not unfused_act._fused_step_ok(ce)  # a second, unfused activation layer
+    # and a model that is not fused still trains (layer by layer)
+    x, y = _blobs(n=64, d=4, seed=1)
+    t = Trainer(nn.MLP([4, 8, 3], dropout=0.1), optimizer="adam", lr=1e-2)
+    t.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert len(t.history["loss"]) == 2 and all(np.isfinite(t.history["loss"]))
+
+
 def test_metrics_empty_records_the_loss_only(tmp_path):
     # metrics=() turns accuracy off everywhere (history, evaluate, report); the training itself,
     # and its loss, are the same bits as with accuracy on. load_trainer keeps the choice.

@@ -139,6 +139,21 @@ inline const float* cf32(const py::array& a) { return static_cast<const float*>(
 inline int64_t* i64(py::array& a) { return static_cast<int64_t*>(a.mutable_data()); }
 inline const int64_t* ci64(const py::array& a) { return static_cast<const int64_t*>(a.data()); }
 
+// Integer labels: int64, 1-D, one per row, each in [0, classes). O(rows), before any kernel runs.
+inline py::array labels_arg(const char* fn, py::handle obj, int64_t rows, int64_t classes) {
+  py::array labels = array_arg(fn, obj, "labels", DType::i64, 1);
+  expect_shape(fn, labels, "labels", {rows});
+  const int64_t* y = static_cast<const int64_t*>(labels.data());
+  for (int64_t i = 0; i < rows; ++i) {
+    if (y[i] < 0 || y[i] >= classes) {
+      throw py::value_error(std::string(fn) + ": labels[" + std::to_string(i) + "] = " +
+                            std::to_string(y[i]) + " is out of range [0, " +
+                            std::to_string(classes) + ")");
+    }
+  }
+  return labels;
+}
+
 inline void require(bool ok, const char* fn, const std::string& what) {
   if (!ok) throw py::value_error(std::string(fn) + ": " + what);
 }

@@ -6,24 +6,6 @@
 #include "ember/cpu.h"
 
 namespace ember::bind {
-namespace {
-
-// Integer labels: int64, 1-D, one per row, each in [0, classes). O(rows), before any kernel runs.
-py::array labels_arg(const char* fn, py::handle obj, int64_t rows, int64_t classes) {
-  py::array labels = array_arg(fn, obj, "labels", DType::i64, 1);
-  expect_shape(fn, labels, "labels", {rows});
-  const int64_t* y = ci64(labels);
-  for (int64_t i = 0; i < rows; ++i) {
-    if (y[i] < 0 || y[i] >= classes) {
-      throw py::value_error(std::string(fn) + ": labels[" + std::to_string(i) + "] = " +
-                            std::to_string(y[i]) + " is out of range [0, " +
-                            std::to_string(classes) + ")");
-    }
-  }
-  return labels;
-}
-
-}  // namespace
 
 void bind_loss(py::module_& m) {
   m.def(

@@ -124,6 +124,7 @@ void dropout_forward(int64_t n, const float* x, float* y, float p, uint64_t seed
 void dropout_backward(int64_t n, const float* g, float* gi, float p, uint64_t seed, uint64_t off) {
   EMBER_DISPATCH(dropout_backward, n, g, gi, p, seed, off)
 }
+MlpStepResult mlp_train_step(const MlpStepArgs& a) { EMBER_DISPATCH(mlp_train_step, a) }
 StepResult sgd_step(const SgdArgs& a) { EMBER_DISPATCH(sgd_step, a) }
 StepResult adam_step(const AdamArgs& a) { EMBER_DISPATCH(adam_step, a) }
 

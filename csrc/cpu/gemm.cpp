@@ -664,33 +664,13 @@ void linear_backward(const LinearBackwardArgs& a) {
   } else if (a.grad_bias) {
     column_sum(a.batch, a.out_features, a.grad_out, a.grad_bias, a.accumulate);
   }
-  GemmArgs gx, gw;
-  if (a.grad_input) {  // dX = dZ W: (batch x out) (out x in)
-    GemmArgs& g = gx;
-    g.m = a.batch;
-    g.n = a.in_features;
-    g.k = a.out_features;
-    g.a = dz;
-    g.lda = a.out_features;
-    g.b = a.weight;
-    g.ldb = a.in_features;
-    g.c = a.grad_input;
-    g.ldc = a.in_features;
-  }
-  if (a.grad_weight) {  // dW (+)= dZ^T x: (out x batch) (batch x in)
-    GemmArgs& g = gw;
-    g.m = a.out_features;
-    g.n = a.in_features;
-    g.k = a.batch;
-    g.a = dz;
-    g.lda = a.out_features;
-    g.trans_a = true;
-    g.b = a.x;
-    g.ldb = a.in_features;
-    g.c = a.grad_weight;
-    g.ldc = a.in_features;
-    g.beta = a.accumulate ? 1.0f : 0.0f;
-  }
+  // dX = dZ W: (batch x out) (out x in); dW (+)= dZ^T x: (out x batch) (batch x in)
+  const GemmArgs gx = gemm_operands(a.batch, a.in_features, a.out_features, dz, a.out_features,
+                                    false, a.weight, a.in_features, false, a.grad_input,
+                                    a.in_features);
+  GemmArgs gw = gemm_operands(a.out_features, a.in_features, a.batch, dz, a.out_features, true,
+                              a.x, a.in_features, false, a.grad_weight, a.in_features);
+  gw.beta = a.accumulate ? 1.0f : 0.0f;
   // Both GEMMs small: side by side, one thread each (one fork/join instead of two, and no
   // duplicated packing). Each computes the same bits either way.
   const int64_t work = a.batch * a.in_features * a.out_features;  // multiply-adds of each

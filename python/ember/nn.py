@@ -607,6 +607,79 @@ class Sequential(Module):
                 g = layer.backward(g)
         return g
 
+    # -- the training fast path -------------------------------------------------------------
+    def _fused_step_ok(self, loss) -> bool:
+        """Whether :meth:`_fused_train_step` can stand in for forward + loss + backward: a plain
+        Sequential (or MLP) of Linear layers (activations fused, no Dropout or other modules),
+        NumPy parameters, and softmax cross-entropy."""
+        from ember.losses import CrossEntropy
+        cls = type(self)
+        return (cls.forward is Sequential.forward and cls.backward is Sequential.backward and
+                type(loss) is CrossEntropy and
+                (loss.weight is None or type(loss.weight) is np.ndarray) and
+                all(type(layer) is Linear for layer, _ in self._plan) and
+                all(type(p._data) is np.ndarray for _, p in self.named_parameters()))
+
+    def _fused_train_step(self, x, y, loss, count_correct: bool):
+        """Forward, softmax cross-entropy and backward of one batch in one kernel call
+        (``ember._cpu.MlpPlan``): the same kernel calls in the same order as :meth:`forward`,
+        ``loss.forward`` / ``loss.backward`` and :meth:`backward`, so the same bits, without the
+        Python between them. Returns ``(loss, correct)``. The layers' saved inputs and
+        pre-activations, and the loss's gradient, are left as the layer-by-layer path leaves
+        them. Call only when :meth:`_fused_step_ok`."""
+        layers = [layer for layer, _ in self._plan]
+        batch = x.shape[0]
+        for lin in layers:  # gradients exist before the plan points at them
+            if lin.weight._grad is None:
+                lin.weight.grad = np.zeros_like(lin.weight._data)
+                if lin.bias is not None:
+                    lin.bias.grad = np.zeros_like(lin.bias._data)
+        key = (batch, Parameter.version, id(self._plan), id(loss), id(loss.weight),
+               loss.label_smoothing, loss.reduction, count_correct)
+        plans = self._buffers.setdefault("fused plans", {})
+        entry = plans.get(batch)
+        if entry is None or entry[0] != key:
+            entry = plans[batch] = (key,) + self._fused_plan(layers, x, loss, count_correct)
+        _, plan, saved, grad = entry
+        value, correct = plan.step(x, y)
+        layers[0]._x = x
+        for lin, (inp, z) in zip(layers[1:], saved[1:]):
+            lin._x = inp
+        for lin, (_, z) in zip(layers, saved):
+            lin._z = z
+        loss._grad = grad
+        return value, correct
+
+    def _fused_plan(self, layers, x, loss, count_correct):
+        batch = x.shape[0]
+        ws, bs, acts, slopes, ys, zs, gws, gbs, gxs, wss, saved = ([] for _ in range(11))
+        for idx, lin in enumerate(layers):
+            shape = (batch, lin.out_features)
+            y = self._buf(("fused y", idx, batch), shape, x)
+            z = None
+            if lin.activation != "identity" and not lin._act_from_output():
+                z = self._buf(("fused z", idx, batch), shape, x)
+            ws.append(lin.weight._data)
+            bs.append(None if lin.bias is None else lin.bias._data)
+            acts.append(lin.activation)
+            slopes.append(lin.negative_slope)
+            ys.append(y)
+            zs.append(z)
+            gws.append(lin.weight._grad)
+            gbs.append(None if lin.bias is None else lin.bias._grad)
+            gxs.append(None if idx == 0 else
+                       self._buf(("fused gx", idx, batch), (batch, lin.in_features), x))
+            wss.append(None if lin.activation == "identity" else
+                       self._buf(("fused ws", idx, batch), shape, x))
+            # what the layer-by-layer path leaves in (_x, _z) after a step
+            saved.append((ys[idx - 1] if idx else None,
+                          None if lin.activation == "identity" else (z if z is not None else y)))
+        grad = self._buf(("fused grad", batch), (batch, layers[-1].out_features), x)
+        plan = ops._cpu.MlpPlan(batch, layers[0].in_features, ws, bs, acts, slopes, ys, zs, gws,
+                                gbs, gxs, wss, grad, loss.weight, loss.label_smoothing,
+                                loss.reduction, count_correct)
+        return plan, saved, grad
+
     def train(self, mode: bool = True) -> "Module":
         super().train(mode)
         if not mode:

@@ -25,7 +25,7 @@ from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRSchedule
                              TerminateOnNaN)
 from ember.data import DataLoader, check_xy, train_val_split
 from ember.losses import Loss, get_loss
-from ember.nn import Module
+from ember.nn import Module, Sequential
 from ember.optim import Optimizer, get_optimizer
 
 __all__ = ["Trainer", "History"]
@@ -178,6 +178,8 @@ class Trainer:
         if lr_schedule is not None:
             self.user_callbacks.append(LRScheduler(lr_schedule))
         self.history = History()
+        #: False forces the layer-by-layer training path (tests compare the two, bit for bit).
+        self._fused = True
         self.epoch = 0
         self.epochs = 0
         self.global_step = 0
@@ -328,6 +330,11 @@ class Trainer:
         model, loss_fn, opt = self.model, self.loss, self.optimizer
         classify = "accuracy" in self.metrics  # classification only (see __init__)
         count_correct = ops.accuracy
+        # On the CPU a plain Sequential/MLP with softmax cross-entropy trains through one kernel
+        # call per batch for forward, loss and backward (the same bits; see
+        # Sequential._fused_train_step); anything else goes layer by layer.
+        fused = (self.device == "cpu" and self._fused and isinstance(model, Sequential) and
+                 model._fused_step_ok(loss_fn))
         model.train()
         cbs.on_train_begin({})
         self._resuming = False
@@ -346,12 +353,17 @@ class Trainer:
             for b, (xb, yb) in enumerate(loader.batches(epoch, start), start):
                 if cbs.wants_batch_begin:
                     cbs.on_batch_begin(b, batch_logs)
-                out = model.forward(xb)
-                loss = loss_fn.forward(out, yb)
                 n = xb.shape[0]
-                if classify:
-                    acc[1] += count_correct(out, yb) * n
-                model.backward(loss_fn.backward())
+                if fused:
+                    loss, correct = model._fused_train_step(xb, yb, loss_fn, classify)
+                    if classify:
+                        acc[1] += correct / n * n  # the same float as ops.accuracy(...) * n
+                else:
+                    out = model.forward(xb)
+                    loss = loss_fn.forward(out, yb)
+                    if classify:
+                        acc[1] += count_correct(out, yb) * n
+                    model.backward(loss_fn.backward())
                 norm, was_skipped = opt.step()
                 self.global_step += 1
                 acc[0] += loss * n

@@ -40,6 +40,25 @@ struct GemmArgs {
   float act_param = 0.01f;        // leaky_relu slope
 };
 
+// The operand part of a GemmArgs (alpha 1, beta 0, no bias, no activation until set).
+inline GemmArgs gemm_operands(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                              bool trans_a, const float* b, int64_t ldb, bool trans_b, float* c,
+                              int64_t ldc) {
+  GemmArgs g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.lda = lda;
+  g.trans_a = trans_a;
+  g.b = b;
+  g.ldb = ldb;
+  g.trans_b = trans_b;
+  g.c = c;
+  g.ldc = ldc;
+  return g;
+}
+
 // Backward of y = act(x * W^T + b) with x: batch x in, W: out x in (PyTorch's Linear layout).
 //   dZ = dY * act'(Z)           (Z = saved pre-activation; dZ = dY when act is identity)
 //   dX = dZ * W                 (batch x in)
@@ -87,6 +106,39 @@ struct SoftmaxCrossEntropyArgs {
 struct StepResult {
   double grad_norm = 0.0;
   bool skipped = false;
+};
+
+// One training step of an MLP (Linear layers with fused activations) and softmax cross-entropy:
+// forward, loss (+ correct count), backward into the parameter gradients, in one call, with the
+// same kernel calls, in the same order, as the layer-by-layer path (so the same bits).
+struct MlpLayer {
+  int64_t in = 0, out = 0;
+  const float* weight = nullptr;  // out x in
+  const float* bias = nullptr;    // out, or null
+  Activation act = Activation::identity;
+  float act_param = 0.01f;
+  float* y = nullptr;             // batch x out: the layer's output
+  float* preact = nullptr;        // batch x out, or null: identity, or act' read off y (relu and
+                                  // leaky_relu with slope >= 0)
+  float* grad_weight = nullptr;   // out x in
+  float* grad_bias = nullptr;     // out; null exactly when bias is
+  float* grad_input = nullptr;    // batch x in; null for the first layer (not needed)
+  float* workspace = nullptr;     // batch x out for dZ; null for identity
+};
+
+struct MlpStepArgs {
+  int64_t batch = 0, layers = 0;
+  const float* x = nullptr;       // batch x layer[0].in
+  MlpLayer* layer = nullptr;
+  SoftmaxCrossEntropyArgs loss;   // class_weight, label_smoothing, reduction, grad (batch x
+                                  // classes); rows, classes, logits, labels set by the call
+  const int64_t* labels = nullptr;
+  bool count_correct = false;
+};
+
+struct MlpStepResult {
+  double loss = 0.0;
+  int64_t correct = 0;
 };
 
 struct SgdArgs {
