@@ -118,6 +118,30 @@ def test_fused_step_matches_layer_by_layer_bit_for_bit(case):
     np.testing.assert_array_equal(g1, g2)
 
 
+def test_model_copies_and_pickles_in_the_middle_of_training():
+    # A callback that keeps copy.deepcopy(model) of its best epoch (a common PyTorch habit) and
+    # pickling both work while the fused step's plans exist; the copy trains on its own.
+    import copy
+    import pickle
+
+    from ember.callbacks import Callback
+
+    class KeepBest(Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.copy = copy.deepcopy(self.trainer.model)
+            self.blob = pickle.dumps(self.trainer.model)
+
+    x, y = _blobs(n=120, seed=3)
+    keep = KeepBest()
+    t = Trainer(nn.MLP([6, 8, 3], seed=0), optimizer="adam", lr=1e-2, callbacks=[keep])
+    t.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    for model in (keep.copy, pickle.loads(keep.blob)):
+        np.testing.assert_array_equal(model.layers[0].weight.data, t.model.layers[0].weight.data)
+        t2 = Trainer(model, optimizer="adam", lr=1e-2)
+        t2.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        assert np.isfinite(t2.history["loss"][0])
+
+
 def test_fused_step_only_for_plain_linear_stacks():
     ce = CrossEntropy()
     assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3])._fused_step_ok(ce)

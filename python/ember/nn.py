@@ -607,6 +607,13 @@ class Sequential(Module):
                 g = layer.backward(g)
         return g
 
+    def __getstate__(self):
+        # Scratch buffers, and the fused-step plans that point into them, are not state: a copy
+        # or a pickle (copy.deepcopy, joblib) gets none and makes its own on demand.
+        state = self.__dict__.copy()
+        state["_buffers"] = {}
+        return state
+
     # -- the training fast path -------------------------------------------------------------
     def _fused_step_ok(self, loss) -> bool:
         """Whether :meth:`_fused_train_step` can stand in for forward + loss + backward: a plain
