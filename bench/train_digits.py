@@ -78,16 +78,21 @@ def main() -> None:
              ("PyTorch (CPU, eager)", run_torch)]
     from ember.bench import core_check
     checks = [core_check(args.threads)]
+    runs: dict = {name: [] for name, _ in peers}
     with threadpool_limits(args.threads):
-        for name, fn in peers:
-            try:
-                runs = [fn() for _ in range(args.repeats)]
-            except ImportError as exc:
-                results[name] = None
-                print(f"{name}: skipped ({exc})")
-                continue
-            results[name] = (statistics.median(r[0] for r in runs),
-                             statistics.median(r[1] for r in runs))
+        # Rounds alternate the trainers, so that a slow spell of the machine hits all of them.
+        for _ in range(args.repeats):
+            for name, fn in peers:
+                if runs[name] is None:
+                    continue
+                try:
+                    runs[name].append(fn())
+                except ImportError as exc:
+                    runs[name] = None
+                    print(f"{name}: skipped ({exc})")
+    for name, r in runs.items():
+        results[name] = None if r is None else (statistics.median(v[0] for v in r),
+                                                statistics.median(v[1] for v in r))
     base = results["ember"][0]
     print(f"\ndigits, 64-256-256-10, Adam lr 1e-3, batch {args.batch}, {args.epochs} epochs, "
           f"{args.threads} threads, median of {args.repeats}")
