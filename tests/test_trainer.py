@@ -142,6 +142,28 @@ def test_model_copies_and_pickles_in_the_middle_of_training():
         assert np.isfinite(t2.history["loss"][0])
 
 
+def test_fused_step_follows_a_layer_changed_during_training():
+    # A callback that changes a fused layer's slope between epochs: the fused plan is rebuilt and
+    # both paths keep agreeing bit for bit.
+    from ember.callbacks import Callback
+
+    class Steeper(Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.trainer.model.layers[0].negative_slope = 0.3 * (epoch + 1)
+
+    x, y = _blobs(n=200, seed=8)
+    out = []
+    for fused in (True, False):
+        model = nn.Sequential(nn.Linear(6, 10, seed=0), nn.LeakyReLU(0.05), nn.Linear(10, 3))
+        t = Trainer(model, optimizer="adam", lr=1e-2, callbacks=[Steeper()])
+        t._fused = fused
+        t.fit(x, y, epochs=3, batch_size=32, verbose=0)
+        out.append((_weights(model), t.history["loss"]))
+    assert out[0][1] == out[1][1]
+    for k in out[0][0]:
+        np.testing.assert_array_equal(out[0][0][k], out[1][0][k])
+
+
 def test_fused_step_only_for_plain_linear_stacks():
     ce = CrossEntropy()
     assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3])._fused_step_ok(ce)

@@ -642,7 +642,8 @@ class Sequential(Module):
                 if lin.bias is not None:
                     lin.bias.grad = np.zeros_like(lin.bias._data)
         key = (batch, Parameter.version, id(self._plan), id(loss), id(loss.weight),
-               loss.label_smoothing, loss.reduction, count_correct)
+               loss.label_smoothing, loss.reduction, count_correct,
+               tuple((lin.activation, lin.negative_slope, lin._output_internal) for lin in layers))
         plans = self._buffers.setdefault("fused plans", {})
         entry = plans.get(batch)
         if entry is None or entry[0] != key:
