@@ -307,6 +307,8 @@ def _replace(args, key, i, value):
     (lambda a: _replace(a, "outputs", 1, a["loss_grad"]), ValueError, "must not share memory"),
     (lambda a: dict(a, activations=["swish", "identity"]), ValueError, "activation"),
     (lambda a: dict(a, label_smoothing=1.5), ValueError, "label_smoothing"),
+    (lambda a: dict(a, loss="hinge"), ValueError, "loss must be 'cross_entropy' or 'mse'"),
+    (lambda a: dict(a, loss="mse"), ValueError, "takes no class_weight, label_smoothing or count"),
 ])
 def test_mlp_plan_rejects_bad_arrays(change, exc, msg):
     from ember import _cpu
@@ -331,3 +333,15 @@ def test_mlp_plan_step_checks_its_batch():
     shared = _cpu.MlpPlan(**_replace(args, "outputs", 0, buf[:24].reshape(6, 4)))
     with pytest.raises(ValueError, match="must not share memory with x"):
         shared.step(buf[:30].reshape(6, 5), y)
+
+
+def test_mlp_plan_mse_checks_its_targets():
+    from ember import _cpu
+    plan = _cpu.MlpPlan(**dict(_plan_args(), loss="mse", count_correct=False))
+    x = np.ones((6, 5), np.float32)
+    loss, correct = plan.step(x, np.full((6, 3), 2.0, np.float32))
+    assert loss == pytest.approx(4.0) and correct == 0  # zero weights: outputs 0, error 2
+    with pytest.raises(TypeError, match="MlpPlan.step: targets must have dtype float32"):
+        plan.step(x, np.zeros(6, np.int64))
+    with pytest.raises(ValueError, match=r"targets must have shape \(6, 3\)"):
+        plan.step(x, np.zeros((6, 2), np.float32))

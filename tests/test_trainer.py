@@ -142,6 +142,29 @@ def test_model_copies_and_pickles_in_the_middle_of_training():
         assert np.isfinite(t2.history["loss"][0])
 
 
+@pytest.mark.parametrize("outputs, reduction", [(1, "mean"), (3, "sum")])
+def test_fused_step_matches_layer_by_layer_for_regression(outputs, reduction):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((130, 5)).astype(np.float32)
+    y = (x @ rng.standard_normal((5, outputs))).astype(np.float32)
+    if outputs == 1:
+        y = y[:, 0]  # a 1-D target for a 1-output model
+    out = []
+    for fused in (True, False):
+        model = nn.MLP([5, 11, outputs], activation="tanh", seed=2)
+        t = Trainer(model, loss=ember.losses.MSE(reduction), optimizer="adam", lr=1e-2)
+        t._fused = fused
+        calls, step = [], model._fused_train_step
+        model._fused_train_step = lambda *a: (calls.append(1), step(*a))[1]
+        t.fit(x, y, epochs=3, batch_size=32, verbose=0)
+        assert bool(calls) == fused
+        out.append((_weights(model), t.history["loss"], t.loss._grad.copy()))
+    assert out[0][1] == out[1][1]
+    for k in out[0][0]:
+        np.testing.assert_array_equal(out[0][0][k], out[1][0][k])
+    np.testing.assert_array_equal(out[0][2], out[1][2])
+
+
 def test_fused_step_follows_a_layer_changed_during_training():
     # A callback that changes a fused layer's slope between epochs: the fused plan is rebuilt and
     # both paths keep agreeing bit for bit.
@@ -168,7 +191,7 @@ def test_fused_step_only_for_plain_linear_stacks():
     ce = CrossEntropy()
     assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3])._fused_step_ok(ce)
     assert not nn.MLP([4, 8, 3], dropout=0.1)._fused_step_ok(ce)  # Dropout: layer by layer
-    assert not nn.MLP([4, 8, 3])._fused_step_ok(ember.losses.MSE())
+    assert nn.MLP([4, 8, 3])._fused_step_ok(ember.losses.MSE())  # regression too
     unfused_act = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Tanh(), nn.Linear(8, 3))
     assert not unfused_act._fused_step_ok(ce)  # a second, unfused activation layer
     # and a model that is not fused still trains (layer by layer)

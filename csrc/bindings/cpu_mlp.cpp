@@ -22,7 +22,7 @@ class MlpPlan {
           const py::list& preacts, const py::list& grad_weights, const py::list& grad_biases,
           const py::list& grad_inputs, const py::list& workspaces, py::handle loss_grad,
           py::handle class_weight, double label_smoothing, const std::string& reduction,
-          bool count_correct) {
+          bool count_correct, const std::string& loss) {
     const char* fn = "MlpPlan";
     require(batch >= 1 && in_features >= 1, fn, "batch and in_features must be >= 1");
     const size_t L = weights.size();
@@ -109,6 +109,11 @@ class MlpPlan {
     args_.loss.label_smoothing = static_cast<float>(label_smoothing);
     args_.loss.reduction = parse_reduction(fn, reduction);
     args_.count_correct = count_correct;
+    require(loss == "cross_entropy" || loss == "mse", fn,
+            "loss must be 'cross_entropy' or 'mse', got '" + loss + "'");
+    args_.mse = loss == "mse";
+    require(!args_.mse || (class_weight.is_none() && label_smoothing == 0.0 && !count_correct),
+            fn, "loss 'mse' takes no class_weight, label_smoothing or count_correct");
     // Outputs are written while everything else is read: no output may share memory with another
     // array of the plan.
     for (size_t a = 0; a < outputs_.size(); ++a) {
@@ -125,18 +130,29 @@ class MlpPlan {
     args_.layer = layers_.data();
   }
 
-  py::tuple step(py::handle x_obj, py::handle labels_obj) {
+  // y: int64 class labels (batch,) for cross-entropy; float32 targets (batch, classes) for mse.
+  py::tuple step(py::handle x_obj, py::handle y_obj) {
     const char* fn = "MlpPlan.step";
     py::array x = array_arg(fn, x_obj, "x", DType::f32, 2);
     expect_shape(fn, x, "x", {batch_, in_});
-    py::array labels = labels_arg(fn, labels_obj, batch_, classes_);
+    py::array y;
+    if (args_.mse) {
+      y = array_arg(fn, y_obj, "targets", DType::f32, 2);
+      expect_shape(fn, y, "targets", {batch_, classes_});
+    } else {
+      y = labels_arg(fn, y_obj, batch_, classes_);
+    }
     for (const auto& o : outputs_) {
       no_overlap(fn, o.first, o.second, x, "x");
-      no_overlap(fn, o.first, o.second, labels, "labels");
+      no_overlap(fn, o.first, o.second, y, args_.mse ? "targets" : "labels");
     }
     MlpStepArgs a = args_;
     a.x = cf32(x);
-    a.labels = ci64(labels);
+    if (args_.mse) {
+      a.target = cf32(y);
+    } else {
+      a.labels = ci64(y);
+    }
     MlpStepResult r;
     {
       py::gil_scoped_release release;
@@ -156,20 +172,22 @@ class MlpPlan {
 
 void bind_mlp(py::module_& m) {
   py::class_<MlpPlan>(m, "MlpPlan", R"(One MLP training step per call: forward through Linear
-layers with fused activations, softmax cross-entropy (and correct count), backward into the
-gradient arrays. Built once per batch size by ember.nn.Sequential (its training fast path); the
+layers with fused activations, softmax cross-entropy (and correct count) or mean squared error,
+backward into the gradient arrays. Built once per batch size by ember.nn.Sequential (its training fast path); the
 same kernels in the same order as the layer-by-layer path, so the same bits.)")
       .def(py::init<int64_t, int64_t, const py::list&, const py::list&, const py::list&,
                     const py::list&, const py::list&, const py::list&, const py::list&,
                     const py::list&, const py::list&, const py::list&, py::handle, py::handle,
-                    double, const std::string&, bool>(),
+                    double, const std::string&, bool, const std::string&>(),
            py::arg("batch"), py::arg("in_features"), py::arg("weights"), py::arg("biases"),
            py::arg("activations"), py::arg("slopes"), py::arg("outputs"), py::arg("preacts"),
            py::arg("grad_weights"), py::arg("grad_biases"), py::arg("grad_inputs"),
            py::arg("workspaces"), py::arg("loss_grad"), py::arg("class_weight"),
-           py::arg("label_smoothing"), py::arg("reduction"), py::arg("count_correct"))
-      .def("step", &MlpPlan::step, py::arg("x"), py::arg("labels"),
-           R"(Train on one batch: returns (loss, correct) (correct is 0 unless counted).)");
+           py::arg("label_smoothing"), py::arg("reduction"), py::arg("count_correct"),
+           py::arg("loss") = "cross_entropy")
+      .def("step", &MlpPlan::step, py::arg("x"), py::arg("y"),
+           R"(Train on one batch (y: int64 labels for cross-entropy, float32 (batch, outputs)
+targets for mse): returns (loss, correct) (correct is 0 unless counted).)");
 }
 
 }  // namespace ember::bind

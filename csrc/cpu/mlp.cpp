@@ -1,7 +1,8 @@
-// One MLP training step in one call: each Linear layer's GEMM with its fused epilogue, softmax
-// cross-entropy (and the count of correct predictions), then each layer's backward. The calls,
-// their arguments and their order are those of ember.nn.Sequential + ember.losses.CrossEntropy
-// layer by layer, so the results are the same bits; what this saves is the Python between them.
+// One MLP training step in one call: each Linear layer's GEMM with its fused epilogue, the loss
+// (softmax cross-entropy, with the count of correct predictions, or mean squared error) and its
+// gradient, then each layer's backward. The calls, their arguments and their order are those of
+// ember.nn.Sequential and ember.losses layer by layer, so the results are the same bits; what
+// this saves is the Python between them.
 #include "ember/common.h"
 
 namespace ember::cpu::EMBER_ISA {
@@ -10,6 +11,8 @@ namespace ember::cpu::EMBER_ISA {
 void gemm(const GemmArgs& args);
 void linear_backward(const LinearBackwardArgs& args);
 double softmax_cross_entropy(const SoftmaxCrossEntropyArgs& args);
+double mse(int64_t n, const float* pred, const float* target, float* grad, Reduction reduction,
+           float grad_scale);
 int64_t count_correct(int64_t rows, int64_t cols, const float* logits, const int64_t* labels);
 
 MlpStepResult mlp_train_step(const MlpStepArgs& s) {
@@ -32,8 +35,12 @@ MlpStepResult mlp_train_step(const MlpStepArgs& s) {
   ce.logits = last.y;
   ce.labels = s.labels;
   MlpStepResult r;
-  r.loss = softmax_cross_entropy(ce);
-  if (s.count_correct) r.correct = count_correct(batch, last.out, last.y, s.labels);
+  if (s.mse) {
+    r.loss = mse(batch * last.out, last.y, s.target, ce.grad, ce.reduction, 1.0f);
+  } else {
+    r.loss = softmax_cross_entropy(ce);
+    if (s.count_correct) r.correct = count_correct(batch, last.out, last.y, s.labels);
+  }
   for (int64_t i = L - 1; i >= 0; --i) {
     const MlpLayer& l = s.layer[i];
     LinearBackwardArgs a;

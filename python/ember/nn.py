@@ -618,17 +618,20 @@ class Sequential(Module):
     def _fused_step_ok(self, loss) -> bool:
         """Whether :meth:`_fused_train_step` can stand in for forward + loss + backward: a plain
         Sequential (or MLP) of Linear layers (activations fused, no Dropout or other modules),
-        NumPy parameters, and softmax cross-entropy."""
-        from ember.losses import CrossEntropy
+        NumPy parameters, and softmax cross-entropy or mean squared error."""
+        from ember.losses import MSE, CrossEntropy
         cls = type(self)
+        if type(loss) is CrossEntropy:
+            loss_ok = loss.weight is None or type(loss.weight) is np.ndarray
+        else:
+            loss_ok = type(loss) is MSE
         return (cls.forward is Sequential.forward and cls.backward is Sequential.backward and
-                type(loss) is CrossEntropy and
-                (loss.weight is None or type(loss.weight) is np.ndarray) and
+                loss_ok and
                 all(type(layer) is Linear for layer, _ in self._plan) and
                 all(type(p._data) is np.ndarray for _, p in self.named_parameters()))
 
     def _fused_train_step(self, x, y, loss, count_correct: bool):
-        """Forward, softmax cross-entropy and backward of one batch in one kernel call
+        """Forward, loss (softmax cross-entropy or MSE) and backward of one batch in one kernel call
         (``ember._cpu.MlpPlan``): the same kernel calls in the same order as :meth:`forward`,
         ``loss.forward`` / ``loss.backward`` and :meth:`backward`, so the same bits, without the
         Python between them. Returns ``(loss, correct)``. The layers' saved inputs and
@@ -641,13 +644,17 @@ class Sequential(Module):
                 lin.weight.grad = np.zeros_like(lin.weight._data)
                 if lin.bias is not None:
                     lin.bias.grad = np.zeros_like(lin.bias._data)
-        key = (batch, Parameter.version, id(self._plan), id(loss), id(loss.weight),
-               loss.label_smoothing, loss.reduction, count_correct,
+        mse = not hasattr(loss, "label_smoothing")  # ember.losses.MSE
+        if mse and y.ndim == 1:
+            y = y.reshape(-1, 1)  # as MSE.forward matches a 1-D target to an (n, 1) output
+        key = (batch, Parameter.version, id(self._plan), id(loss), mse,
+               None if mse else (id(loss.weight), loss.label_smoothing), loss.reduction,
+               count_correct,
                tuple((lin.activation, lin.negative_slope, lin._output_internal) for lin in layers))
         plans = self._buffers.setdefault("fused plans", {})
         entry = plans.get(batch)
         if entry is None or entry[0] != key:
-            entry = plans[batch] = (key,) + self._fused_plan(layers, x, loss, count_correct)
+            entry = plans[batch] = (key,) + self._fused_plan(layers, x, loss, count_correct, mse)
         _, plan, saved, grad = entry
         value, correct = plan.step(x, y)
         layers[0]._x = x
@@ -658,7 +665,7 @@ class Sequential(Module):
         loss._grad = grad
         return value, correct
 
-    def _fused_plan(self, layers, x, loss, count_correct):
+    def _fused_plan(self, layers, x, loss, count_correct, mse):
         batch = x.shape[0]
         ws, bs, acts, slopes, ys, zs, gws, gbs, gxs, wss, saved = ([] for _ in range(11))
         for idx, lin in enumerate(layers):
@@ -684,8 +691,9 @@ class Sequential(Module):
                           None if lin.activation == "identity" else (z if z is not None else y)))
         grad = self._buf(("fused grad", batch), (batch, layers[-1].out_features), x)
         plan = ops._cpu.MlpPlan(batch, layers[0].in_features, ws, bs, acts, slopes, ys, zs, gws,
-                                gbs, gxs, wss, grad, loss.weight, loss.label_smoothing,
-                                loss.reduction, count_correct)
+                                gbs, gxs, wss, grad, None if mse else loss.weight,
+                                0.0 if mse else loss.label_smoothing, loss.reduction,
+                                count_correct and not mse, "mse" if mse else "cross_entropy")
         return plan, saved, grad
 
     def train(self, mode: bool = True) -> "Module":

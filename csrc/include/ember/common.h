@@ -108,7 +108,8 @@ struct StepResult {
   bool skipped = false;
 };
 
-// One training step of an MLP (Linear layers with fused activations) and softmax cross-entropy:
+// One training step of an MLP (Linear layers with fused activations) and softmax cross-entropy
+// (or mean squared error):
 // forward, loss (+ correct count), backward into the parameter gradients, in one call, with the
 // same kernel calls, in the same order, as the layer-by-layer path (so the same bits).
 struct MlpLayer {
@@ -134,6 +135,10 @@ struct MlpStepArgs {
                                   // classes); rows, classes, logits, labels set by the call
   const int64_t* labels = nullptr;
   bool count_correct = false;
+  // Mean squared error instead of softmax-CE: target is batch x classes, loss.reduction applies,
+  // loss.grad receives the gradient; labels and count_correct are unused.
+  bool mse = false;
+  const float* target = nullptr;
 };
 
 struct MlpStepResult {
