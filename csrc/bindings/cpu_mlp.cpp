@@ -173,8 +173,9 @@ class MlpPlan {
 void bind_mlp(py::module_& m) {
   py::class_<MlpPlan>(m, "MlpPlan", R"(One MLP training step per call: forward through Linear
 layers with fused activations, softmax cross-entropy (and correct count) or mean squared error,
-backward into the gradient arrays. Built once per batch size by ember.nn.Sequential (its training fast path); the
-same kernels in the same order as the layer-by-layer path, so the same bits.)")
+backward into the gradient arrays. Built once per batch size by ember.nn.Sequential (its
+training fast path); the same kernels in the same order as the layer-by-layer path, so the same
+bits.)")
       .def(py::init<int64_t, int64_t, const py::list&, const py::list&, const py::list&,
                     const py::list&, const py::list&, const py::list&, const py::list&,
                     const py::list&, const py::list&, const py::list&, py::handle, py::handle,
