@@ -326,7 +326,7 @@ class Linear(Module):
             (self.activation == "leaky_relu" and self.negative_slope >= 0.0))
 
     # forward and backward run once per layer per training step: they read the Parameters'
-    # slots directly (no property calls) and test the activation inline.
+    # slots directly (no property calls).
     def forward(self, x, out=None, preact_out=None):
         bias = self.bias
         b = None if bias is None else bias._data
@@ -335,9 +335,7 @@ class Linear(Module):
         act, slope = self.activation, self.negative_slope
         if self.training:
             self._x = x
-            if self._output_internal and (act == "relu" or
-                                          (act == "leaky_relu" and slope >= 0.0)):
-                # (_act_from_output(), inline)
+            if self._act_from_output():
                 # The output itself stands in for the pre-activation in backward; the next
                 # layer reads it and must not modify it in place (no ember module does).
                 y = self._z = k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0,

@@ -64,11 +64,11 @@ def _impl(x: Any, fn: str, name: str):
         f"{fn}: {name} must be a numpy.ndarray or a CUDA array (CuPy), got {type(x).__name__}")
 
 
-def _labels(labels: Any, fn: str) -> Any:
-    """Integer labels as int64 (the kernels' label type); anything else is a TypeError."""
+def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class indices)") -> Any:
+    """Integer labels (or indices) as int64, the kernels' type; anything else is a TypeError."""
     if type(labels) is np.ndarray and labels.dtype != np.int64:
         if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"{fn}: labels must be an integer array (class indices), "
+            raise TypeError(f"{fn}: {name} must be an integer array{what}, "
                             f"got dtype {labels.dtype}")
         return labels.astype(np.int64)
     return labels
@@ -260,11 +260,7 @@ def gather_rows(x, index, *, out=None):
     """
     if type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__"):
         return _impl(x, "gather_rows", "x").gather_rows(x, index, out)
-    if type(index) is np.ndarray and index.dtype != np.int64:
-        if not np.issubdtype(index.dtype, np.integer):
-            raise TypeError(f"gather_rows: index must be an integer array, got dtype {index.dtype}")
-        index = index.astype(np.int64)
-    return _cpu.gather_rows(x, index, out)
+    return _cpu.gather_rows(x, _labels(index, "gather_rows", "index", ""), out)
 
 
 def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
