@@ -247,7 +247,9 @@ def philox_dropout_ref(n, p, seed, offset):
         k0, k1 = (k0 + np.uint64(0x9E3779B9)) & m32, (k1 + np.uint64(0xBB67AE85)) & m32
     r = np.choose((g & np.uint64(3)).astype(np.int64), c)
     thr = int(np.ceil(np.float64(np.float32(p)) * 2**24))
-    return (r >> np.uint64(8)) >= np.uint64(thr), np.float32(1) / (np.float32(1) - np.float32(p))
+    # p = 1 keeps nothing (the kernel writes zeros); 1 / (1 - p) would divide by zero.
+    scale = np.float32(1) / (np.float32(1) - np.float32(p)) if p < 1 else np.float32(0)
+    return (r >> np.uint64(8)) >= np.uint64(thr), scale
 
 
 @pytest.mark.gpu
