@@ -182,6 +182,131 @@ def test_dataloader_on_device_matches_host_order():
 
 
 # ---------------------------------------------------------------------------------------------
+# Steps replayed as CUDA graphs (ember._cuda_graph) against the same fit step by step
+
+
+def _graph_vs_steps(make, x, y, fit_kw, **trainer_kw):
+    """Fits twice from the same start, with CUDA graphs and step by step; returns both."""
+    out = []
+    for graphs in (True, False):
+        trainer = Trainer(make(), device="cuda", **trainer_kw)
+        trainer._graphs = graphs
+        trainer.fit(x, y, verbose=0, **fit_kw)
+        out.append(trainer)
+    return out
+
+
+def _assert_same_training(g, s):
+    assert g.step_path == "cuda graphs", g.step_path
+    assert s.step_path.startswith("step by step"), s.step_path
+    for key in ("loss", "grad_norm", "skipped_steps", "lr"):
+        assert g.history[key] == s.history[key], (key, g.history[key], s.history[key])
+    if "accuracy" in s.history:  # counted exactly on the device, as a fraction step by step
+        np.testing.assert_allclose(g.history["accuracy"], s.history["accuracy"], rtol=1e-12)
+    wg, ws = _host_weights(g.model), _host_weights(s.model)
+    for k in ws:
+        np.testing.assert_array_equal(wg[k], ws[k], err_msg=k)
+    og, os_ = g.optimizer, s.optimizer
+    assert og.step_count == os_.step_count and og.skipped_steps == os_.skipped_steps
+    assert og.last_grad_norm == os_.last_grad_norm
+    for name, st in os_.state.items():
+        for k, arr in st.items():
+            np.testing.assert_array_equal(og.state[name][k].get(), arr.get(), err_msg=(name, k))
+
+
+GRAPH_CASES = [
+    # (sizes, activation, n, batch, trainer kwargs)
+    ([64, 96, 10], "relu", 1000, 64, dict(optimizer="adam", lr=1e-3)),  # tail batch of 40
+    ([64, 33, 17, 10], "tanh", 777, 100, dict(optimizer="sgd", lr=0.05, momentum=0.9,
+                                               nesterov=True, weight_decay=1e-4)),
+    ([64, 50, 10], "leaky_relu", 512, 128,
+     dict(optimizer="adamw", lr=2e-3, max_grad_norm=0.5, metrics=(),
+          loss=CrossEntropy(label_smoothing=0.1, weight=np.linspace(0.5, 1.5, 10)))),
+    ([64, 40, 10], "gelu", 300, 1, dict(optimizer="adam", amsgrad=True, lr=1e-3)),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sizes, act, n, batch, kw", GRAPH_CASES)
+def test_graph_steps_match_step_by_step(digits, sizes, act, n, batch, kw):
+    xtr, ytr, _, _ = digits
+    kw = dict(kw)
+    loss = kw.pop("loss", "cross_entropy")
+    g, s = _graph_vs_steps(lambda: nn.MLP(sizes, activation=act, seed=3), xtr[:n], ytr[:n],
+                           dict(epochs=3, batch_size=batch, seed=1, validation_split=0.0),
+                           loss=loss, **kw)
+    _assert_same_training(g, s)
+
+
+@pytest.mark.gpu
+def test_graph_steps_regression_and_lr_schedule():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((700, 13)).astype(np.float32)
+    y = (x @ rng.standard_normal(13) + 0.1 * rng.standard_normal(700)).astype(np.float32)
+    from ember.schedules import CosineWithWarmup
+    sched = CosineWithWarmup(total_steps=30, warmup_steps=5)  # a new rate every step
+    g, s = _graph_vs_steps(lambda: nn.MLP([13, 31, 1], seed=2), x, y,
+                           dict(epochs=4, batch_size=96, seed=0), loss="mse", optimizer="adam",
+                           lr=1e-2, lr_schedule=sched)
+    _assert_same_training(g, s)
+
+
+@pytest.mark.gpu
+def test_graph_steps_resume_exactly(digits, tmp_path):
+    """A run checkpointed every epoch and resumed matches an uninterrupted one, both replaying
+    graphs; the optimizer's step count on the host follows the device's."""
+    xtr, ytr, _, _ = digits
+    full = Trainer(nn.MLP([64, 64, 10], seed=0), device="cuda")
+    full.fit(xtr, ytr, epochs=3, batch_size=50, verbose=0)
+    part = Trainer(nn.MLP([64, 64, 10], seed=0), device="cuda")
+    part.fit(xtr, ytr, epochs=2, batch_size=50, verbose=0, checkpoint_dir=tmp_path)
+    assert part.step_path == "cuda graphs"
+    assert part.optimizer.step_count == 2 * -(-len(xtr) // 50)
+    resumed = Trainer(nn.MLP([64, 64, 10], seed=1), device="cuda")  # weights from the file
+    resumed.fit(xtr, ytr, epochs=3, batch_size=50, verbose=0, resume=tmp_path)
+    assert resumed.step_path == "cuda graphs"
+    assert resumed.history["loss"] == full.history["loss"]
+    a, b = _host_weights(full.model), _host_weights(resumed.model)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.gpu
+def test_graph_steps_stop_on_nonfinite_loss_at_epoch_end(digits):
+    xtr, ytr, _, _ = digits
+    x = xtr.copy()
+    x[70] = np.inf  # batch 3 (batch size 32) of every epoch has an infinite loss
+    trainer = Trainer(nn.MLP([64, 32, 10], seed=0), device="cuda")
+    trainer.fit(x, ytr, epochs=5, batch_size=32, shuffle=False, verbose=0)
+    assert trainer.step_path == "cuda graphs"
+    assert trainer.epoch == 1 and trainer.stop_training
+    assert "at epoch 1, batch 3" in trainer.stop_reason, trainer.stop_reason
+    assert trainer.history["skipped_steps"] == [1]  # that step left the weights untouched
+    assert trainer.optimizer.step_count == -(-len(x) // 32) - 1
+    for k, v in _host_weights(trainer.model).items():
+        assert np.isfinite(v).all(), k
+
+
+@pytest.mark.gpu
+def test_graph_steps_fall_back_for_batch_callbacks(digits):
+    from ember.callbacks import Callback
+
+    class Losses(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, batch, logs):
+            self.seen.append(logs["loss"])
+
+    cb = Losses()
+    xtr, ytr, _, _ = digits
+    trainer = Trainer(nn.MLP([64, 16, 10], seed=0), device="cuda", callbacks=[cb])
+    trainer.fit(xtr[:200], ytr[:200], epochs=1, batch_size=50, verbose=0)
+    assert trainer.step_path.startswith("step by step (callback Losses")
+    assert len(cb.seen) == 4 and all(type(v) is float for v in cb.seen)
+
+
+# ---------------------------------------------------------------------------------------------
 # Gating: runs without a GPU (CuPy is never touched)
 
 

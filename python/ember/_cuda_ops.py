@@ -32,9 +32,16 @@ def _stream() -> int:
     return _cp().cuda.get_current_stream().ptr
 
 
+#: While ember._cuda_graph records or captures a training step, the allocator it installs here:
+#: the bindings' outputs then come from buffers the step owns, the same ones at every replay.
+_allocator = None
+
+
 def _alloc(shape, dtype="float32"):
     """A new array (float32 unless the binding asks for int64) on the current device, from CuPy's
-    memory pool."""
+    memory pool (or from the step being recorded, see ``_allocator``)."""
+    if _allocator is not None:
+        return _allocator(shape, dtype)
     cp = _cp()
     return cp.empty(shape, dtype=dtype)
 

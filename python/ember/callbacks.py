@@ -304,7 +304,8 @@ class ProgressBar(Callback):
     def on_batch_end(self, batch, logs):
         if self._bar is not None:
             self._bar.update(1)
-            if batch % 10 == 0:
+            # (No per-batch loss when the GPU replays steps as CUDA graphs: it stays there.)
+            if batch % 10 == 0 and logs.get("loss") is not None:
                 self._bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
     def on_epoch_end(self, epoch, logs):

@@ -141,11 +141,13 @@ class DataLoader:
         return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
 
     def _buffer(self, key, arr, rows):
+        # One buffer per batch size (a fit has at most two): a batch of a given size always lands
+        # at the same address, which a training step replayed as a CUDA graph relies on.
         shape = (rows,) + arr.shape[1:]
-        buf = self._bufs.get(key)
-        if buf is None or buf.shape != shape:
+        buf = self._bufs.get((key, rows))
+        if buf is None or buf.shape != shape or buf.dtype != arr.dtype:
             buf = self._xp.empty(shape, dtype=arr.dtype)
-            self._bufs[key] = buf
+            self._bufs[(key, rows)] = buf
         return buf
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:

@@ -73,15 +73,29 @@ class CrossEntropy(Loss):
         self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
         self.reduction = reduction
 
-    def forward(self, pred, target, compute_grad: bool = True) -> float:
+    def _device_weight(self, pred):
         weight = self.weight
         if weight is not None and type(pred) is not np.ndarray and type(weight) is np.ndarray:
             import cupy
             weight = self.weight = cupy.asarray(weight)
+        return weight
+
+    def forward(self, pred, target, compute_grad: bool = True) -> float:
+        weight = self._device_weight(pred)
         loss, self._grad = ops.softmax_cross_entropy(
             pred, target, weight=weight, label_smoothing=self.label_smoothing,
             reduction=self.reduction, compute_grad=compute_grad,
             grad=self._grad_out(pred) if compute_grad else None)
+        return loss
+
+    def _forward_device(self, pred, target):
+        """:meth:`forward` on CuPy arrays without synchronising: the loss comes back as a
+        float32 device array of shape (1,) (NaN for a label out of range). For
+        ember._cuda_graph."""
+        from ember import _cuda_ops
+        loss, self._grad = _cuda_ops.softmax_cross_entropy(
+            pred, target, self._device_weight(pred), self.label_smoothing, self.reduction, 1.0,
+            True, self._grad_out(pred), None, device_loss=True)
         return loss
 
     def config(self) -> dict:
@@ -106,6 +120,16 @@ class MSE(Loss):
         loss, self._grad = ops.mse(pred, target, reduction=self.reduction,
                                    compute_grad=compute_grad,
                                    grad=self._grad_out(pred) if compute_grad else None)
+        return loss
+
+    def _forward_device(self, pred, target):
+        """:meth:`forward` on CuPy arrays without synchronising (see
+        :meth:`CrossEntropy._forward_device`)."""
+        if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
+            target = target.reshape(-1, 1)
+        from ember import _cuda_ops
+        loss, self._grad = _cuda_ops.mse(pred, target, self.reduction, 1.0, True,
+                                         self._grad_out(pred), device_loss=True)
         return loss
 
     def config(self) -> dict:

@@ -113,6 +113,22 @@ class Optimizer:
             self.step_count = step
         return norm, skipped
 
+    def _device_step(self, state):
+        """One step on the GPU that never synchronises (for ember._cuda_graph): the step number
+        and learning rate are read from the device array ``state`` (int64[2], see
+        ``ember._cuda_ops.step_state``), which a step that is not skipped advances. Returns the
+        device arrays ``(grad_norm float64[1], skipped int64[1])``; ``step_count``,
+        ``skipped_steps`` and ``last_grad_norm`` are the caller's to update."""
+        ps, gs, states = self._active()
+        from ember import _cuda_ops
+        return self._update(ps, gs, states, 1, _cuda_ops, state)
+
+    def _graph_key(self) -> tuple:
+        """The hyperparameters a captured step bakes in (all but the learning rate, which the
+        step reads from device memory)."""
+        return tuple((k, tuple(v) if isinstance(v, list) else v)
+                     for k, v in self.hyperparameters().items() if k != "lr")
+
     def zero_grad(self) -> None:
         for p in self.params:
             if p.grad is not None:
@@ -179,8 +195,12 @@ class SGD(Optimizer):
     def _state_for(self, name, p):
         return super()._state_for(name, p) if self._state_keys else {}
 
-    def _update(self, ps, gs, states, step):
+    def _update(self, ps, gs, states, step, cuda=None, state=None):
         bufs = states.get("momentum_buffer")
+        if cuda is not None:  # the device-state call of _device_step
+            return cuda.sgd_step(ps, gs, bufs, self.lr, self.momentum, self.dampening,
+                                 self.weight_decay, self.nesterov, self.maximize, step,
+                                 self.max_grad_norm or 0.0, state=state, advance_step=True)
         return ops.sgd_step(ps, gs, bufs, lr=self.lr, momentum=self.momentum,
                             dampening=self.dampening, weight_decay=self.weight_decay,
                             nesterov=self.nesterov, maximize=self.maximize, step=step,
@@ -211,7 +231,13 @@ class Adam(Optimizer):
         self.maximize = bool(maximize)
         self._state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
-    def _update(self, ps, gs, states, step):
+    def _update(self, ps, gs, states, step, cuda=None, state=None):
+        if cuda is not None:  # the device-state call of _device_step
+            return cuda.adam_step(ps, gs, states["exp_avg"], states["exp_avg_sq"],
+                                  states.get("max_exp_avg_sq"), self.lr, self.betas[0],
+                                  self.betas[1], self.eps, self.weight_decay, self.amsgrad,
+                                  self._decoupled, self.maximize, step,
+                                  self.max_grad_norm or 0.0, state=state, advance_step=True)
         return ops.adam_step(ps, gs, states["exp_avg"], states["exp_avg_sq"],
                              states.get("max_exp_avg_sq"), lr=self.lr, betas=self.betas,
                              eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad,

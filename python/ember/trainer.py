@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -180,6 +181,11 @@ class Trainer:
         self.history = History()
         #: False forces the layer-by-layer training path (tests compare the two, bit for bit).
         self._fused = True
+        #: False makes a GPU fit go step by step instead of replaying CUDA graphs (the same).
+        self._graphs = True
+        #: How the last fit ran its steps: "fused" / "layer by layer" on the CPU, "cuda graphs"
+        #: or "step by step (<why>)" on the GPU.
+        self.step_path: Optional[str] = None
         self.epoch = 0
         self.epochs = 0
         self.global_step = 0
@@ -322,11 +328,11 @@ class Trainer:
                 print(f"ember: {ckpt.finished}; nothing more to train.")
             return self.history
 
-        # The loop is the same on both devices. On the GPU each step's loss, accuracy and
-        # (grad_norm, skipped) come back as Python values, so a step synchronises the stream a
-        # few times; acceptable for this first GPU version (the kernels can instead leave them on
-        # the device: softmax_cross_entropy(device_loss=True), adam_step(state=...), which the
-        # CUDA-graph loop will use).
+        # The loop is the same on both devices. On the GPU, a plain Linear stack with
+        # cross-entropy or MSE and SGD/Adam(W) replays each step as a CUDA graph that leaves the
+        # loss, accuracy count and gradient norm on the device (read once per epoch; see
+        # ember._cuda_graph); otherwise a GPU step brings them back as Python values, which
+        # synchronises the stream a few times per step.
         model, loss_fn, opt = self.model, self.loss, self.optimizer
         classify = "accuracy" in self.metrics  # classification only (see __init__)
         count_correct = ops.accuracy
@@ -335,6 +341,15 @@ class Trainer:
         # Sequential._fused_train_step); anything else goes layer by layer.
         fused = (self.device == "cpu" and self._fused and isinstance(model, Sequential) and
                  model._fused_step_ok(loss_fn))
+        runner = None
+        if self.device == "cuda":
+            from ember import _cuda_graph
+            why = _cuda_graph.graph_ok(self, cbs)
+            self.step_path = "cuda graphs" if why is None else f"step by step ({why})"
+            if why is None:
+                runner = _cuda_graph.GraphRunner(self, classify)
+        else:
+            self.step_path = "fused" if fused else "layer by layer"
         model.train()
         cbs.on_train_begin({})
         self._resuming = False
@@ -350,7 +365,18 @@ class Trainer:
             # middle of an epoch resumes with the same epoch averages.
             acc = self._epoch_acc if start and self._epoch_acc else [0.0, 0.0, 0, 0.0, 0, 0]
             self._epoch_acc = acc
-            for b, (xb, yb) in enumerate(loader.batches(epoch, start), start):
+            if runner is not None:
+                runner.begin_epoch(acc)
+                try:
+                    self._graph_epoch(runner, loader, epoch, start, acc, cbs)
+                except BaseException:
+                    try:  # keep the optimizer's counters true for whoever catches this
+                        runner.collect(acc)
+                    except Exception:  # noqa: BLE001 - the first error is the one to see
+                        pass
+                    raise
+            batches = () if runner is not None else loader.batches(epoch, start)
+            for b, (xb, yb) in enumerate(batches, start):
                 if cbs.wants_batch_begin:
                     cbs.on_batch_begin(b, batch_logs)
                 n = xb.shape[0]
@@ -402,6 +428,36 @@ class Trainer:
         if verbose:
             print(self.report())
         return self.history
+
+    def _graph_epoch(self, runner, loader, epoch, start, acc, cbs) -> None:
+        """One epoch of GPU steps replayed as CUDA graphs (see ember._cuda_graph): nothing is
+        read back until the epoch ends. Per-batch callbacks get ``loss`` None (only ember's own
+        run here, see graph_ok). A non-finite loss stops training at the end of the epoch."""
+        for b, (xb, yb) in enumerate(loader.batches(epoch, start), start):
+            if cbs.wants_batch_begin:
+                cbs.on_batch_begin(b, {})
+            n = xb.shape[0]
+            runner.step(xb, yb)
+            self.global_step += 1
+            acc[2] += n
+            acc[4] += 1
+            self.batch_in_epoch = b + 1
+            if cbs.wants_batch_end:
+                cbs.on_batch_end(b, {"loss": None, "grad_norm": None, "skipped": None,
+                                     "epoch": epoch, "size": n})
+            if self.stop_training:
+                break
+        bad = runner.collect(acc)
+        if bad is not None:
+            index, value = bad
+            self.stop_training = True
+            self.stop_reason = (f"loss became {value} at epoch {epoch + 1}, batch "
+                                f"{start + index + 1}")
+        if runner.failed and not getattr(runner, "_warned", False):
+            runner._warned = True
+            warnings.warn(f"ember: a training step could not be captured as a CUDA graph "
+                          f"({runner.failed}); that batch size trained step by step",
+                          RuntimeWarning, stacklevel=3)
 
     # ---------------------------------------------------------------------------------------
     def _batched_outputs(self, x, batch_size):
