@@ -94,6 +94,61 @@ def test_gemm_epilogue(cp, rng, precision, activation):
     check_op(cp.asnumpy(got), act_ref(z, activation, slope), TOL[precision], activation)
 
 
+# Outputs too small to fill the GPU, with a long k: the product is split over k (split-K),
+# the slices added in order by a second kernel that applies the epilogue (n % 4 == 0 takes its
+# 4-wide path, other n the scalar one).
+SPLIT_SHAPES = [(10, 1024, 4096), (64, 64, 65536), (3, 5, 3001), (257, 97, 1031), (1, 1, 600)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True)],
+                         ids=["nn", "tn", "nt"])
+@pytest.mark.parametrize("mnk", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_split_k_matches_float64(cp, rng, precision, trans, mnk):
+    m, n, k = mnk
+    a, b, ref = _operands(rng, cp, m, n, k, *trans)
+    got = ops.gemm(a, b, trans_a=trans[0], trans_b=trans[1], out=_nan(cp, (m, n)),
+                   precision=precision)
+    check_op(cp.asnumpy(got), ref, TOL[precision], f"{precision} {mnk} {trans}")
+    again = ops.gemm(a, b, trans_a=trans[0], trans_b=trans[1], precision=precision)
+    assert cp.array_equal(got.view(cp.uint32), again.view(cp.uint32))  # fixed order: same bits
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("activation", ["relu", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("n", [44, 45])
+def test_gemm_split_k_epilogue(cp, rng, precision, activation, n):
+    m, k = 37, 4093
+    a, b, ab = _operands(rng, cp, m, n, k, True, False)
+    bias, c0 = _rand(rng, cp, (n,)), _rand(rng, cp, (m, n))
+    out, pre = c0.copy(), _nan(cp, (m, n))
+    got, got_pre = ops.gemm(a, b, trans_a=True, bias=bias, activation=activation,
+                            negative_slope=0.1, alpha=0.75, beta=-0.5, out=out, preact_out=pre,
+                            precision=precision)
+    z = 0.75 * ab - 0.5 * cp.asnumpy(c0).astype(np.float64) + cp.asnumpy(bias)[None, :]
+    check_op(cp.asnumpy(got_pre), z, TOL[precision], f"preact {activation}")
+    check_op(cp.asnumpy(got), act_ref(z, activation, 0.1), TOL[precision], activation)
+
+
+@pytest.mark.gpu
+def test_linear_backward_split_k_large_batch(cp, rng):
+    """A narrow layer at a large batch: dW = dZ^T X has k = batch (split-K), dX has k = 17."""
+    batch, n_in, n_out = 20011, 33, 17
+    x, w = _rand(rng, cp, (batch, n_in)), _rand(rng, cp, (n_out, n_in))
+    z, dy = _rand(rng, cp, (batch, n_out)), _rand(rng, cp, (batch, n_out))
+    dx, dw, db = ops.linear_backward(dy, x, w, preact=z, activation="tanh",
+                                     grad_input=_nan(cp, (batch, n_in)),
+                                     grad_weight=_nan(cp, (n_out, n_in)), grad_bias=_nan(cp, (n_out,)))
+    x64, w64 = cp.asnumpy(x).astype(np.float64), cp.asnumpy(w).astype(np.float64)
+    dz = cp.asnumpy(dy).astype(np.float64) * act_grad_ref(cp.asnumpy(z).astype(np.float64),
+                                                          "tanh", 0.01)
+    check_op(cp.asnumpy(dx), dz @ w64, 1e-5, "grad_input")
+    check_op(cp.asnumpy(dw), dz.T @ x64, 1e-5, "grad_weight")
+    check_op(cp.asnumpy(db), dz.sum(0), 1e-5, "grad_bias")
+
+
 @pytest.mark.gpu
 def test_gemm_beta_zero_ignores_nan_in_out(cp, rng):
     a, b, ref = _operands(rng, cp, 19, 23, 29, False, False)

@@ -40,14 +40,18 @@ inline std::string type_name(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__")).cast<std::string>();
 }
 
-enum class DType { f32, i64 };
+// f64 only for the CUDA losses' device-side result (see cuda_loss.cpp).
+enum class DType { f32, i64, f64 };
 
-inline const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "int64"; }
+inline const char* dtype_name(DType t) {
+  return t == DType::f32 ? "float32" : t == DType::i64 ? "int64" : "float64";
+}
 
 inline bool dtype_matches(const py::array& a, DType t) {
   // normalized_num() folds platform aliases (long vs long long) and rejects non-native byte order.
-  const int want = t == DType::f32 ? py::dtype::of<float>().normalized_num()
-                                   : py::dtype::of<int64_t>().normalized_num();
+  const int want = t == DType::f32   ? py::dtype::of<float>().normalized_num()
+                   : t == DType::i64 ? py::dtype::of<int64_t>().normalized_num()
+                                     : py::dtype::of<double>().normalized_num();
   return a.dtype().normalized_num() == want && a.dtype().byteorder() != '>';
 }
 

@@ -37,7 +37,9 @@ struct CudaArray {
   const float* cf32() const { return reinterpret_cast<const float*>(ptr); }
 };
 
-inline const char* cuda_typestr(DType t) { return t == DType::f32 ? "<f4" : "<i8"; }
+inline const char* cuda_typestr(DType t) {
+  return t == DType::f32 ? "<f4" : t == DType::i64 ? "<i8" : "<f8";
+}
 
 // Checks `obj` as a CUDA array of `dtype`, rank `ndim` (any when < 0), C-contiguous, aligned,
 // non-empty, and writable when it is an output. Reads only the interface dict.
@@ -67,7 +69,7 @@ inline CudaArray cuda_array_arg(const char* fn, py::handle obj, const char* name
   if (typestr != cuda_typestr(dtype)) {
     throw py::type_error(where + " must have dtype " + dtype_name(dtype) + ", got " + typestr);
   }
-  a.itemsize = 4 * (dtype == DType::i64 ? 2 : 1);
+  a.itemsize = dtype == DType::f32 ? 4 : 8;
 
   for (py::handle d : py::tuple(py::object(iface["shape"]))) {
     const int64_t v = d.cast<int64_t>();

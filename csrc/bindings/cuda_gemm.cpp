@@ -70,7 +70,13 @@ py::object gemm(py::handle a_obj, py::handle b_obj, py::handle bias_obj, py::han
   g.bias = bias.ptr ? bias.cf32() : nullptr;
   g.preact = want_preact ? preact.f32() : nullptr;
   g.act = act, g.act_param = slope;
-  cuda::gemm(g, prec, reinterpret_cast<cuda::Stream>(stream));
+  // Split-K scratch (only for outputs too small to fill the GPU), from the same pool; freed on
+  // return, which is safe because CuPy's pool reuses it only for work on the same stream.
+  CudaArray ws;
+  if (const int64_t words = cuda::gemm_workspace_floats(m, n, k)) {
+    ws = cuda_out_arg(fn, py::none(), "workspace", {words}, alloc);
+  }
+  cuda::gemm(g, prec, reinterpret_cast<cuda::Stream>(stream), ws.ptr ? ws.f32() : nullptr);
   if (want_preact) return py::make_tuple(out.obj, preact.obj);
   return out.obj;
 }
@@ -144,12 +150,12 @@ py::tuple linear_backward(py::handle grad_out_obj, py::handle x_obj, py::handle 
   on_current_device(fn, all);
   wait_for_producers(fn, stream, all);
 
-  // Scratch for the bias gradient's per-block partial sums, from the same pool; freed when this
-  // call returns, which is safe because CuPy's pool reuses it only for work on the same stream.
+  // Scratch for the bias gradient's per-block partial sums and the products' split-K slices,
+  // from the same pool; freed when this call returns, which is safe because CuPy's pool reuses
+  // it only for work on the same stream.
   CudaArray partials;
-  if (has_bias) {
-    partials = cuda_out_arg(fn, py::none(), "partials",
-                            {cuda::linear_backward_partials_size(batch, out_f)}, alloc);
+  if (const int64_t words = cuda::linear_backward_partials_size(batch, in_f, out_f)) {
+    partials = cuda_out_arg(fn, py::none(), "partials", {words}, alloc);
   }
 
   LinearBackwardArgs args;
@@ -162,7 +168,7 @@ py::tuple linear_backward(py::handle grad_out_obj, py::handle x_obj, py::handle 
   args.grad_weight = dw->f32();
   args.grad_bias = db ? db->f32() : nullptr;
   args.accumulate = accumulate;
-  cuda::linear_backward(args, prec, has_bias ? partials.f32() : nullptr,
+  cuda::linear_backward(args, prec, partials.ptr ? partials.f32() : nullptr,
                         reinterpret_cast<cuda::Stream>(stream));
   return py::make_tuple(dx ? dx->obj : py::none(), dw->obj, db ? db->obj : py::none());
 }

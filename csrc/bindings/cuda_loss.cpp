@@ -31,10 +31,24 @@ double loss_result(const char* fn, const CudaArray& ws, const CudaArray* labels,
   return as_double(r[0]);
 }
 
+// float32 (1,), or float64 (1,): the loss exactly as the synchronising call returns it.
 CudaArray loss_out_arg(const char* fn, py::handle obj) {
-  CudaArray a = cuda_array_arg(fn, obj, "loss_out", DType::f32, 1, true);
+  DType t = DType::f32;
+  if (py::hasattr(obj, "__cuda_array_interface__")) {
+    py::object iface = obj.attr("__cuda_array_interface__");
+    if (py::isinstance<py::dict>(iface) && iface.contains("typestr") &&
+        py::str(iface["typestr"]).cast<std::string>() == "<f8") {
+      t = DType::f64;
+    }
+  }
+  CudaArray a = cuda_array_arg(fn, obj, "loss_out", t, 1, true);
   expect_shape(fn, a, {1});
   return a;
+}
+
+float* loss_out_f32(const CudaArray& lo) { return lo.ptr && lo.itemsize == 4 ? lo.f32() : nullptr; }
+double* loss_out_f64(const CudaArray& lo) {
+  return lo.ptr && lo.itemsize == 8 ? reinterpret_cast<double*>(lo.ptr) : nullptr;
 }
 
 py::tuple softmax_cross_entropy(py::handle logits_obj, py::handle labels_obj, py::handle weight_obj,
@@ -91,7 +105,7 @@ py::tuple softmax_cross_entropy(py::handle logits_obj, py::handle labels_obj, py
   a.grad_scale = gs;
   a.grad = compute_grad ? g.f32() : nullptr;
   a.row_loss = rl.ptr ? rl.f32() : nullptr;
-  cuda::softmax_cross_entropy(a, words(ws), lo.ptr ? lo.f32() : nullptr,
+  cuda::softmax_cross_entropy(a, words(ws), loss_out_f32(lo), loss_out_f64(lo),
                               reinterpret_cast<cuda::Stream>(stream));
   py::object grad_ret = compute_grad ? g.obj : py::none();
   if (lo.ptr) return py::make_tuple(lo.obj, grad_ret);
@@ -123,7 +137,7 @@ py::tuple mse(py::handle pred_obj, py::handle target_obj, const std::string& red
   device_phase(fn, arrays, stream);
   const CudaArray ws = cuda_workspace(fn, cuda::loss_workspace_words(), alloc);
   cuda::mse(p.size, p.cf32(), t.cf32(), compute_grad ? g.f32() : nullptr, red, gs, words(ws),
-            lo.ptr ? lo.f32() : nullptr, reinterpret_cast<cuda::Stream>(stream));
+            loss_out_f32(lo), loss_out_f64(lo), reinterpret_cast<cuda::Stream>(stream));
   py::object grad_ret = compute_grad ? g.obj : py::none();
   if (lo.ptr) return py::make_tuple(lo.obj, grad_ret);
   return py::make_tuple(loss_result(fn, ws, nullptr, 0, stream), grad_ret);

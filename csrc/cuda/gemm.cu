@@ -186,6 +186,11 @@ struct GemmParams {
   GemmArgs g;
   bool vec_a, vec_b;  // 16-byte loads allowed (leading dimension and base pointer)
   bool vec_c;         // float4/float2 access to C, preact and bias allowed
+  // Split-K (k_chunk > 0): block z multiplies k range [z * k_chunk, (z + 1) * k_chunk) into its
+  // own m x n slice of `partial` (no epilogue); splitk_reduce_kernel then adds the slices in
+  // order and applies the epilogue.
+  int64_t k_chunk = 0;
+  float* partial = nullptr;
 };
 
 template <int R>
@@ -244,6 +249,23 @@ __device__ __forceinline__ void epilogue(const GemmParams& p, int64_t row, int64
       if (g.bias) z += g.bias[col + j];
       if (pre) pre[j] = z;
       c[j] = act_forward(z, g.act, g.act_param);
+    }
+  }
+}
+
+// Split-K: four raw products (row, col..col+3) into this block's m x n slice of the partials
+// (splitk_reduce_kernel adds the slices in order and applies the epilogue).
+__device__ __forceinline__ void partial_store(const GemmParams& p, int64_t row, int64_t col,
+                                              const float (&v)[4]) {
+  const GemmArgs& g = p.g;
+  if (row >= g.m || col >= g.n) return;
+  float* d = p.partial + static_cast<int64_t>(blockIdx.z) * g.m * g.n + row * g.n + col;
+  if (g.n % 4 == 0) {
+    store_vec<4>(d, v);  // col is a multiple of 4, so col + 4 <= n and d is 16-byte aligned
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (col + j < g.n) d[j] = v[j];
     }
   }
 }
@@ -414,6 +436,17 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<P, BM, BN>)) gemm_kernel
   uint32_t* const Bs0 = smem + 2 * kStageA;
 
   const GemmArgs& g = p.g;
+  // Split-K: this block's k range (it starts at a multiple of 64, so operand pointers keep
+  // their 16-byte alignment); its products go to its slice of the partials (see the epilogue).
+  const float* a_ptr = g.a;
+  const float* b_ptr = g.b;
+  int64_t kk = g.k;
+  if (p.k_chunk) {
+    const int64_t k0 = static_cast<int64_t>(blockIdx.z) * p.k_chunk;
+    kk = g.k - k0 < p.k_chunk ? g.k - k0 : p.k_chunk;
+    a_ptr += g.trans_a ? k0 * g.lda : k0;
+    b_ptr += g.trans_b ? k0 : k0 * g.ldb;
+  }
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
   // A is stored m x k unless trans_a (then k x m); B is k x n unless trans_b (then n x k).
@@ -423,8 +456,8 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<P, BM, BN>)) gemm_kernel
   math.zero();
   TileA ta;
   TileB tb;
-  ta.init(g.a, g.lda, a_kcontig, p.vec_a, m0, g.m, g.k);
-  tb.init(g.b, g.ldb, b_kcontig, p.vec_b, n0, g.n, g.k);
+  ta.init(a_ptr, g.lda, a_kcontig, p.vec_a, m0, g.m, kk);
+  tb.init(b_ptr, g.ldb, b_kcontig, p.vec_b, n0, g.n, kk);
   ta.load();
   tb.load();
   ta.template store<P>(smem);
@@ -436,7 +469,7 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<P, BM, BN>)) gemm_kernel
   // 128 x 128 bf16 kernel spilled when both were). The other buffer was last read before the
   // previous barrier, so it can be written at any point of this iteration.
   constexpr int kHalf = kWordRows / 2;
-  const int64_t tiles = (g.k + BK - 1) / BK;
+  const int64_t tiles = (kk + BK - 1) / BK;
   for (int64_t t = 0; t < tiles; ++t) {
     const int cur = static_cast<int>(t & 1);
     const bool more = t + 1 < tiles;
@@ -472,7 +505,11 @@ __global__ void __launch_bounds__(kThreads, (kMinBlocks<P, BM, BN>)) gemm_kernel
       const int r = idx / (BN / 4), c = (idx % (BN / 4)) * 4;
       const float4 v4 = *reinterpret_cast<const float4*>(cs + r * kCStride + c);
       const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-      epilogue<4>(p, row0 + r, n0 + c, v);
+      if (p.k_chunk) {
+        partial_store(p, row0 + r, n0 + c, v);
+      } else {
+        epilogue<4>(p, row0 + r, n0 + c, v);
+      }
     }
     __syncthreads();
   }
@@ -489,25 +526,111 @@ int multiprocessors() {
 }
 
 template <Precision P, int BM, int BN>
-void launch(const GemmParams& p, cudaStream_t stream) {
+void launch(const GemmParams& p, int64_t splits, cudaStream_t stream) {
   const int64_t gy = (p.g.m + BM - 1) / BM, gx = (p.g.n + BN - 1) / BN;
   if (gy > 65535) throw std::invalid_argument("gemm: m = " + std::to_string(p.g.m) + " is too large");
   if (gx > 0x7fffffff) throw std::invalid_argument("gemm: n = " + std::to_string(p.g.n) + " is too large");
-  gemm_kernel<P, BM, BN><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), kThreads, 0,
-                          stream>>>(p);
+  gemm_kernel<P, BM, BN><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
+                                static_cast<unsigned>(splits)),
+                           kThreads, 0, stream>>>(p);
   EMBER_CUDA_CHECK_LAUNCH("gemm_kernel");
 }
 
-template <Precision P>
-void launch_sized(const GemmParams& p, cudaStream_t stream) {
-  // 128 x 128 tiles when they fill the GPU; 64 x 64 tiles (4x the blocks) for small products,
-  // e.g. a 256 x 1024 layer, which would otherwise leave most SMs idle.
-  const int64_t big = ((p.g.m + 127) / 128) * ((p.g.n + 127) / 128);
-  if (big >= multiprocessors()) {
-    launch<P, 128, 128>(p, stream);
-  } else {
-    launch<P, 64, 64>(p, stream);
+// How a product is cut up: tile size, and the number of k slices (1: no split-K).
+struct Split {
+  int tile;
+  int64_t splits, k_chunk;
+};
+
+constexpr int64_t kSplitMinK = 256;  // k per slice, at least
+constexpr int64_t kMaxSplits = 128;
+
+int64_t clamp_splits(int64_t want, int64_t k) {
+  int64_t s = want < k / kSplitMinK ? want : k / kSplitMinK;
+  s = s < kMaxSplits ? s : kMaxSplits;
+  return s < 1 ? 1 : s;
+}
+
+Split split_for(int64_t m, int64_t n, int64_t k, int sms) {
+  // 128 x 128 tiles when they fill the GPU. Otherwise the output is too small for the machine
+  // (a weight gradient dZ^T X: out x in, with the batch as k): when k is long, each tile's k is
+  // cut into slices multiplied by separate blocks, aiming at two blocks per SM; 128 tiles if
+  // that gives every SM a block, else 64 x 64 tiles (4x the blocks, e.g. a 256 x 1024 layer).
+  const int64_t big = ((m + 127) / 128) * ((n + 127) / 128);
+  if (big >= sms) return {128, 1, 0};
+  const int64_t s128 = clamp_splits(2 * sms / big, k);
+  if (s128 > 1 && big * s128 >= sms) {
+    const int64_t chunk = (k + s128 - 1) / s128;
+    const int64_t c = (chunk + 63) / 64 * 64;
+    return {128, (k + c - 1) / c, c};
   }
+  const int64_t small = ((m + 63) / 64) * ((n + 63) / 64);
+  const int64_t s64 = small >= sms ? 1 : clamp_splits(2 * sms / small, k);
+  if (s64 <= 1) return {64, 1, 0};
+  const int64_t c = ((k + s64 - 1) / s64 + 63) / 64 * 64;
+  return {64, (k + c - 1) / c, c};
+}
+
+// C = epilogue(sum over the k slices of the partial products), the slices added in order (the
+// same bits on every run). R = 4: four consecutive outputs (n % 4 == 0); R = 1 otherwise (then
+// p.vec_c is false, so the epilogue takes its scalar path).
+template <int R>
+__global__ void __launch_bounds__(256) splitk_reduce_kernel(const GemmParams p, int64_t splits) {
+  const int64_t m = p.g.m, n = p.g.n, mn = m * n, groups = mn / R;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < groups;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v[R];
+    if constexpr (R == 4) {
+      float4 s = reinterpret_cast<const float4*>(p.partial)[i];
+      for (int64_t z = 1; z < splits; ++z) {
+        const float4 t = reinterpret_cast<const float4*>(p.partial + z * mn)[i];
+        s.x += t.x, s.y += t.y, s.z += t.z, s.w += t.w;
+      }
+      v[0] = s.x, v[1] = s.y, v[2] = s.z, v[3] = s.w;
+    } else {
+      float s = p.partial[i];
+      for (int64_t z = 1; z < splits; ++z) s += p.partial[z * mn + i];
+      v[0] = s;
+    }
+    const int64_t e = i * R;
+    epilogue<R>(p, e / n, e % n, v);
+  }
+}
+
+template <Precision P>
+void launch_sized(const GemmParams& p, float* workspace, cudaStream_t stream) {
+  const int sms = multiprocessors();
+  Split sp = split_for(p.g.m, p.g.n, p.g.k, sms);
+  if (!workspace) sp.splits = 1;
+  if (sp.splits == 1) {
+    if (sp.tile == 128) {
+      launch<P, 128, 128>(p, 1, stream);
+    } else {
+      launch<P, 64, 64>(p, 1, stream);
+    }
+    return;
+  }
+  GemmParams q = p;
+  q.k_chunk = sp.k_chunk;
+  q.partial = workspace;
+  if (sp.tile == 128) {
+    launch<P, 128, 128>(q, sp.splits, stream);
+  } else {
+    launch<P, 64, 64>(q, sp.splits, stream);
+  }
+  const int64_t mn = p.g.m * p.g.n;
+  const bool four = p.g.n % 4 == 0;
+  const int64_t groups = four ? mn / 4 : mn;
+  int64_t blocks = (groups + 255) / 256;
+  blocks = blocks < 8 * sms ? blocks : 8 * sms;
+  if (four) {
+    splitk_reduce_kernel<4><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(q, sp.splits);
+  } else {
+    GemmParams s = q;
+    s.vec_c = false;
+    splitk_reduce_kernel<1><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(s, sp.splits);
+  }
+  EMBER_CUDA_CHECK_LAUNCH("splitk_reduce_kernel");
 }
 
 // ---- linear backward helpers -------------------------------------------------------------------
@@ -563,7 +686,13 @@ int64_t chunks_for(int64_t batch) { return (batch + kRowsPerChunk - 1) / kRowsPe
 
 }  // namespace
 
-void gemm(const GemmArgs& args, Precision precision, Stream stream) {
+int64_t gemm_workspace_floats(int64_t m, int64_t n, int64_t k) {
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  const Split sp = split_for(m, n, k, multiprocessors());
+  return sp.splits > 1 ? sp.splits * m * n : 0;
+}
+
+void gemm(const GemmArgs& args, Precision precision, Stream stream, float* workspace) {
   if (args.m <= 0 || args.n <= 0 || args.k <= 0) {
     throw std::invalid_argument("gemm: m, n and k must be >= 1");
   }
@@ -575,17 +704,24 @@ void gemm(const GemmArgs& args, Precision precision, Stream stream) {
   GemmParams p{args, args.lda % 4 == 0 && aligned16(args.a), args.ldb % 4 == 0 && aligned16(args.b),
                args.ldc % 4 == 0 && aligned16(args.c) && (!args.preact || aligned16(args.preact)) &&
                    (!args.bias || aligned16(args.bias))};
+  if (workspace && !aligned16(workspace)) workspace = nullptr;  // split-K reads it as float4
   auto s = static_cast<cudaStream_t>(stream);
   switch (precision) {
-    case Precision::fp32: return launch_sized<Precision::fp32>(p, s);
-    case Precision::tf32: return launch_sized<Precision::tf32>(p, s);
-    case Precision::bf16: return launch_sized<Precision::bf16>(p, s);
+    case Precision::fp32: return launch_sized<Precision::fp32>(p, workspace, s);
+    case Precision::tf32: return launch_sized<Precision::tf32>(p, workspace, s);
+    case Precision::bf16: return launch_sized<Precision::bf16>(p, workspace, s);
   }
   throw std::invalid_argument("gemm: unknown precision");
 }
 
-int64_t linear_backward_partials_size(int64_t batch, int64_t out_features) {
-  return chunks_for(batch) * out_features;
+int64_t linear_backward_partials_size(int64_t batch, int64_t in_features, int64_t out_features) {
+  // The bias gradient's per-chunk sums, then (the same memory, later in stream order) the
+  // split-K slices of dX and dW.
+  const int64_t bias = chunks_for(batch) * out_features;
+  const int64_t dx = gemm_workspace_floats(batch, in_features, out_features);
+  const int64_t dw = gemm_workspace_floats(out_features, in_features, batch);
+  int64_t most = bias > dx ? bias : dx;
+  return most > dw ? most : dw;
 }
 
 void linear_backward(const LinearBackwardArgs& a, Precision precision, float* partials,
@@ -622,7 +758,7 @@ void linear_backward(const LinearBackwardArgs& a, Precision precision, float* pa
     g.a = dz, g.lda = a.out_features;
     g.b = a.weight, g.ldb = a.in_features;
     g.c = a.grad_input, g.ldc = a.in_features;
-    gemm(g, precision, stream);
+    gemm(g, precision, stream, partials);
   }
   if (a.grad_weight) {  // dW (+)= dZ^T X: (out x batch) (batch x in)
     GemmArgs g;
@@ -631,7 +767,7 @@ void linear_backward(const LinearBackwardArgs& a, Precision precision, float* pa
     g.b = a.x, g.ldb = a.in_features;
     g.c = a.grad_weight, g.ldc = a.in_features;
     g.beta = a.accumulate ? 1.0f : 0.0f;
-    gemm(g, precision, stream);
+    gemm(g, precision, stream, partials);
   }
 }
 

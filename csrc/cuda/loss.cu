@@ -45,10 +45,11 @@ int blocks_for(int64_t units) {
 // ---- the batch reduction ------------------------------------------------------------------------
 
 // result = (sum of partials) * scale / denominator (denominator from `denom_ptr` when set), bad =
-// the lowest bad row or -1 (then the result is NaN); loss_out gets the result as a float.
+// the lowest bad row or -1 (then the result is NaN); loss_out gets the result as a float,
+// loss_out64 as the double it is.
 __global__ void __launch_bounds__(kThreads) finalize_kernel(Workspace ws, int nparts, double scale,
                                                             const double* denom_ptr,
-                                                            float* loss_out) {
+                                                            float* loss_out, double* loss_out64) {
   __shared__ double scratch[kThreads / kWarp];
   __shared__ int64_t bad_s[kThreads / kWarp];
   const double total = sum_in_order(ws.sums(), nparts, scratch);
@@ -65,6 +66,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(Workspace ws, int np
   *ws.result() = r;
   *ws.bad() = bad == kNoBadRow ? -1 : bad;
   if (loss_out) *loss_out = static_cast<float>(r);
+  if (loss_out64) *loss_out64 = r;
 }
 
 // Writes one block's partial sum and lowest bad row (thread 0 passes its values; the others'
@@ -363,8 +365,8 @@ __global__ void __launch_bounds__(kThreads) count_correct_kernel(int64_t rows, i
 int warp_grid(int64_t rows) { return blocks_for((rows + kThreads / kWarp - 1) / (kThreads / kWarp)); }
 
 void finalize(const Workspace& ws, int nparts, double scale, const double* denom_ptr,
-              float* loss_out, cudaStream_t s) {
-  finalize_kernel<<<1, kThreads, 0, s>>>(ws, nparts, scale, denom_ptr, loss_out);
+              float* loss_out, double* loss_out64, cudaStream_t s) {
+  finalize_kernel<<<1, kThreads, 0, s>>>(ws, nparts, scale, denom_ptr, loss_out, loss_out64);
   EMBER_CUDA_CHECK_LAUNCH("finalize_kernel");
 }
 
@@ -373,7 +375,7 @@ void finalize(const Workspace& ws, int nparts, double scale, const double* denom
 int64_t loss_workspace_words() { return kHeader + 2 * kMaxPartials; }
 
 void softmax_cross_entropy(const SoftmaxCrossEntropyArgs& args, void* workspace, float* loss_out,
-                           Stream stream) {
+                           double* loss_out64, Stream stream) {
   if (args.rows <= 0 || args.classes <= 0) {
     throw std::invalid_argument("softmax_cross_entropy: rows and classes must be >= 1");
   }
@@ -398,11 +400,11 @@ void softmax_cross_entropy(const SoftmaxCrossEntropyArgs& args, void* workspace,
                    : C <= 2048 ? launch_xent<32>(p, s)
                                : launch_xent<kThreads>(p, s);
   const double scale = mean && !args.class_weight ? 1.0 / static_cast<double>(args.rows) : 1.0;
-  finalize(ws, grid, scale, p.weighted_mean ? ws.denom() : nullptr, loss_out, s);
+  finalize(ws, grid, scale, p.weighted_mean ? ws.denom() : nullptr, loss_out, loss_out64, s);
 }
 
 void mse(int64_t n, const float* pred, const float* target, float* grad, Reduction reduction,
-         float grad_scale, void* workspace, float* loss_out, Stream stream) {
+         float grad_scale, void* workspace, float* loss_out, double* loss_out64, Stream stream) {
   if (n <= 0 || !pred || !target || !workspace) {
     throw std::invalid_argument("mse: n >= 1, pred, target and workspace are required");
   }
@@ -416,7 +418,7 @@ void mse(int64_t n, const float* pred, const float* target, float* grad, Reducti
   const int grid = blocks_for((n + 4 * kThreads * 4 - 1) / (4 * kThreads * 4));
   mse_kernel<<<grid, kThreads, 0, s>>>(p);
   EMBER_CUDA_CHECK_LAUNCH("mse_kernel");
-  finalize(ws, grid, mean ? 1.0 / static_cast<double>(n) : 1.0, nullptr, loss_out, s);
+  finalize(ws, grid, mean ? 1.0 / static_cast<double>(n) : 1.0, nullptr, loss_out, loss_out64, s);
 }
 
 void argmax_rows(int64_t rows, int64_t cols, const float* x, int64_t* out, Stream stream) {
@@ -433,7 +435,7 @@ void count_correct(int64_t rows, int64_t cols, const float* logits, const int64_
   const int grid = warp_grid(rows);
   count_correct_kernel<<<grid, kThreads, 0, s>>>(rows, cols, logits, labels, ws);
   EMBER_CUDA_CHECK_LAUNCH("count_correct_kernel");
-  finalize(ws, grid, 1.0, nullptr, nullptr, s);
+  finalize(ws, grid, 1.0, nullptr, nullptr, nullptr, s);
 }
 
 }  // namespace ember::cuda

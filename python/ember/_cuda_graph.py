@@ -34,18 +34,18 @@ import numpy as np
 __all__ = ["GraphRunner", "graph_ok"]
 
 _KERNELS = r"""
-extern "C" __global__ void ember_graph_tally(const float* loss, const double* norm,
+extern "C" __global__ void ember_graph_tally(const double* loss, const double* norm,
                                               const long long* skipped, double n, double* acc,
                                               long long* counters) {
   // acc: {loss * n summed, correct, grad_norm summed, skipped steps, first non-finite loss}
   // counters: {steps tallied, index of the first non-finite loss or -1}
-  const float l = loss[0];
-  acc[0] += (double)l * n;
+  const double l = loss[0];
+  acc[0] += l * n;
   acc[2] += norm[0];
   acc[3] += (double)skipped[0];
   if (!isfinite(l) && counters[1] < 0) {
     counters[1] = counters[0];
-    acc[4] = (double)l;
+    acc[4] = l;
   }
   counters[0] += 1;
 }
@@ -142,7 +142,6 @@ class _Step:
         self.key = key
         self.xb, self.yb = xb, yb
         self.graph = None
-        self.failed = False
         self.norm = None
         self.recorder = _Recorder()
         self.keep: list = []
@@ -237,12 +236,14 @@ class GraphRunner:
         st = self.steps.get(n)
         if st is None or st.key != key:
             # First step of this batch size (or the model/optimizer changed): run it while
-            # recording what the bindings allocate.
+            # recording what the bindings allocate, then capture the next ones at once, while
+            # every buffer the step used still exists (a validation pass in between would drop
+            # the model's). The key is taken again: the first step may create the gradients.
             st = self.steps[n] = _Step(key, xb, yb)
             self._run(st, xb, yb, n, record=True)
-            return
-        if st.graph is None and not st.failed:
+            st.key = self._key(xb, yb)
             self._capture(st, xb, yb, n)
+            return
         if st.graph is None:  # the capture failed: this batch size goes step by step
             self._run(st, xb, yb, n, record=False)
             return
@@ -294,10 +295,11 @@ class GraphRunner:
                 raise RuntimeError("the captured step allocated less than the recorded one")
         except Exception as exc:  # noqa: BLE001 - any failure: no graph, the fit goes on
             self.failed = f"{type(exc).__name__}: {exc}"
-            st.graph, st.failed = None, True
+            st.graph = None
             return
         finally:
             _cuda_ops._allocator = None
             cp.cuda.set_allocator(previous)
-        st.graph, st.norm = graph, norm
-        st.keep = st.keep + [xb, yb, stream]
+        st.graph = graph
+        st.keep = st.keep + [xb, yb, stream, norm]
+        # st.norm stays the recorded step's array: the capture's calls returned the same one.

@@ -143,7 +143,9 @@ def _int64_labels(labels):
 
 
 def _loss_out(device_loss):
-    return _alloc((1,)) if device_loss else None
+    if not device_loss:
+        return None
+    return _alloc((1,), "float64" if device_loss == "float64" else "float32")
 
 
 def softmax_cross_entropy(logits, labels, weight, label_smoothing, reduction, grad_scale,
@@ -152,7 +154,8 @@ def softmax_cross_entropy(logits, labels, weight, label_smoothing, reduction, gr
     which synchronises the current stream once (and raises ``ValueError`` for a label out of range,
     checked on the device). ``device_loss=True`` returns the loss as a 1-element float32 CuPy
     array instead and never synchronises (for CUDA-graph training loops); a bad label then makes
-    it NaN."""
+    it NaN. ``device_loss="float64"``: the same as a float64 array, the value the synchronising
+    call returns as a Python float, to the bit."""
     return _cuda.softmax_cross_entropy(logits, _int64_labels(labels), weight, label_smoothing,
                                        reduction, grad_scale, compute_grad, grad, row_loss,
                                        _loss_out(device_loss), _stream(), _alloc)

@@ -90,12 +90,12 @@ class CrossEntropy(Loss):
 
     def _forward_device(self, pred, target):
         """:meth:`forward` on CuPy arrays without synchronising: the loss comes back as a
-        float32 device array of shape (1,) (NaN for a label out of range). For
-        ember._cuda_graph."""
+        float64 device array of shape (1,) holding the value :meth:`forward` returns (NaN for a
+        label out of range). For ember._cuda_graph."""
         from ember import _cuda_ops
         loss, self._grad = _cuda_ops.softmax_cross_entropy(
             pred, target, self._device_weight(pred), self.label_smoothing, self.reduction, 1.0,
-            True, self._grad_out(pred), None, device_loss=True)
+            True, self._grad_out(pred), None, device_loss="float64")
         return loss
 
     def config(self) -> dict:
@@ -129,7 +129,7 @@ class MSE(Loss):
             target = target.reshape(-1, 1)
         from ember import _cuda_ops
         loss, self._grad = _cuda_ops.mse(pred, target, self.reduction, 1.0, True,
-                                         self._grad_out(pred), device_loss=True)
+                                         self._grad_out(pred), device_loss="float64")
         return loss
 
     def config(self) -> dict:

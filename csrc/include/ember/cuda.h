@@ -46,15 +46,22 @@ using Stream = void*;
 // C = act(alpha * op(A) op(B) + beta * C + bias) (GemmArgs in ember/common.h). Any m, n, k >= 1,
 // any leading dimensions and alignment (16-byte loads where the layout allows, scalar otherwise).
 // Throws std::invalid_argument on a malformed GemmArgs, CudaError on a failed launch.
-void gemm(const GemmArgs& args, Precision precision, Stream stream);
+// `workspace` (gemm_workspace_floats(m, n, k) floats, 16-byte aligned, or null) lets a product
+// whose output is too small to fill the GPU split its k range over more blocks (split-K, the
+// slices added in a fixed order); without it the product runs unsplit.
+void gemm(const GemmArgs& args, Precision precision, Stream stream, float* workspace = nullptr);
+// Floats of workspace gemm() can use for an m x n x k product (0: it would not split).
+int64_t gemm_workspace_floats(int64_t m, int64_t n, int64_t k);
 
-// Floats of scratch `partials` that linear_backward needs for the bias gradient (per-block column
-// sums reduced in a fixed order, so the result is the same bits every run).
-int64_t linear_backward_partials_size(int64_t batch, int64_t out_features);
+// Floats of scratch `partials` for linear_backward: the bias gradient's per-block column sums
+// (reduced in a fixed order, so the result is the same bits every run), then the split-K
+// workspace of its two products (see gemm).
+int64_t linear_backward_partials_size(int64_t batch, int64_t in_features, int64_t out_features);
 
 // LinearBackwardArgs (ember/common.h): one kernel for dZ = dY * act'(Z) and the bias gradient's
 // partial sums, a tiny kernel reducing them, then dX = dZ W and dW = dZ^T X with gemm().
-// `partials` (linear_backward_partials_size floats) is needed only when args.grad_bias is set.
+// `partials` (linear_backward_partials_size floats) is needed when args.grad_bias is set; given
+// otherwise too, the products may use it for split-K.
 void linear_backward(const LinearBackwardArgs& args, Precision precision, float* partials,
                      Stream stream);
 
@@ -69,13 +76,13 @@ void linear_backward(const LinearBackwardArgs& args, Precision precision, float*
 int64_t loss_workspace_words();
 
 // SoftmaxCrossEntropyArgs (ember/common.h) forward and backward in one kernel per row (online
-// softmax). `loss_out` (a device float, or null) receives the reduced loss too, for callers that
-// must not synchronise (CUDA graphs).
+// softmax). `loss_out` (a device float, or null) and `loss_out64` (a device double, or null)
+// receive the reduced loss too, for callers that must not synchronise (CUDA graphs).
 void softmax_cross_entropy(const SoftmaxCrossEntropyArgs& args, void* workspace, float* loss_out,
-                           Stream stream);
+                           double* loss_out64, Stream stream);
 // Mean or summed squared error over n elements; grad (may alias pred) = grad_scale * dloss/dpred.
 void mse(int64_t n, const float* pred, const float* target, float* grad, Reduction reduction,
-         float grad_scale, void* workspace, float* loss_out, Stream stream);
+         float grad_scale, void* workspace, float* loss_out, double* loss_out64, Stream stream);
 // Index of each row's largest value (first on ties; NaN counts as largest, as in NumPy).
 void argmax_rows(int64_t rows, int64_t cols, const float* x, int64_t* out, Stream stream);
 // Rows whose argmax equals the label, into workspace word 0 (as a double); bad labels as above.
