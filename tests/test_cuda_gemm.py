@@ -110,7 +110,14 @@ def test_gemm_split_k_matches_float64(cp, rng, precision, trans, mnk):
     a, b, ref = _operands(rng, cp, m, n, k, *trans)
     got = ops.gemm(a, b, trans_a=trans[0], trans_b=trans[1], out=_nan(cp, (m, n)),
                    precision=precision)
-    check_op(cp.asnumpy(got), ref, TOL[precision], f"{precision} {mnk} {trans}")
+    # Against the size of the terms, |A| |B| (the bound GEMM error analysis gives): a 1 x 1
+    # output of 600 random-sign products can cancel to far below its terms, and tf32's rounding
+    # of each term then exceeds 1e-3 of the result (seen on an H200, split or not).
+    a64 = np.abs(cp.asnumpy(a).astype(np.float64))
+    b64 = np.abs(cp.asnumpy(b).astype(np.float64))
+    scale = (a64.T if trans[0] else a64) @ (b64.T if trans[1] else b64)
+    err = np.linalg.norm(cp.asnumpy(got) - ref) / np.linalg.norm(scale)
+    assert np.isfinite(cp.asnumpy(got)).all() and err <= TOL[precision], (precision, mnk, err)
     again = ops.gemm(a, b, trans_a=trans[0], trans_b=trans[1], precision=precision)
     assert cp.array_equal(got.view(cp.uint32), again.view(cp.uint32))  # fixed order: same bits
 

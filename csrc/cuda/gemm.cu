@@ -557,14 +557,16 @@ Split split_for(int64_t m, int64_t n, int64_t k, int sms) {
   // cut into slices multiplied by separate blocks, aiming at two blocks per SM; 128 tiles if
   // that gives every SM a block, else 64 x 64 tiles (4x the blocks, e.g. a 256 x 1024 layer).
   const int64_t big = ((m + 127) / 128) * ((n + 127) / 128);
-  if (big >= sms) return {128, 1, 0};
+  const int64_t small = ((m + 63) / 64) * ((n + 63) / 64);
+  // A side of at most 64 would leave half of every 128 x 128 tile idle (a 64-wide layer at a
+  // large batch): 64 x 64 tiles then, as long as they fill the GPU.
+  if (big >= sms) return {(m <= 64 || n <= 64) ? 64 : 128, 1, 0};
   const int64_t s128 = clamp_splits(2 * sms / big, k);
   if (s128 > 1 && big * s128 >= sms) {
     const int64_t chunk = (k + s128 - 1) / s128;
     const int64_t c = (chunk + 63) / 64 * 64;
     return {128, (k + c - 1) / c, c};
   }
-  const int64_t small = ((m + 63) / 64) * ((n + 63) / 64);
   const int64_t s64 = small >= sms ? 1 : clamp_splits(2 * sms / small, k);
   if (s64 <= 1) return {64, 1, 0};
   const int64_t c = ((k + s64 - 1) / s64 + 63) / 64 * 64;

@@ -39,10 +39,11 @@ extern "C" __global__ void ember_graph_tally(const double* loss, const double* n
                                               long long* counters) {
   // acc: {loss * n summed, correct, grad_norm summed, skipped steps, first non-finite loss}
   // counters: {steps tallied, index of the first non-finite loss or -1}
+  // Rounded as the Trainer's Python loop rounds (acc += loss * n): no fused multiply-add.
   const double l = loss[0];
-  acc[0] += l * n;
-  acc[2] += norm[0];
-  acc[3] += (double)skipped[0];
+  acc[0] = __dadd_rn(acc[0], __dmul_rn(l, n));
+  acc[2] = __dadd_rn(acc[2], norm[0]);
+  acc[3] = __dadd_rn(acc[3], (double)skipped[0]);
   if (!isfinite(l) && counters[1] < 0) {
     counters[1] = counters[0];
     acc[4] = l;
