@@ -319,10 +319,10 @@ def test_graph_steps_fall_back_for_batch_callbacks(digits):
 def test_auto_trains_on_cpu_until_gpu_training_is_verified(monkeypatch):
     monkeypatch.setattr(backend, "cuda_available", lambda: True)
     assert backend.resolve_device("auto") == "cuda"
+    monkeypatch.setattr(backend, "GPU_TRAINING_VERIFIED", False)
     ok, why = backend.cuda_training_available()
     assert ok and "not been verified" in why
 
-    monkeypatch.setattr(backend, "GPU_TRAINING_VERIFIED", False)
     assert backend.resolve_training_device("auto") == "cpu"
     assert backend.resolve_training_device("cuda") == "cuda"
     assert backend.resolve_training_device("cpu") == "cpu"

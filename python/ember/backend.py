@@ -26,11 +26,11 @@ __all__ = [
     "GPU_TRAINING_VERIFIED",
 ]
 
-#: Whether ``Trainer(device="auto")`` may pick the GPU. The GPU training loop is written but was
-#: built on a machine without a GPU; ``device="cuda"`` uses it, while ``"auto"`` keeps training on
-#: the CPU until it has been checked on one. The GPU session flips this to True after
-#: ``bench/gpu_check.sh`` passes the GPU training tests (tests/test_gpu_training.py).
-GPU_TRAINING_VERIFIED = False
+#: Whether ``Trainer(device="auto")`` may pick the GPU. True since the GPU training tests
+#: (tests/test_gpu_training.py, CUDA-graph steps included) passed on an H200 in
+#: ``bench/gpu_check.sh`` (bench/results/gpu-2026-11-27-h200.md); set it to False to keep
+#: ``"auto"`` on the CPU.
+GPU_TRAINING_VERIFIED = True
 
 _cuda_state: tuple[int, str] | None = None
 
