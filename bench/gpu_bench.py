@@ -292,6 +292,17 @@ def adam_rows(cp, copy_tbs):
             p, g, m, v, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 5, 0.0), 1,
             repeats=10)
         graph_ms = adam_graph_ms(cp, _cuda_ops, p, g, m, v, state)
+        # The optimizer object, as a user steps it (like torch's opt.step()): its lists are
+        # checked once (an OptimPlan), each step returns (grad_norm, skipped) to the host.
+        from ember import optim
+        from ember.nn import Parameter
+        params = [Parameter(a) for a in p]
+        for prm, gr in zip(params, g):
+            prm.grad = gr
+        eopt = optim.Adam(params, lr=1e-3)
+        obj_ms, _ = median_ms(cp, lambda i: eopt.step(), 1)
+        RAW["figures"]["ember optim.Adam.step"] = {"ms": obj_ms}
+        del eopt, params
         tbs = 28 * total / (graph_ms * 1e-3) / 1e12
         RAW["figures"]["fused adam"] = {"ms": ms, "host_path_ms": host_ms, "graph_ms": graph_ms,
                                         "tbs": tbs, "rel_err": err}
@@ -318,6 +329,9 @@ def adam_rows(cp, copy_tbs):
         RAW["figures"]["torch fused adam"] = {"ms": tms}
         row("fused Adam vs torch fused (one call each)", shape, prec, f"{ms:.3f} ms",
             "torch Adam(fused=True)", f"{tms:.3f} ms", f"{tms / ms:.2f}x faster")
+        row("fused Adam vs torch fused (optimizer.step())", shape, prec,
+            f"{obj_ms:.3f} ms (ember.optim.Adam)", "torch Adam(fused=True)", f"{tms:.3f} ms",
+            f"{tms / obj_ms:.2f}x faster")
         # Both as CUDA-graph replays: the kernels against the kernels.
         opt = torch.optim.Adam(tp, lr=1e-3, fused=True, capturable=True)
         side = torch.cuda.Stream()
@@ -495,9 +509,12 @@ def train_rows(cp, epochs=3):
                     f"failed: {type(exc).__name__}: {str(exc)[:40]}", "")
 
 
-def torch_train_samples_s(x, y, sizes, batch, epochs):
+def torch_train_samples_s(x, y, sizes, batch, epochs, compile_mode=None, warm_epochs=1):
     """The same model, loss and optimizer in PyTorch eager: data on the GPU, a seeded permutation
-    per epoch, batches by index_select, the loss summed on the device (one read per epoch)."""
+    per epoch, batches by index_select, the loss summed on the device (one read per epoch).
+    ``compile_mode``: the forward and loss go through ``torch.compile(mode=...)`` (with
+    "reduce-overhead" the compiled forward and backward replay as CUDA graphs; Adam stays eager);
+    the first ``warm_epochs`` epochs (compilation, graph recording) are left out of the figure."""
     import torch
     import torch.nn.functional as tf
 
@@ -510,6 +527,11 @@ def torch_train_samples_s(x, y, sizes, batch, epochs):
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers).cuda()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def fwd_loss(xb, yb):
+        return tf.cross_entropy(model(xb), yb)
+
+    step_loss = fwd_loss if compile_mode is None else torch.compile(fwd_loss, mode=compile_mode)
     xt, yt = torch.as_tensor(x, device="cuda"), torch.as_tensor(y, device="cuda")
     n = len(x)
     losses, times = [], []
@@ -522,7 +544,9 @@ def torch_train_samples_s(x, y, sizes, batch, epochs):
             for b in range(0, n, batch):
                 idx = perm[b:b + batch]
                 xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-                loss = tf.cross_entropy(model(xb), yb)
+                if compile_mode is not None:
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss = step_loss(xb, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -532,9 +556,34 @@ def torch_train_samples_s(x, y, sizes, batch, epochs):
             times.append(time.perf_counter() - t0)
         if not losses[-1] < losses[0]:
             raise RuntimeError(f"torch loss did not fall: {losses}")
-        return n / statistics.median(times[1:])
+        return n / statistics.median(times[warm_epochs:])
     finally:
         torch.cuda.empty_cache()
+
+
+def compile_peer_main(out_dir: str | None) -> int:
+    """The torch.compile(mode="reduce-overhead") peer on the 784-1024-1024-10 rows, on its own
+    (compilation takes tens of seconds, so gpu_check.sh runs it as a separate stage): prints
+    rows and writes compile_peer.json under ``out_dir``."""
+    rng = np.random.default_rng(0)
+    sizes, n = [784, 1024, 1024, 10], 65536
+    x = rng.standard_normal((n, 784), dtype=np.float32)
+    y = np.argmax(x @ rng.standard_normal((784, 10)).astype(np.float32), axis=1).astype(np.int64)
+    result = {}
+    for batch in (256, 4096):
+        try:
+            t0 = time.perf_counter()
+            s = torch_train_samples_s(x, y, sizes, batch, 5, compile_mode="reduce-overhead",
+                                      warm_epochs=2)
+            result[f"batch {batch}"] = {"samples_s": s, "wall_s": time.perf_counter() - t0}
+            print(f"| train MLP 784-1024-1024-10 | batch {batch} | fp32 | torch.compile "
+                  f"reduce-overhead | {s:,.0f} samples/s |", flush=True)
+        except Exception:
+            result[f"batch {batch}"] = {"error": traceback.format_exc()}
+            print(f"batch {batch}: failed\n{traceback.format_exc()}", flush=True)
+    if out_dir:
+        Path(out_dir, "compile_peer.json").write_text(json.dumps(result, indent=1))
+    return 0
 
 
 def render(header: str, ceilings_line: str, tests_line: str) -> str:
@@ -582,7 +631,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tests-log", help="pytest -m gpu output, for the tests line")
     ap.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
+    ap.add_argument("--compile-peer", action="store_true",
+                    help="only the torch.compile(mode='reduce-overhead') training peer")
     args = ap.parse_args()
+    if args.compile_peer:
+        return compile_peer_main(os.environ.get("OUT"))
 
     import cupy as cp
 

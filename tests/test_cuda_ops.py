@@ -341,6 +341,71 @@ def test_adam_20_steps_vs_float64_and_cpu(cp, rng, kw):
         check_op(_h(st["v"][i]), rst["v"][i], 1e-5, f"exp_avg_sq {i}")
 
 
+OPTIMIZER_CASES = [("Adam", dict(lr=1e-2)), ("Adam", dict(lr=1e-2, amsgrad=True, max_grad_norm=0.5)),
+                   ("AdamW", dict(lr=1e-2, weight_decay=0.1)), ("SGD", dict(lr=0.1)),
+                   ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, kw", OPTIMIZER_CASES, ids=lambda v: str(v))
+def test_optimizer_plan_matches_the_checked_call(cp, rng, name, kw):
+    """ember.optim on CuPy parameters steps through an OptimPlan (lists checked once); the same
+    bits as the functional call that checks every array, before and after a parameter is
+    reassigned (which makes a new plan)."""
+    from ember import optim
+    from ember.nn import Parameter
+
+    shapes = [(13, 7), (31,), (1,), (64, 65)]
+    ps = [Parameter(cp.asarray(rng.standard_normal(s).astype(np.float32))) for s in shapes]
+    ref = [cp.array(p.data) for p in ps]
+    opt = getattr(optim, name)(ps, **kw)
+    keys = opt._state_keys
+    ref_state = {k: [cp.zeros_like(a) for a in ref] for k in keys}
+    plans = set()
+    for t in range(1, 21):
+        grads = [cp.asarray(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+        if t == 11:  # reassigned: the optimizer must not keep stepping the old arrays
+            ps[2].data = cp.array(ps[2].data)
+        for p, g in zip(ps, grads):
+            p.grad = g
+        norm, skipped = opt.step()
+        plans.add(id(opt._lists[4]))
+        if name == "SGD":
+            rnorm, _ = ops.sgd_step(ref, grads, ref_state.get("momentum_buffer"), step=t,
+                                    **{k: v for k, v in kw.items()})
+        else:
+            kk = {k: v for k, v in kw.items()}
+            rnorm, _ = ops.adam_step(ref, grads, ref_state["exp_avg"], ref_state["exp_avg_sq"],
+                                     ref_state.get("max_exp_avg_sq"), step=t,
+                                     decoupled_weight_decay=name == "AdamW", **kk)
+        assert not skipped and norm == rnorm
+    assert len(plans) == 2  # one plan, then a new one after the reassignment
+    for p, r in zip(ps, ref):
+        assert _same_bits(cp, p.data, r)
+    assert opt.__getstate__()["_lists"] is None  # picklable: the plan is a cache
+
+
+@pytest.mark.gpu
+def test_optimizer_plan_validation(cp, rng):
+    from ember import _cuda
+    from ember import _cuda_ops
+
+    p = [cp.zeros(3, cp.float32)]
+    with pytest.raises(TypeError, match="states must be a list"):
+        _cuda.OptimPlan(p, p, None, 0)
+    with pytest.raises(ValueError, match="grads must not share memory|params.*share memory"):
+        _cuda_ops.optim_plan(p, p, [])
+    plan = _cuda_ops.optim_plan(p, [cp.ones(3, cp.float32)], [[cp.zeros(3, cp.float32)]])
+    assert plan.state_lists == 1
+    with pytest.raises(ValueError, match="holds 1 state list"):
+        _cuda_ops.plan_adam_step(plan, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 1, 0.0)
+    with pytest.raises(ValueError, match="lr"):
+        _cuda_ops.plan_sgd_step(plan, -1.0, 0.9, 0.0, 0.0, False, False, 1, 0.0)
+    norm, skipped = _cuda_ops.plan_sgd_step(plan, 0.1, 0.9, 0.0, 0.0, False, False, 1, 0.0)
+    assert norm == pytest.approx(3 ** 0.5) and not skipped
+    assert cp.allclose(p[0], -0.1)
+
+
 SGD_CASES = [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True,
              weight_decay=0.01), dict(lr=0.1, momentum=0.5, dampening=0.3, maximize=True,
              max_grad_norm=1.0)]

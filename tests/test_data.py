@@ -128,3 +128,25 @@ def test_schedules():
     assert ExponentialLR(0.9).factor(2, 0) == pytest.approx(0.81)
     with pytest.raises(ValueError):
         CosineWithWarmup(total_steps=10, warmup_steps=20)
+
+
+def test_prefetched_order_is_the_same_and_only_for_its_epoch():
+    """DataLoader.prefetch (the Trainer draws the next epoch's order while the GPU works) gives
+    the batches the same order; a prefetch for another epoch is not used."""
+    x = np.arange(46, dtype=np.float32).reshape(23, 2)
+    y = np.arange(23)
+    loader = DataLoader(x, y, batch_size=5, seed=7)
+    plain = [yb.copy() for _, yb in loader.batches(3)]
+    def same(got, want):
+        return len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+    loader.prefetch(3)
+    assert loader._prefetched is not None
+    assert same([yb.copy() for _, yb in loader.batches(3)], plain)
+    assert loader._prefetched is None  # used once
+    loader.prefetch(3)
+    assert same([yb.copy() for _, yb in loader.batches(3, start=1)], plain[1:])
+    loader.prefetch(4)  # another epoch's: ignored, and dropped
+    assert same([yb.copy() for _, yb in loader.batches(3)], plain)
+    assert loader._prefetched is None
+    assert not same([yb.copy() for _, yb in loader.batches(4)], plain)

@@ -43,16 +43,21 @@ StepIO step_io(const char* fn, py::handle state_obj, py::handle result_obj, cons
   return io;
 }
 
-// Runs `launch(state, result, workspace)` and returns the host or device outcome.
+// Runs `launch(state, result, workspace)` and returns the host or device outcome. `check`: put
+// every array through device_phase first (an OptimPlan did that once, when it was built).
 template <class Launch>
 py::object run(const char* fn, StepIO& io, int64_t step, double lr, int64_t ws_words,
-               std::vector<const CudaArray*> arrays, uintptr_t stream, const py::object& alloc,
-               Launch&& launch) {
+               std::vector<const CudaArray*> arrays, bool check, uintptr_t stream,
+               const py::object& alloc, Launch&& launch) {
   if (io.device) {
     arrays.push_back(&io.state);
     arrays.push_back(&io.result);
   }
-  device_phase(fn, arrays, stream);
+  if (check) {
+    device_phase(fn, arrays, stream);
+  } else if (io.device) {
+    device_phase(fn, {&io.state, &io.result}, stream);
+  }
   // Host mode: 2 more words for the state.
   const CudaArray ws = cuda_workspace(fn, ws_words + 2, alloc);
   double* w = words(ws);
@@ -74,47 +79,100 @@ std::vector<int64_t> sizes_of(const CudaArrayList& l) {
   return s;
 }
 
+// The tensor lists of one optimizer call, checked: [0] params (written), [1] grads (read),
+// [2..] the optimizer's state (written), all of params' shapes and none sharing memory with an
+// array written; with their pointers and sizes for the kernels.
+struct OptimLists {
+  std::vector<CudaArrayList> lists;
+  std::vector<std::vector<float*>> ptrs;
+  std::vector<int64_t> sizes;
+
+  std::vector<const CudaArray*> arrays() const {
+    std::vector<const CudaArray*> out;
+    for (const CudaArrayList& l : lists) add_all(out, l);
+    return out;
+  }
+  int64_t count() const { return static_cast<int64_t>(sizes.size()); }
+};
+
+OptimLists optim_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
+                       const std::vector<std::pair<py::handle, const char*>>& states) {
+  OptimLists o;
+  o.lists.reserve(2 + states.size());  // CudaArray::name points into each list's deque
+  o.lists.push_back(cuda_array_list(fn, params_obj, "params", true, -1));
+  const auto n = static_cast<py::ssize_t>(o.lists[0].arrays.size());
+  o.lists.push_back(cuda_array_list(fn, grads_obj, "grads", false, n));
+  same_shapes(fn, o.lists[0], o.lists[1]);
+  for (const auto& [obj, name] : states) {
+    o.lists.push_back(cuda_array_list(fn, obj, name, true, n));
+    same_shapes(fn, o.lists[0], o.lists.back());
+  }
+  std::vector<const CudaArrayList*> all;
+  for (const CudaArrayList& l : o.lists) all.push_back(&l);
+  no_shared_memory(fn, all);
+  for (const CudaArrayList& l : o.lists) o.ptrs.push_back(list_pointers<float*>(l));
+  o.sizes = sizes_of(o.lists[0]);
+  return o;
+}
+
+py::object launch_sgd(SgdArgs a, const OptimLists& l, StepIO& io, bool advance_step, bool check,
+                      uintptr_t stream, const py::object& alloc) {
+  a.count = l.count();
+  a.params = l.ptrs[0].data();
+  a.grads = const_cast<const float* const*>(l.ptrs[1].data());
+  a.momentum_buffers = l.ptrs.size() > 2 ? l.ptrs[2].data() : nullptr;
+  a.sizes = l.sizes.data();
+  return run("sgd_step", io, a.step, a.lr, cuda::optim_workspace_words(a.count, a.sizes),
+             l.arrays(), check, stream, alloc, [&](int64_t* state, int64_t* result, double* ws) {
+               cuda::sgd_step(a, state, advance_step, result, ws, reinterpret_cast<cuda::Stream>(stream));
+             });
+}
+
+py::object launch_adam(AdamArgs a, const OptimLists& l, StepIO& io, bool advance_step, bool check,
+                       uintptr_t stream, const py::object& alloc) {
+  a.count = l.count();
+  a.params = l.ptrs[0].data();
+  a.grads = const_cast<const float* const*>(l.ptrs[1].data());
+  a.exp_avg = l.ptrs[2].data();
+  a.exp_avg_sq = l.ptrs[3].data();
+  a.max_exp_avg_sq = l.ptrs.size() > 4 ? l.ptrs[4].data() : nullptr;
+  a.sizes = l.sizes.data();
+  return run("adam_step", io, a.step, a.lr, cuda::optim_workspace_words(a.count, a.sizes),
+             l.arrays(), check, stream, alloc, [&](int64_t* state, int64_t* result, double* ws) {
+               cuda::adam_step(a, state, advance_step, result, ws, reinterpret_cast<cuda::Stream>(stream));
+             });
+}
+
+std::vector<std::pair<py::handle, const char*>> sgd_states(double momentum, py::handle bufs_obj) {
+  if (momentum == 0.0) return {};
+  if (bufs_obj.is_none()) {
+    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
+  }
+  return {{bufs_obj, "momentum_buffers"}};
+}
+
+std::vector<std::pair<py::handle, const char*>> adam_states(py::handle m_obj, py::handle v_obj,
+                                                            bool amsgrad, py::handle vmax_obj) {
+  std::vector<std::pair<py::handle, const char*>> s{{m_obj, "exp_avgs"}, {v_obj, "exp_avg_sqs"}};
+  if (amsgrad) {
+    if (vmax_obj.is_none()) {
+      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
+    }
+    s.emplace_back(vmax_obj, "max_exp_avg_sqs");
+  }
+  return s;
+}
+
 py::object sgd_step(py::handle params_obj, py::handle grads_obj, py::handle bufs_obj, double lr,
                     double momentum, double dampening, double weight_decay, bool nesterov,
                     bool maximize, py::handle step_obj, double max_grad_norm, py::handle state_obj,
                     py::handle result_obj, bool advance_step, uintptr_t stream,
                     const py::object& alloc) {
-  const char* fn = "sgd_step";
-  SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize,
-                                    step_obj, max_grad_norm);
-
-  const CudaArrayList params = cuda_array_list(fn, params_obj, "params", true, -1);
-  const auto n = static_cast<py::ssize_t>(params.arrays.size());
-  const CudaArrayList grads = cuda_array_list(fn, grads_obj, "grads", false, n);
-  same_shapes(fn, params, grads);
-  std::vector<const CudaArrayList*> all{&params, &grads};
-  CudaArrayList bufs;
-  if (momentum != 0.0) {
-    if (bufs_obj.is_none()) {
-      throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
-    }
-    bufs = cuda_array_list(fn, bufs_obj, "momentum_buffers", true, n);
-    same_shapes(fn, params, bufs);
-    all.push_back(&bufs);
-  }
-  no_shared_memory(fn, all);
-  StepIO io = step_io(fn, state_obj, result_obj, alloc);
-  std::vector<const CudaArray*> arrays;
-  for (const CudaArrayList* l : all) add_all(arrays, *l);
-
-  const auto p = list_pointers<float*>(params);
-  const auto g = list_pointers<const float*>(grads);
-  const auto b = list_pointers<float*>(bufs);
-  const auto sizes = sizes_of(params);
-  a.count = n;
-  a.params = p.data();
-  a.grads = g.data();
-  a.momentum_buffers = b.empty() ? nullptr : b.data();
-  a.sizes = sizes.data();
-  return run(fn, io, a.step, a.lr, cuda::optim_workspace_words(n, sizes.data()), arrays, stream,
-             alloc, [&](int64_t* state, int64_t* result, double* ws) {
-               cuda::sgd_step(a, state, advance_step, result, ws, reinterpret_cast<cuda::Stream>(stream));
-             });
+  const SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize,
+                                        step_obj, max_grad_norm);
+  const OptimLists l = optim_lists("sgd_step", params_obj, grads_obj, sgd_states(momentum, bufs_obj));
+  StepIO io = step_io("sgd_step", state_obj, result_obj, alloc);
+  return launch_sgd(a, l, io, advance_step, true, stream, alloc);
 }
 
 py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_obj,
@@ -123,51 +181,75 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
                      bool maximize, py::handle step_obj, double max_grad_norm, py::handle state_obj,
                      py::handle result_obj, bool advance_step, uintptr_t stream,
                      const py::object& alloc) {
-  const char* fn = "adam_step";
-  AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
-                                      decoupled_weight_decay, maximize, step_obj, max_grad_norm);
-
-  const CudaArrayList params = cuda_array_list(fn, params_obj, "params", true, -1);
-  const auto n = static_cast<py::ssize_t>(params.arrays.size());
-  const CudaArrayList grads = cuda_array_list(fn, grads_obj, "grads", false, n);
-  same_shapes(fn, params, grads);
-  const CudaArrayList ms = cuda_array_list(fn, m_obj, "exp_avgs", true, n);
-  same_shapes(fn, params, ms);
-  const CudaArrayList vs = cuda_array_list(fn, v_obj, "exp_avg_sqs", true, n);
-  same_shapes(fn, params, vs);
-  std::vector<const CudaArrayList*> all{&params, &grads, &ms, &vs};
-  CudaArrayList vmaxs;
-  if (amsgrad) {
-    if (vmax_obj.is_none()) {
-      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
-    }
-    vmaxs = cuda_array_list(fn, vmax_obj, "max_exp_avg_sqs", true, n);
-    same_shapes(fn, params, vmaxs);
-    all.push_back(&vmaxs);
-  }
-  no_shared_memory(fn, all);
-  StepIO io = step_io(fn, state_obj, result_obj, alloc);
-  std::vector<const CudaArray*> arrays;
-  for (const CudaArrayList* l : all) add_all(arrays, *l);
-
-  const auto p = list_pointers<float*>(params);
-  const auto g = list_pointers<const float*>(grads);
-  const auto mp = list_pointers<float*>(ms);
-  const auto vp = list_pointers<float*>(vs);
-  const auto vmp = list_pointers<float*>(vmaxs);
-  const auto sizes = sizes_of(params);
-  a.count = n;
-  a.params = p.data();
-  a.grads = g.data();
-  a.exp_avg = mp.data();
-  a.exp_avg_sq = vp.data();
-  a.max_exp_avg_sq = vmp.empty() ? nullptr : vmp.data();
-  a.sizes = sizes.data();
-  return run(fn, io, a.step, a.lr, cuda::optim_workspace_words(n, sizes.data()), arrays, stream,
-             alloc, [&](int64_t* state, int64_t* result, double* ws) {
-               cuda::adam_step(a, state, advance_step, result, ws, reinterpret_cast<cuda::Stream>(stream));
-             });
+  const AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                          decoupled_weight_decay, maximize, step_obj, max_grad_norm);
+  const OptimLists l = optim_lists("adam_step", params_obj, grads_obj,
+                                   adam_states(m_obj, v_obj, amsgrad, vmax_obj));
+  StepIO io = step_io("adam_step", state_obj, result_obj, alloc);
+  return launch_adam(a, l, io, advance_step, true, stream, alloc);
 }
+
+// The lists of an optimizer, checked once (shapes, memory, device, producers' streams) and kept:
+// each step then only checks its hyperparameters and launches. For ember.optim's optimizers,
+// whose lists change only when a Parameter is reassigned (they then build a new plan); the plan
+// holds references to its arrays, so their memory stays valid. Steps run on the stream given
+// to each call; arrays written on another stream must be ordered before it by the caller.
+class OptimPlan {
+ public:
+  OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj, uintptr_t stream) {
+    if (!py::isinstance<py::list>(states_obj) && !py::isinstance<py::tuple>(states_obj)) {
+      throw py::type_error("OptimPlan: states must be a list of lists of arrays, got " +
+                           type_name(states_obj));
+    }
+    auto seq = py::reinterpret_borrow<py::sequence>(states_obj);
+    static const char* const kNames[] = {"states[0]", "states[1]", "states[2]"};
+    if (seq.size() > 3) throw py::value_error("OptimPlan: at most 3 state lists");
+    std::vector<std::pair<py::handle, const char*>> states;
+    for (size_t i = 0; i < seq.size(); ++i) {
+      holds_.push_back(seq[i]);
+      states.emplace_back(holds_.back(), kNames[i]);
+    }
+    lists_ = optim_lists("OptimPlan", params_obj, grads_obj, states);
+    device_phase("OptimPlan", lists_.arrays(), stream);
+  }
+
+  int64_t state_lists() const { return static_cast<int64_t>(lists_.lists.size()) - 2; }
+
+  py::object sgd(double lr, double momentum, double dampening, double weight_decay,
+                 bool nesterov, bool maximize, py::handle step_obj, double max_grad_norm,
+                 py::handle state_obj, py::handle result_obj, bool advance_step, uintptr_t stream,
+                 const py::object& alloc) {
+    const SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov,
+                                          maximize, step_obj, max_grad_norm);
+    expect_states("sgd_step", momentum != 0.0 ? 1 : 0);
+    StepIO io = step_io("sgd_step", state_obj, result_obj, alloc);
+    return launch_sgd(a, lists_, io, advance_step, false, stream, alloc);
+  }
+
+  py::object adam(double lr, double beta1, double beta2, double eps, double weight_decay,
+                  bool amsgrad, bool decoupled_weight_decay, bool maximize, py::handle step_obj,
+                  double max_grad_norm, py::handle state_obj, py::handle result_obj,
+                  bool advance_step, uintptr_t stream, const py::object& alloc) {
+    const AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                            decoupled_weight_decay, maximize, step_obj,
+                                            max_grad_norm);
+    expect_states("adam_step", amsgrad ? 3 : 2);
+    StepIO io = step_io("adam_step", state_obj, result_obj, alloc);
+    return launch_adam(a, lists_, io, advance_step, false, stream, alloc);
+  }
+
+ private:
+  void expect_states(const char* fn, int64_t want) const {
+    if (state_lists() != want) {
+      throw py::value_error(std::string(fn) + ": this OptimPlan holds " +
+                            std::to_string(state_lists()) + " state list(s), the step needs " +
+                            std::to_string(want));
+    }
+  }
+
+  std::vector<py::object> holds_;
+  OptimLists lists_;
+};
 
 double global_norm(py::handle arrays_obj, uintptr_t stream, const py::object& alloc) {
   const char* fn = "global_norm";
@@ -186,6 +268,23 @@ double global_norm(py::handle arrays_obj, uintptr_t stream, const py::object& al
 }  // namespace
 
 void bind_cuda_optim(py::module_& m) {
+  py::class_<OptimPlan>(m, "OptimPlan", R"(An optimizer's tensor lists, checked once (see ember.optim).
+
+OptimPlan(params, grads, states, stream): states is a list of lists (momentum buffers; or exp_avgs,
+exp_avg_sqs[, max_exp_avg_sqs]). .sgd(...) / .adam(...) take sgd_step's / adam_step's arguments
+after the lists and do the same step without checking the arrays again.)")
+      .def(py::init<py::handle, py::handle, py::handle, uintptr_t>(), py::arg("params"),
+           py::arg("grads"), py::arg("states"), py::arg("stream"))
+      .def_property_readonly("state_lists", &OptimPlan::state_lists)
+      .def("sgd", &OptimPlan::sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("step"),
+           py::arg("max_grad_norm"), py::arg("state"), py::arg("result"), py::arg("advance_step"),
+           py::arg("stream"), py::arg("alloc"))
+      .def("adam", &OptimPlan::adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+           py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"),
+           py::arg("decoupled_weight_decay"), py::arg("maximize"), py::arg("step"),
+           py::arg("max_grad_norm"), py::arg("state"), py::arg("result"), py::arg("advance_step"),
+           py::arg("stream"), py::arg("alloc"));
   m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"),
         py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
         py::arg("nesterov"), py::arg("maximize"), py::arg("step"), py::arg("max_grad_norm"),

@@ -237,3 +237,23 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, 
                         eps, weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
                         max_grad_norm, state, None, advance_step, _stream(), _alloc)
     return r if state is None else _device_result(r)
+
+
+def optim_plan(params, grads, states):
+    """An ``ember._cuda.OptimPlan``: the lists checked once; its ``sgd``/``adam`` methods then
+    step without checking the arrays again (see ember.optim.Optimizer)."""
+    return _cuda.OptimPlan(list(params), list(grads), [list(s) for s in states], _stream())
+
+
+def plan_sgd_step(plan, lr, momentum, dampening, weight_decay, nesterov, maximize, step,
+                  max_grad_norm):
+    """``(grad_norm, skipped)`` of one SGD step through ``plan`` (synchronises once)."""
+    return plan.sgd(lr, momentum, dampening, weight_decay, nesterov, maximize, step,
+                    max_grad_norm, None, None, False, _stream(), _alloc)
+
+
+def plan_adam_step(plan, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled_weight_decay,
+                   maximize, step, max_grad_norm):
+    """``(grad_norm, skipped)`` of one Adam step through ``plan`` (synchronises once)."""
+    return plan.adam(lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled_weight_decay,
+                     maximize, step, max_grad_norm, None, None, False, _stream(), _alloc)

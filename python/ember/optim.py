@@ -96,8 +96,18 @@ class Optimizer:
                 gs.append(p.grad)
             states = {k: [self._state_for(n, p)[k] for n, p in self.named_params
                           if p.requires_grad] for k in self._state_keys}
-            self._lists = (key, ps, gs, states)
+            self._lists = [key, ps, gs, states, None]  # [4]: the GPU plan, made on first use
         return self._lists[1], self._lists[2], self._lists[3]
+
+    def _plan(self, ps, gs, states):
+        """On the GPU: the lists checked once (``ember._cuda.OptimPlan``), kept with them until a
+        Parameter is reassigned. A step then costs a launch instead of a check of every array
+        (10.5M parameters in 128 tensors: ~1.5 ms of checks a step on an H200's host)."""
+        lists = self._lists
+        if lists[4] is None:
+            from ember import _cuda_ops
+            lists[4] = _cuda_ops.optim_plan(ps, gs, states)
+        return lists[4]
 
     def step(self) -> tuple[float, bool]:
         """Update all trainable parameters. Returns ``(grad_norm, skipped)``."""
@@ -171,6 +181,12 @@ class Optimizer:
                 setattr(self, k, tuple(v) if isinstance(v, list) else v)
         self._lists = None
 
+    def __getstate__(self):
+        # The lists are a cache (rebuilt on demand), and the GPU plan in them cannot be pickled.
+        state = self.__dict__.copy()
+        state["_lists"] = None
+        return state
+
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items() if k != "optimizer")
         return f"{type(self).__name__}({hp})"
@@ -201,6 +217,12 @@ class SGD(Optimizer):
             return cuda.sgd_step(ps, gs, bufs, self.lr, self.momentum, self.dampening,
                                  self.weight_decay, self.nesterov, self.maximize, step,
                                  self.max_grad_norm or 0.0, state=state, advance_step=True)
+        if type(ps[0]) is not np.ndarray:
+            from ember import _cuda_ops
+            return _cuda_ops.plan_sgd_step(
+                self._plan(ps, gs, [bufs] if bufs is not None else []), self.lr, self.momentum,
+                self.dampening, self.weight_decay, self.nesterov, self.maximize, step,
+                self.max_grad_norm or 0.0)
         return ops.sgd_step(ps, gs, bufs, lr=self.lr, momentum=self.momentum,
                             dampening=self.dampening, weight_decay=self.weight_decay,
                             nesterov=self.nesterov, maximize=self.maximize, step=step,
@@ -238,6 +260,14 @@ class Adam(Optimizer):
                                   self.betas[1], self.eps, self.weight_decay, self.amsgrad,
                                   self._decoupled, self.maximize, step,
                                   self.max_grad_norm or 0.0, state=state, advance_step=True)
+        if type(ps[0]) is not np.ndarray:
+            from ember import _cuda_ops
+            vmax = states.get("max_exp_avg_sq")
+            lists = [states["exp_avg"], states["exp_avg_sq"]] + ([vmax] if vmax is not None else [])
+            return _cuda_ops.plan_adam_step(
+                self._plan(ps, gs, lists), self.lr, self.betas[0], self.betas[1], self.eps,
+                self.weight_decay, self.amsgrad, self._decoupled, self.maximize, step,
+                self.max_grad_norm or 0.0)
         return ops.adam_step(ps, gs, states["exp_avg"], states["exp_avg_sq"],
                              states.get("max_exp_avg_sq"), lr=self.lr, betas=self.betas,
                              eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad,

@@ -447,6 +447,8 @@ class Trainer:
                                      "epoch": epoch, "size": n})
             if self.stop_training:
                 break
+        if epoch + 1 < self.epochs and not self.stop_training:
+            loader.prefetch(epoch + 1)  # on the host while the GPU finishes this epoch
         bad = runner.collect(acc)
         if bad is not None:
             index, value = bad
