@@ -361,15 +361,17 @@ def test_optimizer_plan_matches_the_checked_call(cp, rng, name, kw):
     opt = getattr(optim, name)(ps, **kw)
     keys = opt._state_keys
     ref_state = {k: [cp.zeros_like(a) for a in ref] for k in keys}
-    plans = set()
+    plans = []  # kept alive, so that their ids stay distinct
     for t in range(1, 21):
         grads = [cp.asarray(rng.standard_normal(s).astype(np.float32)) for s in shapes]
         if t == 11:  # reassigned: the optimizer must not keep stepping the old arrays
             ps[2].data = cp.array(ps[2].data)
-        for p, g in zip(ps, grads):
-            p.grad = g
+        for p, g in zip(ps, grads):  # in place, as backward writes them (a new array would
+            if p.grad is None:       # be a reassignment, and a new plan)
+                p.grad = cp.empty_like(g)
+            p.grad[...] = g
         norm, skipped = opt.step()
-        plans.add(id(opt._lists[4]))
+        plans.append(opt._lists[4])
         if name == "SGD":
             rnorm, _ = ops.sgd_step(ref, grads, ref_state.get("momentum_buffer"), step=t,
                                     **{k: v for k, v in kw.items()})
@@ -379,7 +381,8 @@ def test_optimizer_plan_matches_the_checked_call(cp, rng, name, kw):
                                      ref_state.get("max_exp_avg_sq"), step=t,
                                      decoupled_weight_decay=name == "AdamW", **kk)
         assert not skipped and norm == rnorm
-    assert len(plans) == 2  # one plan, then a new one after the reassignment
+    assert len({id(p) for p in plans}) == 2  # one plan, then a new one after the reassignment
+    assert plans[9] is plans[0] and plans[10] is not plans[9]
     for p, r in zip(ps, ref):
         assert _same_bits(cp, p.data, r)
     assert opt.__getstate__()["_lists"] is None  # picklable: the plan is a cache
