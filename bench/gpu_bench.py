@@ -595,14 +595,34 @@ def render(header: str, ceilings_line: str, tests_line: str) -> str:
     return "\n".join(lines)
 
 
+def sources_digest(root: Path = ROOT) -> str:
+    """SHA-256 (first 12 hex digits) of the sources that decide the results: csrc/, python/,
+    bench/, tests/ and the build files, path and bytes, in path order. The device machine gets a
+    copy of the working tree whose .git may be older than the tree (seen: it kept reporting the
+    session's first commit), so the table names this digest too; ``python bench/gpu_bench.py
+    --digest`` prints it for a checkout, to match a table to a commit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [p for d in ("csrc", "python/ember", "bench", "tests") for p in (root / d).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".cpp", ".cu", ".cuh", ".h", ".sh", ".txt")
+             and "__pycache__" not in p.parts and "results" not in p.parts]
+    files += [root / "CMakeLists.txt", root / "pyproject.toml"]
+    for p in sorted(f for f in files if f.is_file()):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def git_hash() -> str:
     if os.environ.get("EMBER_GIT_HASH"):
-        return os.environ["EMBER_GIT_HASH"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
+        rev = os.environ["EMBER_GIT_HASH"]
+    else:
+        try:
+            rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                 capture_output=True, check=True).stdout.strip()
+        except Exception:
+            rev = "unknown"
+    return f"{rev} (sources {sources_digest()})"
 
 
 def tests_line_from(path: str | None) -> str:
@@ -633,7 +653,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller shapes (smoke test)")
     ap.add_argument("--compile-peer", action="store_true",
                     help="only the torch.compile(mode='reduce-overhead') training peer")
+    ap.add_argument("--digest", action="store_true",
+                    help="print the sources digest the table's header names, and exit")
     args = ap.parse_args()
+    if args.digest:
+        print(sources_digest())
+        return 0
     if args.compile_peer:
         return compile_peer_main(os.environ.get("OUT"))
 
