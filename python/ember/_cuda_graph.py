@@ -117,8 +117,8 @@ class _Recorder:
         self.i = 0
 
     def __call__(self, shape, dtype="float32"):
-        import cupy
         if not self.replaying:
+            import cupy
             a = cupy.empty(shape, dtype=dtype)
             self.arrays.append(a)
             return a

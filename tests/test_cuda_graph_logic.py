@@ -1,0 +1,105 @@
+"""The parts of ember._cuda_graph that need no GPU: which fits may replay CUDA graphs (and why not),
+and the recording allocator's replay checks. The graphs themselves are tested on a GPU
+(tests/test_gpu_training.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ember import Trainer, nn
+from ember._cuda_graph import _Recorder, graph_ok
+from ember.callbacks import Callback, CallbackList, EarlyStopping, ProgressBar, TerminateOnNaN
+from ember.checkpoint import ModelCheckpoint
+from ember.losses import MSE, CrossEntropy
+from ember.optim import SGD, Adam
+
+
+def _trainer(model=None, **kw):
+    t = Trainer(model or nn.MLP([4, 8, 3]), device="cpu", **kw)
+    t.device = "cuda"  # graph_ok reads the trainer's configuration only
+    return t
+
+
+def _why(trainer, *callbacks):
+    return graph_ok(trainer, CallbackList([TerminateOnNaN(), trainer.gradient_monitor,
+                                           *callbacks], trainer))
+
+
+def test_plain_mlp_with_ember_callbacks_replays_graphs(tmp_path):
+    t = _trainer()
+    assert _why(t) is None
+    assert _why(t, ProgressBar(), EarlyStopping("loss"), ModelCheckpoint(tmp_path)) is None
+    assert _why(_trainer(loss="mse", optimizer="sgd", momentum=0.9)) is None
+    assert _why(_trainer(optimizer="adamw")) is None
+
+
+class Custom(nn.Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, g):
+        return g
+
+
+class MyLoss(CrossEntropy):
+    pass
+
+
+class MyAdam(Adam):
+    pass
+
+
+class BatchLogger(Callback):
+    def on_batch_end(self, batch, logs):
+        pass
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("cpu", "not on the GPU"),
+    ("off", "turned off"),
+    ("dropout", "not a plain stack"),
+    ("custom layer", "not a plain stack"),
+    ("subclassed loss", "loss MyLoss"),
+    ("subclassed optimizer", "optimizer MyAdam"),
+    ("batch callback", "callback BatchLogger"),
+    ("step checkpoints", "callback ModelCheckpoint"),
+])
+def test_what_keeps_a_fit_step_by_step(tmp_path, case, reason):
+    cbs = []
+    if case == "cpu":
+        t = _trainer()
+        t.device = "cpu"
+    elif case == "off":
+        t = _trainer()
+        t._graphs = False
+    elif case == "dropout":
+        t = _trainer(nn.MLP([4, 8, 3], dropout=0.2))
+    elif case == "custom layer":
+        t = _trainer(nn.Sequential(nn.Linear(4, 8), Custom(), nn.Linear(8, 3)))
+    elif case == "subclassed loss":
+        t = _trainer(loss=MyLoss())
+    elif case == "subclassed optimizer":
+        model = nn.MLP([4, 8, 3])
+        t = _trainer(model, optimizer=MyAdam(model))
+    elif case == "batch callback":
+        t, cbs = _trainer(), [BatchLogger()]
+    else:
+        t, cbs = _trainer(), [ModelCheckpoint(tmp_path, every_n_steps=5)]
+    why = _why(t, *cbs)
+    assert why is not None and reason in why, why
+
+
+def test_recorder_replays_the_same_arrays_in_order():
+    rec = _Recorder()
+    rec.arrays = [np.zeros(3, np.float32), np.zeros((2, 2), np.int64)]
+    rec.replaying = True
+    assert rec((3,)) is rec.arrays[0]
+    assert rec([2, 2], "int64") is rec.arrays[1]
+    with pytest.raises(RuntimeError, match="more than the recorded"):
+        rec((1,))
+    rec.i = 0
+    with pytest.raises(RuntimeError, match="other arrays"):
+        rec((4,))
+    rec.i = 0
+    with pytest.raises(RuntimeError, match="other arrays"):
+        rec((3,), "int64")
