@@ -363,19 +363,16 @@ def adam_graph_ms(cp, cuda_ops, p, g, m, v, state):
 
     rec, stream = _Recorder(), cp.cuda.Stream(non_blocking=True)
     args = (p, g, m, v, None, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 1, 0.0)
-    with stream:
-        cuda_ops._allocator = rec
+    with stream, cuda_ops.allocating_from(rec):
+        cuda_ops.adam_step(*args, state=state, advance_step=True)
+        stream.synchronize()
+        rec.replaying = True
+        stream.begin_capture()
         try:
             cuda_ops.adam_step(*args, state=state, advance_step=True)
-            stream.synchronize()
-            rec.replaying = True
-            stream.begin_capture()
-            try:
-                cuda_ops.adam_step(*args, state=state, advance_step=True)
-            finally:
-                graph = stream.end_capture()
         finally:
-            cuda_ops._allocator = None
+            graph = stream.end_capture()
+    with stream:
         ms, _ = median_ms(cp, lambda i: graph.launch(), 1, repeats=50)
     return ms
 

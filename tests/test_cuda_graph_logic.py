@@ -103,3 +103,27 @@ def test_recorder_replays_the_same_arrays_in_order():
     rec.i = 0
     with pytest.raises(RuntimeError, match="other arrays"):
         rec((3,), "int64")
+
+
+def test_allocation_hook_is_per_thread_and_nests():
+    """The recorder is installed for the recording thread only: another thread's kernels keep
+    allocating from CuPy's pool while a step is recorded or captured."""
+    import threading
+
+    cuda_ops = pytest.importorskip("ember._cuda_ops")  # needs ember built with its CUDA module
+
+    def hook(shape, dtype="float32"):
+        return ("recorded", tuple(shape), dtype)
+
+    seen = []
+    with cuda_ops.allocating_from(hook):
+        assert cuda_ops._alloc((3,)) == ("recorded", (3,), "float32")
+        worker = threading.Thread(target=lambda: seen.append(
+            getattr(cuda_ops._local, "allocator", None)))
+        worker.start()
+        worker.join()
+        with cuda_ops.allocating_from(None):
+            assert getattr(cuda_ops._local, "allocator", None) is None
+        assert cuda_ops._local.allocator is hook  # restored after the inner block
+    assert seen == [None]
+    assert getattr(cuda_ops._local, "allocator", None) is None

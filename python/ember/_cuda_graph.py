@@ -11,7 +11,7 @@ What a replay needs, and how it is kept:
 - Fixed addresses. Every array a captured kernel touches stays where it was: the batch (the
   DataLoader keeps one buffer per batch size), the layers' buffers, the gradients, the optimizer
   state, and whatever the bindings allocate (their outputs and workspaces): while a step is
-  recorded, ``ember._cuda_ops._allocator`` hands the bindings arrays this step keeps, and during
+  recorded, ``ember._cuda_ops.allocating_from`` hands the bindings arrays this step keeps, and during
   the capture the same arrays again, in the same order. The step holds a reference to each, so
   none goes back to CuPy's pool while the graph lives. CuPy's own allocator is made to fail
   during the capture: any allocation there (a bug) aborts the capture, and the fit goes on
@@ -253,11 +253,8 @@ class GraphRunner:
 
     def _run(self, st, xb, yb, n, record):
         from ember import _cuda_ops
-        _cuda_ops._allocator = st.recorder if record else None
-        try:
+        with _cuda_ops.allocating_from(st.recorder if record else None):
             st.norm, keep = self._calls(xb, yb, n)
-        finally:
-            _cuda_ops._allocator = None
         self.last_norm = st.norm
         if record:
             st.keep = keep + self._model_arrays()
@@ -280,11 +277,10 @@ class GraphRunner:
         # The capture records kernels without running them: wait for the step in flight first
         # so that nothing it does is still pending on another stream when the graph is built.
         cp.cuda.get_current_stream().synchronize()
-        previous = cp.cuda.get_allocator()
+        previous = cp.cuda.get_allocator()  # CuPy's allocator, per thread like ember's hook
         graph = None
-        _cuda_ops._allocator = rec
         try:
-            with stream:
+            with _cuda_ops.allocating_from(rec), stream:
                 cp.cuda.set_allocator(_no_allocation)
                 stream.begin_capture()
                 try:
@@ -299,7 +295,6 @@ class GraphRunner:
             st.graph = None
             return
         finally:
-            _cuda_ops._allocator = None
             cp.cuda.set_allocator(previous)
         st.graph = graph
         st.keep = st.keep + [xb, yb, stream, norm]

@@ -11,6 +11,9 @@ CuPy is imported on first use, so this module imports on a machine without it.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from ember import _cuda
 
 _cupy = None
@@ -32,16 +35,30 @@ def _stream() -> int:
     return _cp().cuda.get_current_stream().ptr
 
 
-#: While ember._cuda_graph records or captures a training step, the allocator it installs here:
-#: the bindings' outputs then come from buffers the step owns, the same ones at every replay.
-_allocator = None
+# While ember._cuda_graph records or captures a training step, the allocator it installs for its
+# thread (see allocating_from): the bindings' outputs then come from buffers the step owns, the
+# same ones at every replay. Per thread, so another thread's kernels allocate as usual.
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def allocating_from(allocator):
+    """Within the block, on this thread, the bindings' outputs and workspaces come from
+    ``allocator(shape, dtype)`` instead of CuPy's pool."""
+    previous = getattr(_local, "allocator", None)
+    _local.allocator = allocator
+    try:
+        yield
+    finally:
+        _local.allocator = previous
 
 
 def _alloc(shape, dtype="float32"):
-    """A new array (float32 unless the binding asks for int64) on the current device, from CuPy's
-    memory pool (or from the step being recorded, see ``_allocator``)."""
-    if _allocator is not None:
-        return _allocator(shape, dtype)
+    """A new array (float32 unless the binding asks for int64 or float64) on the current device,
+    from CuPy's memory pool (or from the step being recorded, see allocating_from)."""
+    allocator = getattr(_local, "allocator", None)
+    if allocator is not None:
+        return allocator(shape, dtype)
     cp = _cp()
     return cp.empty(shape, dtype=dtype)
 
