@@ -477,3 +477,16 @@ def test_optimizer_skips_nonfinite_step():
     norm, skipped = opt.step()
     assert skipped and opt.skipped_steps == 1 and opt.step_count == 0
     np.testing.assert_array_equal(param.data, np.ones(4, np.float32))
+
+
+def test_report_says_which_step_path_ran():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    fused = Trainer(nn.MLP([4, 8, 2]), device="cpu")
+    assert fused.step_path is None and "steps:" not in fused.report()
+    fused.fit(x, y, epochs=1, verbose=0)
+    assert fused.step_path == "fused" and "steps: cpu, fused" in fused.report()
+    plain = Trainer(nn.MLP([4, 8, 2], dropout=0.1), device="cpu")  # Dropout: layer by layer
+    plain.fit(x, y, epochs=1, verbose=0)
+    assert plain.step_path == "layer by layer" and "steps: cpu, layer by layer" in plain.report()

@@ -615,6 +615,8 @@ class Trainer:
                               if k in ("loss", "accuracy", "val_loss", "val_accuracy")
                               and h[k][-1] is not None)
             lines.append(f"after {len(self.history)} epochs ({self.global_step} steps): {final}")
+        if self.step_path:
+            lines.append(f"steps: {self.device}, {self.step_path}")
         if self.stop_reason:
             lines.append(f"stopped: {self.stop_reason}")
         if self.restored_epoch is not None:
