@@ -328,6 +328,11 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
 
     ``step`` is the 1-based number of this step (bias corrections use it); ``max_exp_avg_sqs`` is
     required with ``amsgrad``. Returns ``(grad_norm, skipped)`` as :func:`sgd_step` does.
+
+    Every call checks every array (dtype, shape, contiguity, device, overlaps). On the GPU, for
+    many tensors stepped again and again, :class:`ember.optim.Adam` checks its lists once and
+    keeps them: on an H200, 10.5M parameters in 128 tensors took 2.6 ms a call here and 0.175 ms
+    through ``optim.Adam.step()`` (bench/results/gpu-2026-11-27-h200.md).
     """
     beta1, beta2 = betas
     # An empty list goes to the CPU module, whose check names it.
