@@ -127,3 +127,15 @@ def test_allocation_hook_is_per_thread_and_nests():
         assert cuda_ops._local.allocator is hook  # restored after the inner block
     assert seen == [None]
     assert getattr(cuda_ops._local, "allocator", None) is None
+
+
+def test_a_failed_capture_is_reported_once():
+    from types import SimpleNamespace
+
+    from ember._cuda_graph import GraphRunner
+
+    runner = SimpleNamespace(failed=None, _failure_reported=False)
+    assert GraphRunner.unreported_failure(runner) is None
+    runner.failed = "RuntimeError: CuPy allocated memory during a CUDA-graph capture"
+    assert GraphRunner.unreported_failure(runner) == runner.failed
+    assert GraphRunner.unreported_failure(runner) is None  # once per fit

@@ -98,13 +98,14 @@ inline void expect_shape(const char* fn, const py::array& a, const char* name,
   }
 }
 
-// An output argument: None -> a new float32 array of `shape`; otherwise checked (dtype, shape,
-// contiguous, writable).
+// An output argument: None -> a new array of `dtype` and `shape`; otherwise checked (dtype,
+// shape, contiguous, writable).
 inline py::array out_arg(const char* fn, py::handle obj, const char* name,
                          const std::vector<int64_t>& shape, DType dtype = DType::f32) {
   if (obj.is_none()) {
     std::vector<py::ssize_t> s(shape.begin(), shape.end());
     if (dtype == DType::f32) return py::array_t<float>(s);
+    if (dtype == DType::f64) return py::array_t<double>(s);
     return py::array_t<int64_t>(s);
   }
   py::array a = array_arg(fn, obj, name, dtype, static_cast<int>(shape.size()), true);

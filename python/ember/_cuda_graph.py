@@ -168,7 +168,8 @@ class GraphRunner:
         self.acc = cupy.zeros(5, dtype=cupy.float64)
         self.counters = cupy.zeros(2, dtype=cupy.int64)
         self.last_norm = None  # the device norm of the last step launched
-        self.failed: Optional[str] = None
+        self.failed: Optional[str] = None  # why a capture failed (the first time), if one did
+        self._failure_reported = False
         self._tally, self._correct = _kernels()
         self.begin_epoch([0.0, 0.0, 0, 0.0, 0, 0])
 
@@ -199,6 +200,13 @@ class GraphRunner:
         if self.last_norm is not None:
             opt.last_grad_norm = float(self.last_norm.get()[0])
         return None if counters[1] < 0 else (int(counters[1]), float(dev[4]))
+
+    def unreported_failure(self) -> Optional[str]:
+        """Why a capture failed, the first time it is asked after one did; else None."""
+        if self.failed is None or self._failure_reported:
+            return None
+        self._failure_reported = True
+        return self.failed
 
     # -- per step ---------------------------------------------------------------------------
     def _key(self, xb, yb):
@@ -291,11 +299,12 @@ class GraphRunner:
             if rec.i != len(rec.arrays):
                 raise RuntimeError("the captured step allocated less than the recorded one")
         except Exception as exc:  # noqa: BLE001 - any failure: no graph, the fit goes on
-            self.failed = f"{type(exc).__name__}: {exc}"
+            if self.failed is None:
+                self.failed = f"{type(exc).__name__}: {exc}"
             st.graph = None
             return
         finally:
             cp.cuda.set_allocator(previous)
         st.graph = graph
-        st.keep = st.keep + [xb, yb, stream, norm]
+        st.keep = st.keep + [stream, norm]  # (the batch buffers: _Step holds them)
         # st.norm stays the recorded step's array: the capture's calls returned the same one.

@@ -465,10 +465,10 @@ class Trainer:
             self.stop_training = True
             self.stop_reason = (f"loss became {value} at epoch {epoch + 1}, batch "
                                 f"{start + index + 1}")
-        if runner.failed and not getattr(runner, "_warned", False):
-            runner._warned = True
+        failure = runner.unreported_failure()
+        if failure is not None:
             warnings.warn(f"ember: a training step could not be captured as a CUDA graph "
-                          f"({runner.failed}); that batch size trained step by step",
+                          f"({failure}); that batch size trained step by step",
                           RuntimeWarning, stacklevel=3)
 
     # ---------------------------------------------------------------------------------------
