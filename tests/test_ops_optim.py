@@ -504,3 +504,101 @@ def test_step_must_be_an_integer():
     with pytest.raises(TypeError, match=r"sgd_step: step must be an int, got bool"):
         ops.sgd_step(p, g, lr=0.1, step=True)
     ops.adam_step(p, g, m, v, step=np.int64(2))  # NumPy integers are integers
+
+
+# ---------------------------------------------------------------------------------------------
+# ember.optim on the CPU steps through ember._cpu.OptimPlan (the lists checked once)
+
+PLAN_CASES = [("Adam", dict(lr=1e-2)), ("Adam", dict(lr=1e-2, amsgrad=True, max_grad_norm=0.5)),
+              ("AdamW", dict(lr=1e-2, weight_decay=0.1)), ("SGD", dict(lr=0.1)),
+              ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3))]
+
+
+@pytest.mark.parametrize("name, kw", PLAN_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shapes", ["small", "large"])
+def test_optimizer_plan_matches_the_checked_call(rng, name, kw, shapes):
+    """The same bits as the functional call that checks every array, over 20 steps, before and
+    after a parameter is reassigned (which must make a new plan: the old one would step the
+    old array)."""
+    from ember import optim
+    from ember.nn import Parameter
+
+    shapes = SHAPE_SETS[shapes]
+    ps = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    ref = [p.data.copy() for p in ps]
+    opt = getattr(optim, name)(ps, **kw)
+    ref_state = {k: [np.zeros_like(a) for a in ref] for k in opt._state_keys}
+    plans = []
+    for t in range(1, 21):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        if t == 11:
+            ps[1].data = ps[1].data.copy()
+        for p, g in zip(ps, grads):
+            if p.grad is None:
+                p.grad = np.empty_like(g)
+            p.grad[...] = g  # in place, as backward writes them
+        norm, skipped = opt.step()
+        plans.append(opt._lists[4])
+        if name == "SGD":
+            rnorm, _ = ops.sgd_step(ref, grads, ref_state.get("momentum_buffer"), step=t, **kw)
+        else:
+            rnorm, _ = ops.adam_step(ref, grads, ref_state["exp_avg"], ref_state["exp_avg_sq"],
+                                     ref_state.get("max_exp_avg_sq"), step=t,
+                                     decoupled_weight_decay=name == "AdamW", **kw)
+        assert not skipped and norm == rnorm
+    assert type(plans[0]) is ember.ops._cpu.OptimPlan
+    assert plans[9] is plans[0] and plans[10] is not plans[9] and plans[19] is plans[10]
+    for p, r in zip(ps, ref):
+        np.testing.assert_array_equal(p.data, r)
+    for k, arrays in ref_state.items():
+        for a, b in zip(opt._active()[2][k], arrays):
+            np.testing.assert_array_equal(a, b)
+    assert opt.__getstate__()["_lists"] is None  # picklable: the plan is a cache
+
+
+def test_optimizer_plan_skips_a_non_finite_step(rng):
+    from ember import optim
+    from ember.nn import Parameter
+
+    p = Parameter(np.ones(5, np.float32))
+    p.grad = np.full(5, 0.5, np.float32)
+    opt = optim.Adam([p], lr=0.1)
+    opt.step()
+    before = p.data.copy()
+    p.grad[2] = np.nan
+    norm, skipped = opt.step()
+    assert skipped and math.isnan(norm) and opt.skipped_steps == 1 and opt.step_count == 1
+    np.testing.assert_array_equal(p.data, before)
+
+
+def test_optimizer_plan_validation():
+    from ember import _cpu
+
+    p = [np.zeros(3, np.float32)]
+    with pytest.raises(TypeError, match="OptimPlan: states must be a list of lists"):
+        _cpu.OptimPlan(p, p, None)
+    with pytest.raises(ValueError, match="at most 3 state lists"):
+        _cpu.OptimPlan(p, [np.ones(3, np.float32)], [p, p, p, p])
+    with pytest.raises(ValueError, match="share memory"):
+        _cpu.OptimPlan(p, p, [])
+    with pytest.raises(ValueError,
+                       match=r"OptimPlan: grads\[0\] must have shape \(3,\) like params\[0\], "
+                             r"got \(4,\)"):
+        _cpu.OptimPlan(p, [np.ones(4, np.float32)], [])
+    with pytest.raises(ValueError, match=r"states\[0\] has 2 arrays but params has 1"):
+        _cpu.OptimPlan(p, [np.ones(3, np.float32)], [[np.zeros(3, np.float32)] * 2])
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        _cpu.OptimPlan([np.zeros(3, np.float64)], [np.ones(3, np.float32)], [])
+    plan = _cpu.OptimPlan(p, [np.ones(3, np.float32)], [[np.zeros(3, np.float32)]])
+    assert plan.state_lists == 1
+    with pytest.raises(ValueError, match="holds 1 state list"):
+        plan.adam(1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 1, 0.0)
+    with pytest.raises(ValueError, match="holds 1 state list"):
+        plan.sgd(0.1, 0.0, 0.0, 0.0, False, False, 1, 0.0)  # no momentum: no buffers
+    with pytest.raises(ValueError, match="sgd_step: lr must be a finite number >= 0"):
+        plan.sgd(-1.0, 0.9, 0.0, 0.0, False, False, 1, 0.0)
+    with pytest.raises(TypeError, match="step must be an int"):
+        plan.sgd(0.1, 0.9, 0.0, 0.0, False, False, 1.5, 0.0)
+    norm, skipped = plan.sgd(0.1, 0.9, 0.0, 0.0, False, False, 1, 0.0)
+    assert norm == pytest.approx(3 ** 0.5) and not skipped
+    np.testing.assert_allclose(p[0], -0.1)

@@ -116,6 +116,142 @@ std::vector<T> pointers(const ArrayList& l) {
 
 py::tuple result(StepResult r) { return py::make_tuple(r.grad_norm, r.skipped); }
 
+// An optimizer's lists after their checks, with the raw pointers the kernels take: made by each
+// sgd_step / adam_step call, or once by an OptimPlan that keeps it (and its arrays) between steps.
+struct Lists {
+  ArrayList params, grads;
+  std::vector<ArrayList> states;  // momentum buffers; or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+  std::vector<float*> p;
+  std::vector<const float*> g;
+  std::vector<std::vector<float*>> s;
+  std::vector<int64_t> sizes;
+
+  int64_t count() const { return static_cast<int64_t>(p.size()); }
+  float** state(size_t i) { return i < s.size() ? s[i].data() : nullptr; }
+};
+
+// params: writable float32 arrays; grads and every state list: as many arrays, of the same shapes;
+// no array that is written may share memory with any other.
+Lists check_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
+                  const std::vector<std::pair<py::handle, const char*>>& states) {
+  Lists l;
+  l.params = array_list(fn, params_obj, "params", true, -1);
+  const auto n = static_cast<py::ssize_t>(l.params.arrays.size());
+  l.grads = array_list(fn, grads_obj, "grads", false, n);
+  same_shapes(fn, l.params, l.grads);
+  l.states.reserve(states.size());  // no reallocation: `all` points into it
+  std::vector<const ArrayList*> all{&l.params, &l.grads};
+  for (const auto& [obj, name] : states) {
+    l.states.push_back(array_list(fn, obj, name, true, n));
+    same_shapes(fn, l.params, l.states.back());
+    all.push_back(&l.states.back());
+  }
+  no_shared_memory(fn, all);
+  l.p = pointers<float*>(l.params);
+  l.g = pointers<const float*>(l.grads);
+  for (const ArrayList& st : l.states) l.s.push_back(pointers<float*>(st));
+  for (const py::array& x : l.params.arrays) l.sizes.push_back(x.size());
+  return l;
+}
+
+// The state lists a step needs: momentum buffers only with momentum (PyTorch keeps None; one
+// given without momentum is ignored, as is max_exp_avg_sqs without amsgrad).
+std::vector<std::pair<py::handle, const char*>> sgd_states(double momentum, py::handle bufs_obj) {
+  if (momentum == 0.0) return {};
+  if (bufs_obj.is_none()) {
+    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
+  }
+  return {{bufs_obj, "momentum_buffers"}};
+}
+
+std::vector<std::pair<py::handle, const char*>> adam_states(py::handle m_obj, py::handle v_obj,
+                                                            bool amsgrad, py::handle vmax_obj) {
+  std::vector<std::pair<py::handle, const char*>> s{{m_obj, "exp_avgs"}, {v_obj, "exp_avg_sqs"}};
+  if (amsgrad) {
+    if (vmax_obj.is_none()) {
+      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
+    }
+    s.emplace_back(vmax_obj, "max_exp_avg_sqs");
+  }
+  return s;
+}
+
+StepResult run_sgd(SgdArgs a, Lists& l) {
+  a.count = l.count();
+  a.params = l.p.data();
+  a.grads = l.g.data();
+  a.momentum_buffers = a.momentum != 0.0 ? l.state(0) : nullptr;
+  a.sizes = l.sizes.data();
+  py::gil_scoped_release release;
+  return cpu::sgd_step(a);
+}
+
+StepResult run_adam(AdamArgs a, Lists& l) {
+  a.count = l.count();
+  a.params = l.p.data();
+  a.grads = l.g.data();
+  a.exp_avg = l.state(0);
+  a.exp_avg_sq = l.state(1);
+  a.max_exp_avg_sq = a.amsgrad ? l.state(2) : nullptr;
+  a.sizes = l.sizes.data();
+  py::gil_scoped_release release;
+  return cpu::adam_step(a);
+}
+
+// The lists of an optimizer, checked once and kept (with references to their arrays): each step
+// then checks only its hyperparameters. ember.optim keeps one per optimizer until a Parameter is
+// reassigned (the CPU counterpart of ember._cuda.OptimPlan).
+class OptimPlan {
+ public:
+  OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj) {
+    if (!py::isinstance<py::list>(states_obj) && !py::isinstance<py::tuple>(states_obj)) {
+      throw py::type_error("OptimPlan: states must be a list of lists of arrays, got " +
+                           type_name(states_obj));
+    }
+    auto seq = py::reinterpret_borrow<py::sequence>(states_obj);
+    static const char* const kNames[] = {"states[0]", "states[1]", "states[2]"};
+    if (seq.size() > 3) throw py::value_error("OptimPlan: at most 3 state lists");
+    std::vector<py::object> held;  // the items of seq, alive while they are checked
+    std::vector<std::pair<py::handle, const char*>> states;
+    for (size_t i = 0; i < seq.size(); ++i) {
+      held.push_back(seq[i]);
+      states.emplace_back(held.back(), kNames[i]);
+    }
+    lists_ = check_lists("OptimPlan", params_obj, grads_obj, states);
+  }
+
+  int64_t state_lists() const { return static_cast<int64_t>(lists_.states.size()); }
+
+  py::tuple sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+                bool maximize, py::handle step_obj, double max_grad_norm) {
+    const SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov,
+                                          maximize, step_obj, max_grad_norm);
+    expect_states("sgd_step", momentum != 0.0 ? 1 : 0);
+    return result(run_sgd(a, lists_));
+  }
+
+  py::tuple adam(double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool amsgrad, bool decoupled_weight_decay, bool maximize, py::handle step_obj,
+                 double max_grad_norm) {
+    const AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                            decoupled_weight_decay, maximize, step_obj,
+                                            max_grad_norm);
+    expect_states("adam_step", amsgrad ? 3 : 2);
+    return result(run_adam(a, lists_));
+  }
+
+ private:
+  void expect_states(const char* fn, int64_t want) const {
+    if (state_lists() != want) {
+      throw py::value_error(std::string(fn) + ": this OptimPlan holds " +
+                            std::to_string(state_lists()) + " state list(s), the step needs " +
+                            std::to_string(want));
+    }
+  }
+
+  Lists lists_;
+};
+
 }  // namespace
 
 void bind_optim(py::module_& m) {
@@ -124,43 +260,10 @@ void bind_optim(py::module_& m) {
       [](py::handle params_obj, py::handle grads_obj, py::handle bufs_obj, double lr,
          double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
          py::handle step_obj, double max_grad_norm) {
-        const char* fn = "sgd_step";
-        SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize,
-                                          step_obj, max_grad_norm);
-
-        const ArrayList params = array_list(fn, params_obj, "params", true, -1);
-        const auto n = static_cast<py::ssize_t>(params.arrays.size());
-        const ArrayList grads = array_list(fn, grads_obj, "grads", false, n);
-        same_shapes(fn, params, grads);
-        std::vector<const ArrayList*> all{&params, &grads};
-        ArrayList bufs;
-        // With momentum == 0 there is no buffer (PyTorch keeps None); one given is ignored.
-        if (momentum != 0.0) {
-          if (bufs_obj.is_none()) {
-            throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
-          }
-          bufs = array_list(fn, bufs_obj, "momentum_buffers", true, n);
-          same_shapes(fn, params, bufs);
-          all.push_back(&bufs);
-        }
-        no_shared_memory(fn, all);
-
-        const auto p = pointers<float*>(params);
-        const auto g = pointers<const float*>(grads);
-        const auto b = pointers<float*>(bufs);
-        std::vector<int64_t> sizes;
-        for (const py::array& x : params.arrays) sizes.push_back(x.size());
-        a.count = n;
-        a.params = p.data();
-        a.grads = g.data();
-        a.momentum_buffers = b.empty() ? nullptr : b.data();
-        a.sizes = sizes.data();
-        StepResult r;
-        {
-          py::gil_scoped_release release;
-          r = cpu::sgd_step(a);
-        }
-        return result(r);
+        const SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov,
+                                              maximize, step_obj, max_grad_norm);
+        Lists l = check_lists("sgd_step", params_obj, grads_obj, sgd_states(momentum, bufs_obj));
+        return result(run_sgd(a, l));
       },
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("lr"),
       py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
@@ -173,51 +276,12 @@ void bind_optim(py::module_& m) {
          py::handle vmax_obj, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool amsgrad, bool decoupled_weight_decay, bool maximize,
          py::handle step_obj, double max_grad_norm) {
-        const char* fn = "adam_step";
-        AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
-                                            decoupled_weight_decay, maximize, step_obj, max_grad_norm);
-
-        const ArrayList params = array_list(fn, params_obj, "params", true, -1);
-        const auto n = static_cast<py::ssize_t>(params.arrays.size());
-        const ArrayList grads = array_list(fn, grads_obj, "grads", false, n);
-        same_shapes(fn, params, grads);
-        const ArrayList ms = array_list(fn, m_obj, "exp_avgs", true, n);
-        same_shapes(fn, params, ms);
-        const ArrayList vs = array_list(fn, v_obj, "exp_avg_sqs", true, n);
-        same_shapes(fn, params, vs);
-        std::vector<const ArrayList*> all{&params, &grads, &ms, &vs};
-        ArrayList vmaxs;
-        // Without amsgrad PyTorch keeps no max_exp_avg_sqs; one given is ignored.
-        if (amsgrad) {
-          if (vmax_obj.is_none()) {
-            throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
-          }
-          vmaxs = array_list(fn, vmax_obj, "max_exp_avg_sqs", true, n);
-          same_shapes(fn, params, vmaxs);
-          all.push_back(&vmaxs);
-        }
-        no_shared_memory(fn, all);
-
-        const auto p = pointers<float*>(params);
-        const auto g = pointers<const float*>(grads);
-        const auto mp = pointers<float*>(ms);
-        const auto vp = pointers<float*>(vs);
-        const auto vmp = pointers<float*>(vmaxs);
-        std::vector<int64_t> sizes;
-        for (const py::array& x : params.arrays) sizes.push_back(x.size());
-        a.count = n;
-        a.params = p.data();
-        a.grads = g.data();
-        a.exp_avg = mp.data();
-        a.exp_avg_sq = vp.data();
-        a.max_exp_avg_sq = vmp.empty() ? nullptr : vmp.data();
-        a.sizes = sizes.data();
-        StepResult r;
-        {
-          py::gil_scoped_release release;
-          r = cpu::adam_step(a);
-        }
-        return result(r);
+        const AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                                decoupled_weight_decay, maximize, step_obj,
+                                                max_grad_norm);
+        Lists l = check_lists("adam_step", params_obj, grads_obj,
+                              adam_states(m_obj, v_obj, amsgrad, vmax_obj));
+        return result(run_adam(a, l));
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
       py::arg("max_exp_avg_sqs"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
@@ -225,6 +289,22 @@ void bind_optim(py::module_& m) {
       py::arg("decoupled_weight_decay"), py::arg("maximize"), py::arg("step"),
       py::arg("max_grad_norm"),
       R"(One fused Adam/AdamW step over all params in place; returns (grad_norm, skipped). See ember.ops.adam_step.)");
+
+  py::class_<OptimPlan>(m, "OptimPlan", R"(An optimizer's tensor lists, checked once (see ember.optim).
+
+OptimPlan(params, grads, states): states is a list of lists (momentum buffers; or exp_avgs,
+exp_avg_sqs[, max_exp_avg_sqs]). .sgd(...) / .adam(...) take sgd_step's / adam_step's arguments
+after the lists and do the same step without checking the arrays again.)")
+      .def(py::init<py::handle, py::handle, py::handle>(), py::arg("params"), py::arg("grads"),
+           py::arg("states"))
+      .def_property_readonly("state_lists", &OptimPlan::state_lists)
+      .def("sgd", &OptimPlan::sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("step"),
+           py::arg("max_grad_norm"))
+      .def("adam", &OptimPlan::adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+           py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"),
+           py::arg("decoupled_weight_decay"), py::arg("maximize"), py::arg("step"),
+           py::arg("max_grad_norm"));
 }
 
 }  // namespace ember::bind
