@@ -38,6 +38,20 @@ def test_set_num_threads_rejects(bad):
         ember.set_num_threads(bad)
 
 
+@pytest.mark.parametrize("too_many", [lambda lim: lim + 1, lambda lim: 32768, lambda lim: 65536,
+                                      lambda lim: 2 ** 31, lambda lim: 2 ** 70])
+def test_set_num_threads_refuses_more_than_the_bound(too_many):
+    """Above the bound libgomp aborts (32768: thread creation failed) or crashes (65536) at the
+    next kernel call; the count is refused up front and the pool left as it was."""
+    import os
+    limit = backend.max_num_threads()
+    assert limit == max(256, 4 * (os.cpu_count() or 1))
+    before = ember.get_num_threads()
+    with pytest.raises(ValueError, match=rf"set_num_threads: n must be at most {limit}"):
+        ember.set_num_threads(too_many(limit))
+    assert ember.get_num_threads() == before
+
+
 def test_resolve_device():
     assert backend.resolve_device("cpu") == "cpu"
     assert backend.resolve_device("auto") in ("cpu", "cuda")

@@ -289,3 +289,31 @@ def test_linear_backward_errors(rng):
         fn(gy, x, w, activation="elu")
     with pytest.raises(ValueError, match="linear_backward: precision must be"):
         fn(gy, x, w, precision="fp64")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(activation=None), r"gemm: activation must be a str, got NoneType None"),
+    (dict(alpha="x"), r"gemm: alpha must be a real number, got str 'x'"),
+    (dict(trans_a="no"), r"gemm: trans_a must be a bool, got str 'no'"),
+    (dict(precision=16), r"gemm: precision must be a str, got int 16"),
+])
+def test_wrongly_typed_scalars_are_named(kwargs, message):
+    a = np.ones((2, 2), np.float32)
+    with pytest.raises(TypeError, match=message):
+        ops.gemm(a, a, **kwargs)
+
+
+def test_linear_backward_bias_flag_is_explained():
+    g = np.ones((3, 2), np.float32)
+    x = np.ones((3, 4), np.float32)
+    w = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match=r"linear_backward: bias must be a bool \(whether to "
+                                        r"compute the bias gradient\), got ndarray"):
+        ops.linear_backward(g, x, w, bias=np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match=r"activation_forward: negative_slope must be a real "
+                                        r"number, got str"):
+        ops.activation_forward(x, "leaky_relu", negative_slope="0.1")
+    with pytest.raises(TypeError, match=r"dropout_forward: seed must be an int, got float"):
+        ops.dropout_forward(x, 0.5, 1.5)
+    with pytest.raises(TypeError, match=r"softmax_cross_entropy: reduction must be a str"):
+        ops.softmax_cross_entropy(x, np.zeros(3, np.int64), reduction=None)

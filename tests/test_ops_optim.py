@@ -468,10 +468,14 @@ def test_shared_memory_is_refused():
     (dict(lr=float("nan")), r"adam_step: lr must be a finite number >= 0, got nan"),
     (dict(betas=(1.0, 0.999)), r"adam_step: beta1 must be in \[0, 1\), got 1.0"),
     (dict(betas=(0.9, -0.1)), r"adam_step: beta2 must be in \[0, 1\), got -0.1"),
-    (dict(eps=-1e-8), r"adam_step: eps must be a finite number >= 0, got -1e-08"),
+    (dict(eps=-1e-8), r"adam_step: eps must be a finite number > 0, got -1e-08"),
+    (dict(eps=0.0), r"adam_step: eps must be a finite number > 0, got 0.0"),
+    (dict(max_grad_norm=0.0), r"adam_step: max_grad_norm must be a number > 0 or None"),
+    (dict(max_grad_norm=float("nan")), r"adam_step: max_grad_norm must be a number > 0 or None"),
+    (dict(betas=(0.9, 0.99, 0.9)), r"adam_step: betas must be a pair \(beta1, beta2\), got"),
     (dict(weight_decay=-0.1), r"adam_step: weight_decay must be a finite number >= 0"),
     (dict(step=0), r"adam_step: step must be >= 1 \(the 1-based number of this step\), got 0"),
-    (dict(max_grad_norm=-1.0), r"adam_step: max_grad_norm must be a finite number >= 0"),
+    (dict(max_grad_norm=-1.0), r"adam_step: max_grad_norm must be a number > 0 or None"),
     (dict(max_grad_norm=float("inf")), r"adam_step: max_grad_norm must be a finite number >= 0"),
 ])
 def test_bad_adam_hyperparameters(kwargs, message):
@@ -602,3 +606,37 @@ def test_optimizer_plan_validation():
     norm, skipped = plan.sgd(0.1, 0.9, 0.0, 0.0, False, False, 1, 0.0)
     assert norm == pytest.approx(3 ** 0.5) and not skipped
     np.testing.assert_allclose(p[0], -0.1)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p, g, m, v: ops.sgd_step(p[0], g[0], lr=0.1),
+     r"sgd_step: params must be a list of arrays \(one per parameter\), got a single ndarray"),
+    (lambda p, g, m, v: ops.adam_step(p, g[0], m, v),
+     r"adam_step: grads must be a list of arrays \(one per parameter\), got a single ndarray"),
+    (lambda p, g, m, v: ops.adamw_step(None, g, m, v),
+     r"adam_step: params is required \(got None\)"),
+    (lambda p, g, m, v: ops.adam_step(p, g, m, 3),
+     r"adam_step: exp_avg_sqs must be a list of arrays, got int"),
+    (lambda p, g, m, v: ops.sgd_step(p, g, lr="0.1"), r"sgd_step: lr must be a real number, got str"),
+    (lambda p, g, m, v: ops.sgd_step(p, g, lr=0.1, momentum=0.9, momentum_buffers=m,
+                                     nesterov="yes"),
+     r"sgd_step: nesterov must be a bool, got str"),
+    (lambda p, g, m, v: ops.adam_step(p, g, m, v, betas=("a", 0.9)),
+     r"adam_step: betas\[0\] must be a real number, got str"),
+    (lambda p, g, m, v: ops.adam_step(p, g, m, v, amsgrad="yes"),
+     r"adam_step: amsgrad must be a bool, got str"),
+    (lambda p, g, m, v: ops.adam_step(p, g, m, v, max_grad_norm="1"),
+     r"adam_step: max_grad_norm must be a real number, got str"),
+])
+def test_optimizer_argument_types_are_named(call, message):
+    p, g, m, v = adam_lists()
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(p, g, m, v)
+
+
+def test_global_norm_takes_any_iterable_of_arrays(rng):
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((3, 4), (5,))]
+    want = math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays))
+    assert ops.global_norm(a for a in arrays) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(TypeError, match=r"global_norm: arrays must be a list of arrays .* single"):
+        ops.global_norm(arrays[0])

@@ -301,3 +301,19 @@ def test_bad_parameter_raises_value_error_at_fit(cls, param, value):
 def test_clone_keeps_parameters():
     est = EmberClassifier((8, 4), activation="tanh", dropout=0.1, random_state=3)
     assert clone(est).get_params() == est.get_params()
+
+
+def test_a_failed_refit_leaves_the_previous_fit_in_place():
+    """fit on new data that turns out bad after n_features_in_ was reset (one class) raises and
+    leaves the estimator fitted to its previous data, predicting exactly as before."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    clf = EmberClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="class"):
+        clf.fit(X[:, :3], np.zeros(60, int))
+    assert clf.n_features_in_ == 4
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(X[:, :3])

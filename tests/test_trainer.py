@@ -399,7 +399,7 @@ def test_bad_input_rejected_before_training(mutate, message):
     ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"batch_size": -3}, "batch_size must be a positive integer"),
     ({"epochs": 0}, "epochs must be a positive integer"),
-    ({"validation_split": 1.5}, "validation_split must be in"),
+    ({"validation_split": 1.5}, "validation_split must be a number in"),
 ])
 def test_bad_hyperparameters(kwargs, message):
     x, y = _blobs()
@@ -490,3 +490,39 @@ def test_report_says_which_step_path_ran():
     plain = Trainer(nn.MLP([4, 8, 2], dropout=0.1), device="cpu")  # Dropout: layer by layer
     plain.fit(x, y, epochs=1, verbose=0)
     assert plain.step_path == "layer by layer" and "steps: cpu, layer by layer" in plain.report()
+
+
+@pytest.mark.parametrize("fit_kwargs, error, message", [
+    (dict(y=None), ValueError, r"fit: y is required"),
+    (dict(seed=1.7), ValueError, r"fit: seed must be an integer >= 0, got 1.7"),
+    (dict(seed=-1), ValueError, r"fit: seed must be an integer >= 0, got -1"),
+    (dict(validation_split="0.2"), ValueError,
+     r"fit: validation_split must be a number in \[0, 1\), got '0.2'"),
+    (dict(validation_split=0.001), ValueError,
+     r"fit: validation_split=0.001: .*leaves an empty split"),
+])
+def test_fit_names_bad_arguments(fit_kwargs, error, message):
+    x, y = _blobs(60)
+    kw = dict(y=y, epochs=1, verbose=0)
+    kw.update(fit_kwargs)
+    model = nn.MLP([6, 8, 3], seed=0)
+    before = _weights(model)
+    with pytest.raises(error, match=message):
+        Trainer(model).fit(x, **kw)
+    for k, v in _weights(model).items():  # refused before any step
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_trainer_constructor_messages():
+    model = nn.MLP([6, 8, 3], seed=0)
+    assert Trainer(model, metrics="accuracy").metrics == ("accuracy",)
+    with pytest.raises(TypeError, match=r"Trainer: optimizer 'adam' takes no argument 'momentum' "
+                                        r"\(it takes: lr, betas, eps, weight_decay"):
+        Trainer(model, momentum=0.9)
+    with pytest.raises(TypeError, match=r"a schedule must be an ember.schedules.Schedule .* got "
+                                        r"str 'cosine'"):
+        Trainer(model, lr_schedule="cosine")
+    with pytest.raises(ValueError, match=r"eps must be > 0, got 0.0"):
+        Trainer(model, eps=0.0)
+    with pytest.raises(ValueError, match=r"max_grad_norm must be > 0, got 0.0"):
+        Trainer(model, max_grad_norm=0.0)

@@ -77,7 +77,12 @@ inline AdamArgs adam_hyperparameters(double lr, double beta1, double beta2, doub
   a.lr = at_least_zero(fn, lr, "lr");
   a.beta1 = beta_arg(fn, beta1, "beta1");
   a.beta2 = beta_arg(fn, beta2, "beta2");
-  a.eps = at_least_zero(fn, eps, "eps");
+  // eps > 0: with 0 a parameter whose gradient and moments are all zero (a dead ReLU unit)
+  // would get 0/0 = NaN. (PyTorch allows 0.)
+  if (!(std::isfinite(eps) && eps > 0.0)) {
+    throw py::value_error(std::string(fn) + ": eps must be a finite number > 0, got " + num(eps));
+  }
+  a.eps = eps;
   a.weight_decay = at_least_zero(fn, weight_decay, "weight_decay");
   a.amsgrad = amsgrad;
   a.decoupled_weight_decay = decoupled_weight_decay;

@@ -80,11 +80,23 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads every CPU kernel uses (one OpenMP pool).
 
     Raises:
-        ValueError: if ``n`` is not an integer >= 1.
+        ValueError: if ``n`` is not an integer in ``[1, max_num_threads()]``.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    limit = max_num_threads()
+    if n > limit:
+        # OpenMP would try to start them at the next kernel call: libgomp aborts the process when
+        # thread creation fails (32768 here) or crashes outright (65536).
+        raise ValueError(f"set_num_threads: n must be at most {limit} (4 threads per core of the "
+                         f"{os.cpu_count() or 1} this machine has, or 256), got {n}")
     _cpu.set_num_threads(int(n))
+
+
+def max_num_threads() -> int:
+    """The most threads :func:`set_num_threads` accepts: ``max(256, 4 * os.cpu_count())``. More
+    than one thread per core only adds contention for these kernels."""
+    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def get_num_threads() -> int:

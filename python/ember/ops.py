@@ -74,6 +74,34 @@ def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class ind
     return labels
 
 
+# Scalar arguments go to the bindings as they are (no per-call checks on the fast path); when the
+# bindings cannot take one (pybind11's "incompatible function arguments"), _explain names it.
+_FLAG, _REAL, _INT, _NAME = "a bool", "a real number", "an int", "a str"
+
+
+def _accepts(kind: str, v: Any) -> bool:
+    """Whether ``v`` is of ``kind`` (one of the kinds above, possibly followed by an
+    explanation)."""
+    if kind.startswith(_NAME):
+        return isinstance(v, str)
+    if kind.startswith(_FLAG):
+        return isinstance(v, (bool, np.bool_))
+    if kind.startswith(_INT):
+        return not isinstance(v, (bool, np.bool_, float, np.floating)) and hasattr(v, "__index__")
+    return not isinstance(v, (str, bytes)) and hasattr(v, "__float__")
+
+
+def _explain(exc: TypeError, fn: str, **scalars) -> None:
+    """Raise a TypeError naming the first of ``scalars`` (name=(value, kind)) the bindings could
+    not take, in place of pybind11's list of signatures; re-raise ``exc`` otherwise."""
+    if "incompatible function arguments" in str(exc):
+        for name, (value, kind) in scalars.items():
+            if not _accepts(kind, value):
+                raise TypeError(f"{fn}: {name} must be {kind}, got {type(value).__name__} "
+                                f"{value!r}") from None
+    raise exc
+
+
 # ---------------------------------------------------------------------------------------------
 # GEMM family
 
@@ -101,9 +129,15 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None,
     Returns:
         ``out``, or ``(out, preact)`` when ``save_preact`` or ``preact_out`` is given.
     """
-    return _impl(a, "gemm", "a").gemm(a, b, bias, out, preact_out, trans_a,
-                                      trans_b, activation, negative_slope, alpha, beta,
-                                      save_preact, precision)
+    try:
+        return _impl(a, "gemm", "a").gemm(a, b, bias, out, preact_out, trans_a, trans_b,
+                                          activation, negative_slope, alpha, beta, save_preact,
+                                          precision)
+    except TypeError as exc:
+        _explain(exc, "gemm", trans_a=(trans_a, _FLAG), trans_b=(trans_b, _FLAG),
+                 activation=(activation, _NAME), negative_slope=(negative_slope, _REAL),
+                 alpha=(alpha, _REAL), beta=(beta, _REAL), save_preact=(save_preact, _FLAG),
+                 precision=(precision, _NAME))
 
 
 def matmul(a, b, *, out=None):
@@ -146,10 +180,17 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
     Returns:
         ``(grad_input or None, grad_weight, grad_bias or None)``.
     """
-    return _impl(grad_out, "linear_backward", "grad_out").linear_backward(
-        grad_out, x, weight, preact, activation, negative_slope,
-        need_grad_input, bias, accumulate, grad_input, grad_weight, grad_bias, workspace,
-        precision)
+    try:
+        return _impl(grad_out, "linear_backward", "grad_out").linear_backward(
+            grad_out, x, weight, preact, activation, negative_slope,
+            need_grad_input, bias, accumulate, grad_input, grad_weight, grad_bias, workspace,
+            precision)
+    except TypeError as exc:
+        _explain(exc, "linear_backward", activation=(activation, _NAME),
+                 negative_slope=(negative_slope, _REAL),
+                 need_grad_input=(need_grad_input, _FLAG),
+                 bias=(bias, "a bool (whether to compute the bias gradient)"),
+                 accumulate=(accumulate, _FLAG), precision=(precision, _NAME))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,15 +199,23 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
 
 def activation_forward(x, activation: str, *, negative_slope: float = 0.01, out=None):
     """``act(x)`` elementwise for an array of any rank; ``out`` may be ``x`` (in place)."""
-    return _impl(x, "activation_forward", "x").activation_forward(
-        x, activation, negative_slope, out)
+    try:
+        return _impl(x, "activation_forward", "x").activation_forward(
+            x, activation, negative_slope, out)
+    except TypeError as exc:
+        _explain(exc, "activation_forward", activation=(activation, _NAME),
+                 negative_slope=(negative_slope, _REAL))
 
 
 def activation_backward(grad_out, preact, activation: str, *, negative_slope: float = 0.01,
                         out=None):
     """``grad_out * act'(preact)`` elementwise; ``out`` may be ``grad_out`` (in place)."""
-    return _impl(grad_out, "activation_backward", "grad_out").activation_backward(
-        grad_out, preact, activation, negative_slope, out)
+    try:
+        return _impl(grad_out, "activation_backward", "grad_out").activation_backward(
+            grad_out, preact, activation, negative_slope, out)
+    except TypeError as exc:
+        _explain(exc, "activation_backward", activation=(activation, _NAME),
+                 negative_slope=(negative_slope, _REAL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,9 +245,14 @@ def softmax_cross_entropy(logits, labels, *, weight=None, label_smoothing: float
     Returns:
         ``(loss as a Python float, grad or None)``.
     """
-    return _impl(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
-        logits, _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
-        reduction, grad_scale, compute_grad, grad, row_loss)
+    try:
+        return _impl(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
+            logits, _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
+            reduction, grad_scale, compute_grad, grad, row_loss)
+    except TypeError as exc:
+        _explain(exc, "softmax_cross_entropy", label_smoothing=(label_smoothing, _REAL),
+                 reduction=(reduction, _NAME), grad_scale=(grad_scale, _REAL),
+                 compute_grad=(compute_grad, _FLAG))
 
 
 def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
@@ -208,8 +262,12 @@ def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
     ``pred`` and ``target`` have the same shape (any rank). ``"mean"`` averages over all
     elements, like ``torch.nn.functional.mse_loss``. Returns ``(loss, grad or None)``.
     """
-    return _impl(pred, "mse", "pred").mse(pred, target, reduction, grad_scale,
-                                          compute_grad, grad)
+    try:
+        return _impl(pred, "mse", "pred").mse(pred, target, reduction, grad_scale,
+                                              compute_grad, grad)
+    except TypeError as exc:
+        _explain(exc, "mse", reduction=(reduction, _NAME), grad_scale=(grad_scale, _REAL),
+                 compute_grad=(compute_grad, _FLAG))
 
 
 def argmax(x, *, out=None):
@@ -230,7 +288,10 @@ def accuracy(logits, labels) -> float:
 def column_sum(x, *, out=None, accumulate: bool = False):
     """Sum of each column of a 2-D array (e.g. a bias gradient); ``+=`` into ``out`` when
     ``accumulate``."""
-    return _impl(x, "column_sum", "x").column_sum(x, out, accumulate)
+    try:
+        return _impl(x, "column_sum", "x").column_sum(x, out, accumulate)
+    except TypeError as exc:
+        _explain(exc, "column_sum", accumulate=(accumulate, _FLAG))
 
 
 def sum(x) -> float:  # noqa: A001 - mirrors numpy.sum
@@ -240,9 +301,10 @@ def sum(x) -> float:  # noqa: A001 - mirrors numpy.sum
 
 def global_norm(arrays: Sequence[Any]) -> float:
     """L2 norm of all elements of all arrays together (as ``clip_grad_norm_`` computes it)."""
-    if len(arrays) == 0:
+    arrays = _array_list("global_norm", "arrays", arrays)
+    if arrays is None or len(arrays) == 0:
         raise ValueError("global_norm: arrays must hold at least one array")
-    return _impl(arrays[0], "global_norm", "arrays[0]").global_norm(list(arrays))
+    return _impl(arrays[0], "global_norm", "arrays[0]").global_norm(arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,18 +342,50 @@ def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
         x: float32 array of any rank. p: drop probability in [0, 1].
         seed, offset: integers in [0, 2**64). out: optional output; may be ``x``.
     """
-    return _impl(x, "dropout_forward", "x").dropout_forward(x, p, seed, offset, out)
+    try:
+        return _impl(x, "dropout_forward", "x").dropout_forward(x, p, seed, offset, out)
+    except TypeError as exc:
+        _explain(exc, "dropout_forward", p=(p, _REAL), seed=(seed, _INT), offset=(offset, _INT))
 
 
 def dropout_backward(grad_out, p: float, seed: int, offset: int = 0, *, out=None):
     """Gradient of :func:`dropout_forward` with the same ``(p, seed, offset)``; the mask is
     regenerated, never stored."""
-    return _impl(grad_out, "dropout_backward", "grad_out").dropout_backward(
-        grad_out, p, seed, offset, out)
+    try:
+        return _impl(grad_out, "dropout_backward", "grad_out").dropout_backward(
+            grad_out, p, seed, offset, out)
+    except TypeError as exc:
+        _explain(exc, "dropout_backward", p=(p, _REAL), seed=(seed, _INT),
+                 offset=(offset, _INT))
 
 
 # ---------------------------------------------------------------------------------------------
 # Optimizers: every parameter of a model updated in one call
+
+
+def _array_list(fn: str, name: str, obj: Any) -> Optional[list]:
+    """``obj`` (a list, tuple or other iterable of arrays) as a list; None stays None. A single
+    array is refused: iterating it would pass its rows (or elements) as the arrays."""
+    if obj is None:
+        return None
+    if isinstance(obj, np.ndarray) or hasattr(obj, "__cuda_array_interface__"):
+        raise TypeError(f"{fn}: {name} must be a list of arrays (one per parameter), got a "
+                        f"single {type(obj).__name__}; wrap it in a list")
+    if isinstance(obj, (str, bytes)) or not hasattr(obj, "__iter__"):
+        raise TypeError(f"{fn}: {name} must be a list of arrays, got {type(obj).__name__}")
+    return list(obj)
+
+
+def _clip_arg(fn: str, max_grad_norm: Any) -> Any:
+    """The bindings' max_grad_norm: 0.0 (off) for None; a given value must be > 0 (0 would be
+    taken as "off", not as clipping to zero)."""
+    if max_grad_norm is None:
+        return 0.0
+    if (isinstance(max_grad_norm, (int, float, np.integer, np.floating)) and
+            not isinstance(max_grad_norm, bool) and not max_grad_norm > 0):
+        raise ValueError(f"{fn}: max_grad_norm must be a number > 0 or None (no clipping), got "
+                         f"{max_grad_norm!r}")
+    return max_grad_norm
 
 
 def sgd_step(params: Sequence[Any], grads: Sequence[Any],
@@ -310,11 +404,20 @@ def sgd_step(params: Sequence[Any], grads: Sequence[Any],
         ``(grad_norm, skipped)``: the global gradient norm before clipping, and whether the step
         was skipped because the gradients held NaN or Inf (parameters and buffers untouched).
     """
-    # An empty list goes to the CPU module, whose check names it.
-    return (_impl(params[0], "sgd_step", "params[0]") if len(params) else _cpu).sgd_step(
-        list(params), list(grads), None if momentum_buffers is None else list(momentum_buffers),
-        lr, momentum, dampening, weight_decay, nesterov, maximize, step,
-        0.0 if max_grad_norm is None else max_grad_norm)
+    fn = "sgd_step"
+    params, grads = _array_list(fn, "params", params), _array_list(fn, "grads", grads)
+    bufs = _array_list(fn, "momentum_buffers", momentum_buffers)
+    clip = _clip_arg(fn, max_grad_norm)
+    try:
+        # An empty list goes to the CPU module, whose check names it.
+        return (_impl(params[0], fn, "params[0]") if params else _cpu).sgd_step(
+            params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, maximize, step,
+            clip)
+    except TypeError as exc:
+        _explain(exc, fn, lr=(lr, _REAL), momentum=(momentum, _REAL),
+                 dampening=(dampening, _REAL), weight_decay=(weight_decay, _REAL),
+                 nesterov=(nesterov, _FLAG), maximize=(maximize, _FLAG),
+                 max_grad_norm=(max_grad_norm, _REAL))
 
 
 def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[Any],
@@ -334,13 +437,26 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
     keeps them: on an H200, 10.5M parameters in 128 tensors took 2.6 ms a call here and 0.175 ms
     through ``optim.Adam.step()`` (bench/results/gpu-2026-11-27-h200.md).
     """
+    fn = "adam_step"
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ValueError(f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}")
     beta1, beta2 = betas
-    # An empty list goes to the CPU module, whose check names it.
-    return (_impl(params[0], "adam_step", "params[0]") if len(params) else _cpu).adam_step(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-        None if max_exp_avg_sqs is None else list(max_exp_avg_sqs), lr, beta1, beta2, eps,
-        weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
-        0.0 if max_grad_norm is None else max_grad_norm)
+    params, grads = _array_list(fn, "params", params), _array_list(fn, "grads", grads)
+    lists = [_array_list(fn, name, obj) for name, obj in
+             (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs),
+              ("max_exp_avg_sqs", max_exp_avg_sqs))]
+    clip = _clip_arg(fn, max_grad_norm)
+    try:
+        # An empty list goes to the CPU module, whose check names it.
+        return (_impl(params[0], fn, "params[0]") if params else _cpu).adam_step(
+            params, grads, *lists, lr, beta1, beta2, eps, weight_decay, amsgrad,
+            decoupled_weight_decay, maximize, step, clip)
+    except TypeError as exc:
+        _explain(exc, fn, lr=(lr, _REAL), **{"betas[0]": (beta1, _REAL),
+                                             "betas[1]": (beta2, _REAL)},
+                 eps=(eps, _REAL), weight_decay=(weight_decay, _REAL), amsgrad=(amsgrad, _FLAG),
+                 decoupled_weight_decay=(decoupled_weight_decay, _FLAG),
+                 maximize=(maximize, _FLAG), max_grad_norm=(max_grad_norm, _REAL))
 
 
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr: float = 1e-3,

@@ -24,13 +24,14 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
 
 
 def _check(name: str, value, low: float = 0.0, high: Optional[float] = None,
-           high_open: bool = False) -> float:
+           high_open: bool = False, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
-    if not math.isfinite(v) or v < low or (high is not None and (v >= high if high_open
-                                                                  else v > high)):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}{')' if high_open else ']'}"
+    if not math.isfinite(v) or v < low or (positive and v <= 0) or (
+            high is not None and (v >= high if high_open else v > high)):
+        rng = ("> 0" if positive else f">= {low}") if high is None else \
+            f"in [{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must be {rng}, got {value!r}")
     return v
 
@@ -50,7 +51,7 @@ class Optimizer:
         self.named_params = named
         self.lr = _check("lr", lr)
         self.max_grad_norm = (None if max_grad_norm is None
-                              else _check("max_grad_norm", max_grad_norm))
+                              else _check("max_grad_norm", max_grad_norm, positive=True))
         self.step_count = 0
         self.skipped_steps = 0
         self.last_grad_norm = float("nan")
@@ -248,7 +249,7 @@ class Adam(Optimizer):
             raise ValueError(f"betas must be a pair, got {betas!r}")
         self.betas = (_check("betas[0]", betas[0], 0.0, 1.0, True),
                       _check("betas[1]", betas[1], 0.0, 1.0, True))
-        self.eps = _check("eps", eps)
+        self.eps = _check("eps", eps, positive=True)
         self.weight_decay = _check("weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
         self.maximize = bool(maximize)

@@ -87,6 +87,10 @@ def get_schedule(config) -> Schedule:
     """A schedule from an instance or from its ``config()`` dict."""
     if isinstance(config, Schedule):
         return config
+    if not isinstance(config, dict):
+        raise TypeError(f"a schedule must be an ember.schedules.Schedule (e.g. "
+                        f"CosineWithWarmup(total_steps=1000)) or its config() dict, got "
+                        f"{type(config).__name__} {config!r}")
     cfg = dict(config)
     kind = cfg.pop("type", None)
     table = {"Constant": Constant, "StepLR": StepLR, "ExponentialLR": ExponentialLR,

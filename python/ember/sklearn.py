@@ -286,9 +286,17 @@ class _BaseEmberMLP(BaseEstimator):
             self.
 
         Raises:
-            ValueError: an invalid parameter (named) or invalid data.
+            ValueError: an invalid parameter (named) or invalid data. A fit that raises
+            (bad data found after ``n_features_in_`` was reset, an interrupted run) leaves
+            the estimator as it was: still fitted to its previous data, if any.
         """
-        return self._fit(X, y, incremental=False)
+        before = dict(self.__dict__)  # a new fit builds a new model: the old one is untouched
+        try:
+            return self._fit(X, y, incremental=False)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
 
     # -- inference -----------------------------------------------------------------------
     def _forward(self, X):

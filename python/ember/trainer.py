@@ -125,6 +125,23 @@ class History:
         return f"History(epochs={len(self.epochs)}, keys={list(self.history)})"
 
 
+def _named_optimizer(name, model, kwargs: dict) -> Optimizer:
+    """``get_optimizer(name, model, **kwargs)``, with an argument the optimizer does not take
+    named in the error together with those it does."""
+    try:
+        return get_optimizer(name, model, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        import inspect
+        from ember import optim
+        cls = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW}[str(name).lower()]
+        takes = [p for p in inspect.signature(cls).parameters if p != "params"]
+        bad = [k for k in kwargs if k not in takes]
+        raise TypeError(f"Trainer: optimizer {name!r} takes no argument "
+                        f"{', '.join(map(repr, bad))} (it takes: {', '.join(takes)})") from None
+
+
 class Trainer:
     """Fit, evaluate and predict with a model, a loss and an optimizer.
 
@@ -180,7 +197,9 @@ class Trainer:
                 kw["lr"] = lr
             if max_grad_norm is not None:
                 kw["max_grad_norm"] = max_grad_norm
-            self.optimizer = get_optimizer(optimizer, model, **kw)
+            self.optimizer = _named_optimizer(optimizer, model, kw)
+        if isinstance(metrics, str):  # metrics="accuracy": one metric, not its letters
+            metrics = (metrics,)
         for m in metrics:
             if m != "accuracy":
                 raise ValueError(f"Trainer: unknown metric {m!r} (supported: 'accuracy')")
@@ -280,14 +299,25 @@ class Trainer:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
                 batch_size < 1:
             raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if isinstance(validation_split, bool) or \
+                not isinstance(validation_split, (int, float, np.integer, np.floating)) or \
+                not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"fit: validation_split must be a number in [0, 1), got "
+                             f"{validation_split!r}")
         if validation_data is not None and validation_split:
             raise ValueError("fit: give validation_data or validation_split, not both")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
+        if y is None:
+            raise ValueError("fit: y is required (class indices for classification, targets "
+                             "for regression)")
         x, y = self._prepare(x, y, "fit")
         if validation_split:
-            x, y, xv, yv = train_val_split(x, y, validation_split, seed=seed,
-                                           stratify=self.task == "classification")
+            try:
+                x, y, xv, yv = train_val_split(x, y, validation_split, seed=seed,
+                                               stratify=self.task == "classification")
+            except ValueError as exc:  # e.g. a fraction too small to hold out one sample
+                raise ValueError(f"fit: validation_split={validation_split!r}: {exc}") from None
             validation = (xv, yv)
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
