@@ -83,6 +83,12 @@ def test_digits_reaches_97_percent():
     dict(sizes=[6, 9, 3], act="leaky_relu", slope=-0.3, loss={"reduction": "sum"}, batch=50),
     dict(sizes=[6, 3], act="relu", loss={"weight": [0.5, 2.0, 1.0]}, batch=240),
     dict(sizes=[6, 12, 12, 3], act="gelu", loss={}, batch=7, metrics=()),
+    # ReLU / leaky ReLU derivatives formed in the next layer's dX epilogue: several in a row,
+    # widths that leave partial register tiles, the narrow (dot-product) GEMM (9 <- 130 wide),
+    # and a positive slope read from the layer's output (no saved pre-activation).
+    dict(sizes=[6, 37, 33, 17, 3], act="relu", loss={}, batch=29),
+    dict(sizes=[6, 9, 130, 3], act="relu", loss={}, batch=40),
+    dict(sizes=[6, 20, 9, 3], act="leaky_relu", slope=0.2, loss={}, batch=64),
 ])
 def test_fused_step_matches_layer_by_layer_bit_for_bit(case):
     # Trainer's CPU fast path (one MlpPlan call per batch for forward, loss and backward) against

@@ -119,15 +119,36 @@ struct Epilogue {
   int64_t ldp = 0;
   Activation act = Activation::identity;  // relu / leaky_relu applied in registers
   float slope = 0.0f;
+  // Last K block only: t *= act'(dz) with dact relu or leaky_relu (slope dslope); dz is the
+  // tile's origin in an array of row stride lddz (see LinearBackwardArgs::input_preact).
+  const float* dz = nullptr;
+  int64_t lddz = 0;
+  Activation dact = Activation::identity;
+  float dslope = 0.0f;
+};
+
+// An activation derivative for the epilogue to apply (a whole C-shaped array; null: none).
+struct DAct {
+  const float* z = nullptr;
+  int64_t ld = 0;
+  Activation act = Activation::identity;
+  float slope = 0.0f;
 };
 
 // One vector of a row of C: t = alpha*sum (+ beta*C) (+ bias), saved as the pre-activation,
-// activated in registers (relu, leaky_relu), stored. n < kVL touches only the first n columns.
-inline void epilogue(vf sum, float* c, const float* bias, float* preact, int n, const Epilogue& e) {
+// activated in registers (relu, leaky_relu), times act'(dz) when dz is given, stored. n < kVL
+// touches only the first n columns. The derivative is activation_math.h's act_der (1 for z > 0,
+// else 0 or the slope) and the product the one activation_backward forms: the same bits.
+inline void epilogue(vf sum, float* c, const float* bias, float* preact, const float* dz, int n,
+                     const Epilogue& e) {
   const vf zero = vf{};
   vf t = sum * e.alpha;
   if (e.load_c) t += load_partial(c, n) * e.beta;
   if (bias) t += load_partial(bias, n);
+  if (dz) {
+    const vf one = zero + 1.0f, low = zero + (e.dact == Activation::leaky_relu ? e.dslope : 0.0f);
+    t = t * (load_partial(dz, n) > zero ? one : low);
+  }
   if (preact) store_partial(preact, t, n);
   if (e.act == Activation::relu) {
     t = t > zero ? t : zero;
@@ -172,7 +193,8 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int6
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       epilogue(acc[i][v], c + i * ldc + v * kVL, e.bias ? e.bias + v * kVL : nullptr,
-               e.preact ? e.preact + i * e.ldp + v * kVL : nullptr, kVL, e);
+               e.preact ? e.preact + i * e.ldp + v * kVL : nullptr,
+               e.dz ? e.dz + i * e.lddz + v * kVL : nullptr, kVL, e);
     }
   }
 }
@@ -200,6 +222,7 @@ void tile(int cols, int64_t kc, const float* a, int64_t rs, int64_t cs, const fl
   alignas(64) float ct[R * W];  // written by the kernel before it is read unless load_c
   alignas(64) float pt[R * W];
   alignas(64) float bt[W];
+  alignas(64) float zt[R * W];  // the derivative's input, padded like C (only with e.dz)
   Epilogue le = e;
   if (e.load_c) {
     for (int i = 0; i < R; ++i) {
@@ -215,6 +238,14 @@ void tile(int cols, int64_t kc, const float* a, int64_t rs, int64_t cs, const fl
   if (e.preact) {
     le.preact = pt;
     le.ldp = W;
+  }
+  if (e.dz) {
+    for (int i = 0; i < R; ++i) {
+      std::memcpy(zt + i * W, e.dz + i * e.lddz, cols * sizeof(float));
+      std::memset(zt + i * W + cols, 0, (W - cols) * sizeof(float));
+    }
+    le.dz = zt;
+    le.lddz = W;
   }
   run_kernel<R, NV>(kc, a, rs, cs, b, ct, W, le);
   for (int i = 0; i < R; ++i) {
@@ -340,7 +371,7 @@ void apply_act_rows(float* c, int64_t ldc, int rows, int cols, Activation act, f
 }
 
 // All of C on the calling thread. Returns false if the packing buffers cannot be allocated.
-bool gemm_block(const GemmArgs& g) {
+bool gemm_block(const GemmArgs& g, const DAct& d) {
   const int64_t m0 = 0, m1 = g.m, n0 = 0, n1 = g.n;
   const KBlocks kb(g.k);
   float* apack = t_apack.get(size_t(kMR) * kb.size);
@@ -374,6 +405,9 @@ bool gemm_block(const GemmArgs& g) {
       if (last) {
         e.act = g.act;
         e.slope = g.act_param;
+        e.dact = d.act;
+        e.dslope = d.slope;
+        e.lddz = d.ld;
       }
 
       for (int64_t ic = m0; ic < m1; ic += kMR) {
@@ -400,6 +434,7 @@ bool gemm_block(const GemmArgs& g) {
             te.bias = g.bias ? g.bias + j : nullptr;
             te.preact = g.preact ? g.preact + ic * g.ldc + j : nullptr;
             te.ldp = g.ldc;
+            te.dz = d.z ? d.z + ic * d.ld + j : nullptr;
           }
           kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, bpack + jr * kc, c,
                                                        g.ldc, te);
@@ -462,7 +497,8 @@ inline vf fold_tree(vf* v) {
 
 // Rows [m0, m1) of C for n = N columns; bt[j*ldbt + k] = op(B)[k][j].
 template <int N>
-void narrow_rows(const GemmArgs& g, const float* bt, int64_t ldbt, int64_t m0, int64_t m1) {
+void narrow_rows(const GemmArgs& g, const DAct& d, const float* bt, int64_t ldbt, int64_t m0,
+                 int64_t m1) {
   // R*N accumulators, R rows of A and one vector of B^T must fit the register file.
   constexpr int R = std::max(1, std::min(8, (kVecRegs - 1) / (N + 1)));
   constexpr int kAcc = R * N, kGroups = (kAcc + kVL - 1) / kVL, kBits = log2_int(kVL);
@@ -472,6 +508,8 @@ void narrow_rows(const GemmArgs& g, const float* bt, int64_t ldbt, int64_t m0, i
   e.load_c = g.beta != 0.0f;
   e.act = g.act;
   e.slope = g.act_param;
+  e.dact = d.act;
+  e.dslope = d.slope;
   const bool post_act = !in_register_act(g.act);
   const float* br[N];
   for (int j = 0; j < N; ++j) br[j] = bt + j * ldbt;
@@ -523,14 +561,15 @@ void narrow_rows(const GemmArgs& g, const float* bt, int64_t ldbt, int64_t m0, i
       for (int j = 0; j < N; j += kVL) {
         epilogue(load_partial(sums + r * N + j, N - j), c + r * g.ldc + j,
                  g.bias ? g.bias + j : nullptr,
-                 g.preact ? g.preact + (i0 + r) * g.ldc + j : nullptr, N - j, e);
+                 g.preact ? g.preact + (i0 + r) * g.ldc + j : nullptr,
+                 d.z ? d.z + (i0 + r) * d.ld + j : nullptr, N - j, e);
       }
     }
     if (post_act) apply_act_rows(c, g.ldc, rows, N, g.act, g.act_param);
   }
 }
 
-using NarrowFn = void (*)(const GemmArgs&, const float*, int64_t, int64_t, int64_t);
+using NarrowFn = void (*)(const GemmArgs&, const DAct&, const float*, int64_t, int64_t, int64_t);
 template <int... N>
 constexpr std::array<NarrowFn, kNarrow - 1> narrow_table(std::integer_sequence<int, N...>) {
   return {&narrow_rows<N + 1>...};
@@ -553,7 +592,7 @@ bool use_narrow(const GemmArgs& g) {
 }
 
 // C by narrow_rows on `threads` threads, each a contiguous range of rows.
-bool gemm_narrow(const GemmArgs& g, int threads) {
+bool gemm_narrow(const GemmArgs& g, const DAct& d, int threads) {
   const float* bt = g.b;
   int64_t ldbt = g.ldb;
   if (!g.trans_b) {  // B^T, rows padded to whole vectors
@@ -566,7 +605,7 @@ bool gemm_narrow(const GemmArgs& g, int threads) {
   const NarrowFn fn = kNarrowRows[g.n - 1];
   auto run = [&](int nt, int id) {
     const int64_t m0 = g.m * id / nt / 8 * 8, m1 = id == nt - 1 ? g.m : g.m * (id + 1) / nt / 8 * 8;
-    if (m0 < m1) fn(g, bt, ldbt, m0, m1);
+    if (m0 < m1) fn(g, d, bt, ldbt, m0, m1);
   };
   if (threads <= 1) {
     run(1, 0);
@@ -587,6 +626,12 @@ GemmArgs sub_problem(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int6
   r.c = g.c + m0 * g.ldc + n0;
   if (g.bias) r.bias = g.bias + n0;
   if (g.preact) r.preact = g.preact + m0 * g.ldc + n0;
+  return r;
+}
+
+DAct sub_dact(const DAct& d, int64_t m0, int64_t n0) {
+  DAct r = d;
+  if (d.z) r.z = d.z + m0 * d.ld + n0;
   return r;
 }
 
@@ -613,9 +658,8 @@ void choose_grid(const GemmArgs& g, int threads, int& tm, int& tn) {
   }
 }
 
-}  // namespace
-
-void gemm(const GemmArgs& g) {
+// C = epilogue(op(A) op(B)) (see gemm), times act'(d.z) elementwise when d.z is given.
+void gemm_dact(const GemmArgs& g, const DAct& d) {
   if (g.m <= 0 || g.n <= 0) return;
   // Thread `id` of `nt` computes one MR/NR-aligned block of C.
   auto run = [&](int nt, int id) {
@@ -627,13 +671,13 @@ void gemm(const GemmArgs& g) {
     const int64_t m0 = std::min(g.m, mu * im / tm * kMR), m1 = std::min(g.m, mu * (im + 1) / tm * kMR);
     const int64_t n0 = std::min(g.n, nu * in / tn * kNR), n1 = std::min(g.n, nu * (in + 1) / tn * kNR);
     if (m0 >= m1 || n0 >= n1) return true;
-    return gemm_block(sub_problem(g, m0, m1, n0, n1));
+    return gemm_block(sub_problem(g, m0, m1, n0, n1), sub_dact(d, m0, n0));
   };
   const int64_t work = g.m * g.n * std::max<int64_t>(g.k, 1);
   // Inside a parallel region (linear_backward's two GEMMs side by side) a GEMM is one thread's.
   const int threads = work >= kParallelWork && !omp_in_parallel() ? omp_get_max_threads() : 1;
   if (use_narrow(g)) {
-    if (!gemm_narrow(g, threads)) throw std::bad_alloc();
+    if (!gemm_narrow(g, d, threads)) throw std::bad_alloc();
     return;
   }
   bool ok = true;
@@ -650,6 +694,10 @@ void gemm(const GemmArgs& g) {
   }
   if (!ok) throw std::bad_alloc();
 }
+
+}  // namespace
+
+void gemm(const GemmArgs& g) { gemm_dact(g, DAct{}); }
 
 void linear_backward(const LinearBackwardArgs& a) {
   const float* dz = a.grad_out;
@@ -670,6 +718,9 @@ void linear_backward(const LinearBackwardArgs& a) {
                                     a.in_features);
   GemmArgs gw = gemm_operands(a.out_features, a.in_features, a.batch, dz, a.out_features, true,
                               a.x, a.in_features, false, a.grad_weight, a.in_features);
+  const DAct dx_act = a.input_preact ? DAct{a.input_preact, a.in_features, a.input_act,
+                                            a.input_act_param}
+                                     : DAct{};
   gw.beta = a.accumulate ? 1.0f : 0.0f;
   // Both GEMMs small: side by side, one thread each (one fork/join instead of two, and no
   // duplicated packing). Each computes the same bits either way.
@@ -680,7 +731,7 @@ void linear_backward(const LinearBackwardArgs& a) {
 #pragma omp parallel num_threads(2)
     {
       try {
-        if (omp_get_thread_num() == 0) gemm(gx);
+        if (omp_get_thread_num() == 0) gemm_dact(gx, dx_act);
         if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1) gemm(gw);
       } catch (...) {  // only std::bad_alloc (packing buffers); rethrown outside the region
 #pragma omp atomic write
@@ -690,7 +741,7 @@ void linear_backward(const LinearBackwardArgs& a) {
     if (failed) throw std::bad_alloc();
     return;
   }
-  if (a.grad_input) gemm(gx);
+  if (a.grad_input) gemm_dact(gx, dx_act);
   if (a.grad_weight) gemm(gw);
 }
 

@@ -41,20 +41,39 @@ MlpStepResult mlp_train_step(const MlpStepArgs& s) {
     r.loss = softmax_cross_entropy(ce);
     if (s.count_correct) r.correct = count_correct(batch, last.out, last.y, s.labels);
   }
+  // A ReLU / leaky ReLU layer's dZ = dY * act'(Z) is formed in the epilogue of the next layer's
+  // dX GEMM, straight into the layer's workspace (the product activation_backward would form:
+  // the same bits, one pass over the batch less); its own backward then starts from dZ.
+  auto derivative_in_epilogue = [&](int64_t i) {
+    const Activation a = s.layer[i].act;
+    return a == Activation::relu || a == Activation::leaky_relu;
+  };
   for (int64_t i = L - 1; i >= 0; --i) {
     const MlpLayer& l = s.layer[i];
+    const bool have_dz = i < L - 1 && derivative_in_epilogue(i);
     LinearBackwardArgs a;
     a.batch = batch;
     a.in_features = l.in;
     a.out_features = l.out;
-    a.grad_out = i == L - 1 ? ce.grad : s.layer[i + 1].grad_input;
     a.x = i ? s.layer[i - 1].y : s.x;
     a.weight = l.weight;
-    a.act = l.act;
-    a.act_param = l.act_param;
-    a.preact = l.act == Activation::identity ? nullptr : (l.preact ? l.preact : l.y);
-    a.grad_preact = l.workspace;
+    if (have_dz) {  // dZ already in the workspace; the layer's backward is identity's from here
+      a.grad_out = l.workspace;
+    } else {
+      a.grad_out = i == L - 1 ? ce.grad : s.layer[i + 1].grad_input;
+      a.act = l.act;
+      a.act_param = l.act_param;
+      a.preact = l.act == Activation::identity ? nullptr : (l.preact ? l.preact : l.y);
+      a.grad_preact = l.workspace;
+    }
     a.grad_input = l.grad_input;
+    if (i > 0 && derivative_in_epilogue(i - 1)) {
+      const MlpLayer& prev = s.layer[i - 1];
+      a.grad_input = prev.workspace;
+      a.input_preact = prev.preact ? prev.preact : prev.y;
+      a.input_act = prev.act;
+      a.input_act_param = prev.act_param;
+    }
     a.grad_weight = l.grad_weight;
     a.grad_bias = l.grad_bias;
     linear_backward(a);

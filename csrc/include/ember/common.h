@@ -77,6 +77,13 @@ struct LinearBackwardArgs {
   float* grad_weight = nullptr;  // out x in, or null
   float* grad_bias = nullptr;    // out, or null
   bool accumulate = false;       // add into grad_weight / grad_bias instead of overwriting
+  // CPU only (the fused MLP step): grad_input = (dZ W) * act'(input_preact), the previous
+  // layer's activation derivative applied in the dX GEMM's epilogue (its dZ, one pass less).
+  // input_act must be relu or leaky_relu; input_preact is batch x in (the pre-activation, or for
+  // these two the activation's output, whose sign is the same).
+  const float* input_preact = nullptr;
+  Activation input_act = Activation::identity;
+  float input_act_param = 0.0f;
 };
 
 // Softmax cross-entropy over rows of logits with integer class labels, PyTorch semantics:
