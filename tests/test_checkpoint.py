@@ -11,6 +11,7 @@ import pytest
 
 import ember
 from ember import CheckpointError, Trainer, nn
+from ember.callbacks import ReduceLROnPlateau
 from ember.checkpoint import (ModelCheckpoint, list_checkpoints, load_checkpoint, load_model,
                               load_trainer, save_checkpoint)
 
@@ -279,3 +280,246 @@ def test_safetensors_load_into_pytorch_and_back(tmp_path):
     m = nn.MLP([5, 8, 3], seed=9)
     m.load_state_dict(np_load(tmp_path / "from_torch.safetensors"))
     np.testing.assert_allclose(m.predict(x), out, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# robustness: other people's files, a used folder, a lost pointer, bad files and arguments
+
+
+def _tree(d: Path) -> dict:
+    """Every path under ``d`` with its bytes (None for directories)."""
+    return {str(p.relative_to(d)): (None if p.is_dir() else p.read_bytes())
+            for p in sorted(d.rglob("*"))}
+
+
+def test_saving_deletes_only_embers_own_temporaries(tmp_path):
+    x, y = _blobs()
+    (tmp_path / "results.tmp").write_text("the user's results")
+    (tmp_path / ".tmp-cache").mkdir()
+    (tmp_path / ".tmp-cache" / "blob").write_bytes(b"cached")
+    (tmp_path / ".tmp-build-0123abcd").mkdir()  # named like ember's, holds something else
+    (tmp_path / ".tmp-build-0123abcd" / "main.o").write_bytes(b"obj")
+    (tmp_path / "latest.tmp").write_text("not a pointer temporary")
+    stale = tmp_path / ".tmp-ckpt-e0009-s00000999-deadbeef"  # a torn save of ember's
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    old = tmp_path / ".tmp-old-ckpt-e0001-s00000006-0badf00d"
+    old.mkdir()
+    (old / "trainer.json").write_text("{}")
+    ptr_tmp = tmp_path / f"latest.{'ab' * 16}.tmp"
+    ptr_tmp.write_text("ckpt-e0009-s00000999\n")
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=1, batch_size=20,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    assert (tmp_path / "results.tmp").read_text() == "the user's results"
+    assert (tmp_path / ".tmp-cache" / "blob").read_bytes() == b"cached"
+    assert (tmp_path / ".tmp-build-0123abcd" / "main.o").read_bytes() == b"obj"
+    assert (tmp_path / "latest.tmp").read_text() == "not a pointer temporary"
+    assert not stale.exists() and not old.exists() and not ptr_tmp.exists()
+    assert load_checkpoint(tmp_path)["state"]["epoch"] == 1
+
+
+def test_a_fresh_fit_into_a_folder_holding_a_run_is_refused(tmp_path):
+    x, y = _blobs()
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=3, batch_size=20,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    before = _tree(tmp_path)
+    t = Trainer(nn.MLP([5, 8, 3], seed=1))
+    w0 = t.model.state_dict()["0.weight"].copy()
+    with pytest.raises(CheckpointError, match=r"checkpoint_dir '.*' already holds checkpoints "
+                       r"of a run \(latest: ckpt-e0003-s00000018\); pass resume='latest'"):
+        t.fit(x, y, epochs=1, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    assert t.global_step == 0  # refused before any training step
+    np.testing.assert_array_equal(t.model.state_dict()["0.weight"], w0)
+    # the same through a ModelCheckpoint callback, without checkpoint_dir
+    t = Trainer(nn.MLP([5, 8, 3], seed=1), callbacks=[ModelCheckpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"ModelCheckpoint: directory '.*' already holds.*"
+                                              r"pass checkpoint_dir='.*', resume='latest' to fit"):
+        t.fit(x, y, epochs=5, batch_size=20, verbose=0)
+    assert t.global_step == 0
+    # a folder with only a 'latest' pointer counts too
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "latest").write_text("ckpt-e0001-s00000006\n")
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints of a run"):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=1, checkpoint_dir=tmp_path / "other",
+                                       verbose=0)
+    (tmp_path / "other" / "latest").unlink()
+    (tmp_path / "other").rmdir()
+    assert _tree(tmp_path) == before
+
+
+def test_resuming_another_run_into_a_used_folder_is_refused(tmp_path):
+    x, y = _blobs()
+    for d in ("a", "b"):
+        Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                               checkpoint_dir=tmp_path / d, verbose=0)
+    before = _tree(tmp_path)
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))
+    with pytest.raises(CheckpointError, match=r"'.*b' already holds checkpoints of another run"):
+        t.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path / "b",
+              resume=tmp_path / "a", verbose=0)
+    assert t.global_step == 0
+    assert _tree(tmp_path) == before
+
+
+def test_pruning_keeps_later_checkpoints_and_the_one_just_written(tmp_path):
+    x, y = _blobs()
+    Trainer(nn.MLP([5, 8, 3], seed=0), callbacks=[ModelCheckpoint(tmp_path, keep_last=5)]).fit(
+        x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert len(names) == 4
+    e4 = _tree(tmp_path / names[3])
+    # continue the run from epoch 2 for one more epoch, keeping only the last checkpoint
+    t = Trainer(nn.MLP([5, 8, 3], seed=0), callbacks=[ModelCheckpoint(tmp_path, keep_last=1)])
+    t.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path,
+          resume=tmp_path / names[1], verbose=0)
+    assert [p.name for p in list_checkpoints(tmp_path)] == names[2:]
+    assert (tmp_path / "latest").read_text().strip() == names[2]
+    assert load_checkpoint(tmp_path)["state"]["epoch"] == 3  # 'latest' is loadable
+    assert _tree(tmp_path / names[3]) == e4  # a later step: not this run's, untouched
+
+
+def test_resume_latest_without_the_pointer_uses_the_newest_checkpoint(tmp_path):
+    x, y = _blobs()
+    ref = Trainer(nn.MLP([5, 8, 3], seed=0))
+    ref.fit(x, y, epochs=4, batch_size=20, seed=2, verbose=0)
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20, seed=2,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    (tmp_path / "latest").unlink()
+    with pytest.warns(UserWarning, match="latest is missing"), \
+            pytest.raises(CheckpointError, match=r"Linear\(5->8\).*differs.*Linear\(5->9\)"):
+        Trainer(nn.MLP([5, 9, 3])).fit(x, y, epochs=4, batch_size=20, seed=2,
+                                       checkpoint_dir=tmp_path, resume="latest", verbose=0)
+    t = Trainer(nn.MLP([5, 8, 3], seed=7))
+    with pytest.warns(UserWarning, match=r"latest is missing; resuming from the newest complete "
+                      r"checkpoint, .*ckpt-e0002-s00000012"):
+        t.fit(x, y, epochs=4, batch_size=20, seed=2, checkpoint_dir=tmp_path,
+              resume="latest", verbose=0)
+    assert t.history["loss"][:2] == ref.history["loss"][:2]  # epochs 1-2 came from the file
+    for k, v in ref.model.state_dict().items():
+        np.testing.assert_array_equal(v, t.model.state_dict()[k])
+    # no complete checkpoint (no manifest) and no pointer: a fresh run, as before
+    fresh = tmp_path / "fresh"
+    (fresh / "ckpt-e0001-s00000006").mkdir(parents=True)
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))
+    t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=fresh, resume="latest", verbose=0)
+    assert len(t.history["loss"]) == 2
+    assert load_checkpoint(fresh)["state"]["epoch"] == 2
+
+
+def test_bad_pointers_paths_and_arguments_are_named(tmp_path):
+    path, t, _ = _saved(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model.safetensors is a file, not a checkpoint "
+                                              r"directory"):
+        load_model(path / "model.safetensors")
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match=r"load_model: path must be a path"):
+            load_model(bad)
+        with pytest.raises(TypeError, match=r"load_trainer: path must be a path"):
+            load_trainer(bad)
+    assert load_model(path / ".." / "latest").predict(_blobs()[0]).shape == (120, 3)
+    (tmp_path / "latest").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(CheckpointError, match=r"latest: not a text pointer"):
+        load_model(tmp_path)
+    (tmp_path / "latest").write_bytes(b"ckpt\n" * 2000)  # not one short line
+    with pytest.raises(CheckpointError, match=r"latest: not a text pointer"):
+        load_trainer(tmp_path)
+    x, y = _blobs()
+    with pytest.raises(TypeError, match=r"fit: resume must be 'latest' or a checkpoint path"):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=1, resume=3, verbose=0)
+    for name in ("latest", "../up", ".tmp-x"):
+        with pytest.raises(ValueError, match=r"save_checkpoint: name must be a plain directory"):
+            save_checkpoint(t, tmp_path / "manual", name=name)
+    assert not (tmp_path / "manual").exists() and not (tmp_path / "up").exists()
+
+
+def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path):
+    x, y = _blobs()
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))
+    with pytest.raises(CheckpointError, match=r"checkpoint_dir '.*notes.txt' is a file, not a "
+                                              r"directory"):
+        t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=f, verbose=0)
+    assert t.global_step == 0 and f.read_text() == "mine"
+    with pytest.raises(CheckpointError, match=r"checkpoint_dir '.*notes.txt/run': cannot create"):
+        t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=f / "run", verbose=0)
+    assert t.global_step == 0
+    with pytest.raises(TypeError, match=r"fit: checkpoint_dir must be a path"):
+        t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=3, verbose=0)
+
+
+@pytest.mark.parametrize("key", ["rng", "history", "epoch", "base_lr", "optimizer_step"])
+def test_trainer_json_lacking_a_key_is_named(tmp_path, key):
+    path, _, _ = _saved(tmp_path)
+    st = json.loads((path / "trainer.json").read_text())
+    del st[key]
+    (path / "trainer.json").write_text(json.dumps(st))
+    _rewrite_manifest(path)  # consistent with the manifest: the content itself is short
+    x, y = _blobs()
+    with pytest.raises(CheckpointError, match=rf"trainer.json lacks '{key}'"):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path,
+                                       resume="latest", verbose=0)
+    if key != "rng" and key != "base_lr":  # what load_trainer needs
+        with pytest.raises(CheckpointError, match=rf"trainer.json lacks '{key}'"):
+            load_trainer(tmp_path)
+    load_model(tmp_path)  # the model itself is still readable
+
+
+def test_trainer_json_with_wrong_types_is_named(tmp_path):
+    path, _, _ = _saved(tmp_path)
+    st = json.loads((path / "trainer.json").read_text())
+    st["epoch"] = "two"
+    st["rng"]["dropout"] = {"7": {"seed": 1}}
+    (path / "trainer.json").write_text(json.dumps(st))
+    _rewrite_manifest(path)
+    with pytest.raises(CheckpointError, match=r"'epoch' should be a non-negative integer, "
+                                              r"got \"two\""):
+        load_trainer(tmp_path)
+    st["epoch"] = 2
+    (path / "trainer.json").write_text(json.dumps(st))
+    _rewrite_manifest(path)
+    x, y = _blobs()
+    with pytest.raises(CheckpointError, match=r"bad dropout state for layer '7'"):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path,
+                                       resume="latest", verbose=0)
+
+
+def test_non_finite_weights_are_reported_as_such(tmp_path):
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))
+    t.fit(x, y, epochs=1, batch_size=20, verbose=0)
+    t.model[0].weight.data[1, 2] = np.nan
+    save_checkpoint(t, tmp_path)
+    message = (r"model.safetensors: 0.weight holds NaN or Inf \(the run's weights were not "
+               r"finite when saved\)$")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        load_trainer(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        Trainer(nn.MLP([5, 8, 3])).fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path,
+                                       resume="latest", verbose=0)
+
+
+def test_resume_warns_when_given_hyperparameters_are_replaced(tmp_path):
+    x, y = _blobs()
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                           checkpoint_dir=tmp_path / "a", verbose=0)
+    t = Trainer(nn.MLP([5, 8, 3], seed=0), lr=0.5)
+    with pytest.warns(UserWarning, match=r"the run's hyperparameters are used, not the "
+                                         r"trainer's: lr=0.5 \(checkpoint: 0.001\)$"):
+        t.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path / "a", resume="latest",
+              verbose=0)
+    assert t.optimizer.lr == 0.001
+    # the same explicit lr, reduced by ReduceLROnPlateau during the run: nothing to warn about
+    cbs = lambda: [ReduceLROnPlateau("loss", factor=0.5, patience=0, min_delta=1e9)]  # noqa: E731
+    first = Trainer(nn.MLP([5, 8, 3], seed=0), lr=0.05, callbacks=cbs())
+    first.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path / "b", verbose=0)
+    assert first.optimizer.lr < 0.05
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = Trainer(nn.MLP([5, 8, 3], seed=0), lr=0.05, callbacks=cbs())
+        again.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path / "b",
+                  resume="latest", verbose=0)
+    assert again.epoch == 4

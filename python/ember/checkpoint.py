@@ -12,9 +12,14 @@ A checkpoint is a directory::
 
 It is written into a temporary directory beside the target, every file and the directory are
 fsynced, and the directory is renamed into place; the ``latest`` pointer file is then replaced the
-same way. A crash at any instant leaves the previous checkpoint loadable; leftover temporary
-directories are ignored and removed by the next save. Loading verifies the manifest first and
+same way. A crash at any instant leaves the previous checkpoint loadable; leftover temporaries
+(``.tmp-<name>-<8 hex>`` directories, ``latest.<32 hex>.tmp`` files) are ignored and removed by
+the next save — nothing else in the directory is touched. Loading verifies the manifest first and
 names the file and the problem (:class:`ember.CheckpointError`).
+
+A directory holds one run: training into one that already holds another run's checkpoints (or a
+``latest`` pointer) without resuming it is refused before any step, and pruning only ever deletes
+the run's own earlier checkpoints.
 
 Example:
     >>> import tempfile, numpy as np, ember
@@ -37,6 +42,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -53,6 +59,13 @@ _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
 _MANIFEST = "MANIFEST.sha256"
+_FILES = frozenset(_REQUIRED + ("callbacks.safetensors", _MANIFEST))
+# What an interrupted save leaves behind, exactly (see save_checkpoint and _replace_pointer):
+# ".tmp-<name>-<8 hex>" and ".tmp-old-<name>-<8 hex>" directories holding checkpoint files, and
+# "latest.<32 hex>.tmp" / "best.<32 hex>.tmp" files.
+_TMP_DIR = re.compile(r"\.tmp-(?:old-)?[^/\x00]+-[0-9a-f]{8}")
+_TMP_POINTER = re.compile(r"(?:latest|best)\.[0-9a-f]{32}\.tmp")
+_POINTER_MAX = 4096  # bytes; a pointer holds one directory name
 
 
 # ------------------------------------------------------------------------------------------
@@ -86,6 +99,56 @@ def _replace_pointer(path: Path, target: str) -> None:
     _write_file(tmp, (target + "\n").encode())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _as_path(value, what: str) -> Path:
+    """``value`` as a Path; TypeError/ValueError naming ``what`` when it is not one."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got "
+                        f"{'None' if value is None else type(value).__name__}")
+    path = Path(value)
+    if not str(value):
+        raise ValueError(f"{what} is an empty path")
+    return path
+
+
+def _prepare_dir(directory: Path, what: str) -> None:
+    """Create ``directory`` (a checkpoint destination) if needed; CheckpointError naming
+    ``what`` when it is a file, cannot be created or is not writable — before any training."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{what} '{directory}' is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"{what} '{directory}': cannot create the directory "
+                              f"({exc.strerror or exc})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{what} '{directory}': the directory is not writable")
+
+
+def _read_pointer(pointer: Path) -> str:
+    """The name held by a ``latest``/``best`` pointer file (one line of text, stripped).
+    CheckpointError when the file is not a text pointer."""
+    try:
+        with open(pointer, "rb") as f:
+            data = f.read(_POINTER_MAX + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{pointer}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    if len(data) > _POINTER_MAX or text is None or any(ord(c) < 32 for c in text):
+        raise CheckpointError(f"{pointer}: not a text pointer (it should hold the name of a "
+                              "checkpoint directory beside it, on one line)")
+    return text
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _to_host(a) -> np.ndarray:
@@ -163,6 +226,8 @@ def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
         "optimizer_step": trainer.optimizer.step_count,
         "optimizer_skipped_steps": trainer.optimizer.skipped_steps,
         "base_lr": trainer._base_lr,
+        "configured_optimizer": getattr(trainer, "_configured_optimizer", None) or
+        _configured(trainer),
         "fit_params": trainer.fit_params,
         "rng": {"data_seed": trainer.fit_params.get("seed"), "dropout": dropout},
         "gradient_monitor": trainer.gradient_monitor.state_dict(),
@@ -175,10 +240,16 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
                     finished: Optional[str] = None) -> Path:
     """Write a checkpoint of ``trainer`` into ``directory`` atomically; returns its path.
 
-    ``latest`` in ``directory`` is updated to point at it.
+    ``latest`` in ``directory`` is updated to point at it. ``name`` defaults to
+    ``ckpt-e<epoch>-s<step>``; one given must be a plain directory name.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if name is not None and (not isinstance(name, str) or name in ("", ".", "..", "latest", "best")
+                             or "/" in name or name.startswith(_TMP_PREFIX)
+                             or any(ord(c) < 32 for c in name)):
+        raise ValueError(f"save_checkpoint: name must be a plain directory name (not 'latest', "
+                         f"'best' or '{_TMP_PREFIX}...'), got {name!r}")
+    directory = _as_path(directory, "save_checkpoint: directory")
+    _prepare_dir(directory, "save_checkpoint: directory")
     _clean_temporaries(directory)
     name = name or f"ckpt-e{trainer.epoch:04d}-s{trainer.global_step:08d}"
     final = directory / name
@@ -215,38 +286,99 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
     return final
 
 
+def _is_temporary(p: Path) -> bool:
+    """Whether ``p`` is exactly what an interrupted save leaves: a ``.tmp-<name>-<8 hex>``
+    (or ``.tmp-old-...``) directory holding nothing but checkpoint files, or a
+    ``latest.<32 hex>.tmp`` / ``best.<32 hex>.tmp`` file. Anything else is someone else's."""
+    if p.is_symlink():
+        return False
+    if _TMP_POINTER.fullmatch(p.name):
+        return p.is_file()
+    if _TMP_DIR.fullmatch(p.name) and p.is_dir():
+        try:
+            return all(c.name in _FILES and c.is_file() and not c.is_symlink()
+                       for c in p.iterdir())
+        except OSError:
+            return False
+    return False
+
+
 def _clean_temporaries(directory: Path) -> None:
+    """Remove the leftovers of interrupted saves (only those: see :func:`_is_temporary`)."""
     for p in directory.iterdir():
-        if p.name.startswith(_TMP_PREFIX) or (p.name.endswith(".tmp") and p.is_file()):
+        if _is_temporary(p):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def list_checkpoints(directory) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first (by step)."""
-    directory = Path(directory)
+    """Complete checkpoints in ``directory`` (``ckpt-e<epoch>-s<step>`` directories with a
+    manifest), oldest first (by step)."""
+    directory = _as_path(directory, "list_checkpoints: directory")
     if not directory.is_dir():
         return []
     found = []
     for p in directory.iterdir():
         m = _NAME.match(p.name)
-        if m and p.is_dir():
+        if m and p.is_dir() and not p.is_symlink() and (p / _MANIFEST).is_file():
             found.append((int(m.group(2)), int(m.group(1)), p))
     return [p for _, _, p in sorted(found)]
+
+
+def _step_of(ckpt: Path) -> int:
+    return int(_NAME.match(ckpt.name).group(2))
+
+
+def _run_in(directory: Path) -> Optional[str]:
+    """What shows that ``directory`` already holds a run ("latest: <name>"), or None."""
+    ptr = directory / "latest"
+    if ptr.is_file() or ptr.is_symlink():
+        try:
+            return f"latest: {_read_pointer(ptr)}"
+        except CheckpointError:
+            return "an unreadable 'latest' pointer"
+    ckpts = list_checkpoints(directory)
+    return f"latest: {ckpts[-1].name}" if ckpts else None
+
+
+def _check_destination(directory: Path, what: str, resumed_from: Optional[Path]) -> None:
+    """Refuse to train into a directory holding another run's checkpoints: saving there would
+    overwrite checkpoints of the same names, and pruning would delete the new ones. Training
+    resumed from a checkpoint in ``directory`` continues that run and may."""
+    _prepare_dir(directory, what)
+    if resumed_from is not None and _same_dir(resumed_from.parent, directory):
+        return
+    run = _run_in(directory)
+    if run is None:
+        return
+    if resumed_from is None:
+        how = ("resume='latest'" if what.startswith("fit:") else
+               f"checkpoint_dir='{directory}', resume='latest' to fit")
+        raise CheckpointError(f"{what} '{directory}' already holds checkpoints of a run ({run}); "
+                              f"pass {how} to continue it, or use an empty folder")
+    raise CheckpointError(f"{what} '{directory}' already holds checkpoints of another run "
+                          f"({run}); resuming {resumed_from} into it would mix the two runs: "
+                          "use an empty folder")
 
 
 def resolve_checkpoint(path) -> Path:
     """A checkpoint directory from itself, a run directory holding ``latest``, or a pointer
     file. Raises :class:`CheckpointError` when there is none."""
-    p = Path(path)
+    p = _as_path(path, "resolve_checkpoint: path")
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
-    if p.is_dir() and (p / "trainer.json").exists() or (p / _MANIFEST).exists():
+    if p.is_dir() and ((p / "trainer.json").exists() or (p / _MANIFEST).exists()):
         return p
     pointer = p / "latest" if p.is_dir() else p
     if pointer.is_file():
-        target = pointer.read_text().strip()
+        try:
+            target = _read_pointer(pointer)
+        except CheckpointError:
+            if pointer is p:  # a file named directly: most likely one of a checkpoint's files
+                raise CheckpointError(f"{p} is a file, not a checkpoint directory (nor a "
+                                      "'latest' pointer naming one)") from None
+            raise
         q = pointer.parent / target
-        if not target or "/" in target or not q.is_dir():
+        if not target or "/" in target or target in (".", "..") or not q.is_dir():
             raise CheckpointError(f"{pointer}: points at {target!r}, which is not a checkpoint "
                                   "directory")
         return q
@@ -290,10 +422,78 @@ def _load_arrays(data: bytes, fname: str) -> dict:
         raise CheckpointError(f"{fname}: unreadable safetensors data ({exc})") from None
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# trainer.json: what each key must hold (checked where the key is used)
+_STATE_KEYS = {
+    "epoch": (_is_count, "a non-negative integer"),
+    "global_step": (_is_count, "a non-negative integer"),
+    "optimizer_step": (_is_count, "a non-negative integer"),
+    "optimizer_skipped_steps": (_is_count, "a non-negative integer"),
+    "batch_in_epoch": (lambda v: v is None or _is_count(v), "a non-negative integer"),
+    "epoch_accumulators": (lambda v: v is None or (isinstance(v, list) and len(v) == 6 and
+                                                   all(_is_number(a) for a in v)),
+                           "null or a list of 6 numbers"),
+    "base_lr": (_is_number, "a number"),
+    "model": (lambda v: isinstance(v, dict), "an object"),
+    "loss": (lambda v: isinstance(v, (dict, str)), "an object"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("optimizer"), str),
+                  "an object naming the optimizer"),
+    "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("dropout"), dict),
+            "an object with 'dropout'"),
+    "history": (lambda v: isinstance(v, dict), "an object"),
+    "fit_params": (lambda v: isinstance(v, dict), "an object"),
+    "callbacks": (lambda v: isinstance(v, dict), "an object"),
+    "gradient_monitor": (lambda v: isinstance(v, dict), "an object"),
+    "configured_optimizer": (lambda v: v is None or isinstance(v, dict), "an object"),
+    "metrics": (lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+                "a list of names"),
+}
+
+
+def _check_state(ck: dict, required=(), optional=()) -> dict:
+    """The trainer.json state of ``ck`` after checking that it has every ``required`` key and
+    that those and the ``optional`` ones present hold what they should."""
+    st, where = ck["state"], ck["path"] / "trainer.json"
+    for key in required:
+        if key not in st:
+            raise CheckpointError(f"{where} lacks {key!r} (the file is incomplete or was edited)")
+    for key in (*required, *optional):
+        if key in st:
+            ok, what = _STATE_KEYS[key]
+            if not ok(st[key]):
+                raise CheckpointError(f"{where}: {key!r} should be {what}, got "
+                                      f"{json.dumps(st[key], default=str)[:80]}")
+    return st
+
+
+def _check_finite_weights(ck: dict) -> None:
+    """Refuse weights that hold NaN or Inf — saved that way, not an architecture mismatch."""
+    for name, arr in ck["model"].items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise CheckpointError(f"{ck['path'] / 'model.safetensors'}: {name} holds NaN or Inf "
+                                  "(the run's weights were not finite when saved)")
+
+
+def _history_from(ck: dict):
+    from ember.trainer import History
+    h = _check_state(ck, ("history",))["history"]
+    try:
+        return History.from_dict(h)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{ck['path'] / 'trainer.json'}: bad 'history' ({exc})") from None
+
+
 def load_checkpoint(path) -> dict:
     """Verify and read a checkpoint. Returns ``{"path", "state", "model", "optimizer",
     "callbacks"}`` (state from trainer.json, the rest name -> array)."""
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(_as_path(path, "load_checkpoint: path"))
     contents = _verify(ckpt)
     try:
         state = json.loads(contents["trainer.json"])
@@ -319,11 +519,13 @@ def load_checkpoint(path) -> dict:
 def _model_from(ck: dict, device: Optional[str]):
     from ember import nn
     from ember.backend import cuda_available
+    _check_state(ck, ("model",))
     try:
         model = nn.from_config(ck["state"]["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ck['path'] / 'trainer.json'}: bad model architecture "
                               f"({exc})") from None
+    _check_finite_weights(ck)
     try:
         model.load_state_dict(ck["model"])
     except ValueError as exc:
@@ -339,7 +541,7 @@ def _model_from(ck: dict, device: Optional[str]):
 def load_model(path, device: Optional[str] = None):
     """Rebuild the model saved in a checkpoint (architecture from trainer.json), in eval mode,
     on ``device`` (default: where it was saved, or the CPU when that GPU is absent)."""
-    return _model_from(load_checkpoint(path), device)
+    return _model_from(load_checkpoint(_as_path(path, "load_model: path")), device)
 
 
 def load_trainer(path, device: Optional[str] = None):
@@ -347,17 +549,26 @@ def load_trainer(path, device: Optional[str] = None):
     ``predict``/``evaluate`` or further training (fine-tuning)."""
     from ember.losses import get_loss
     from ember.optim import get_optimizer
-    from ember.trainer import History, Trainer
-    ck = load_checkpoint(path)
+    from ember.trainer import Trainer
+    ck = load_checkpoint(_as_path(path, "load_trainer: path"))
+    st = _check_state(ck, ("model", "loss", "optimizer", "optimizer_step", "history", "epoch",
+                           "global_step"), ("metrics", "fit_params", "optimizer_skipped_steps"))
     model = _model_from(ck, device)
-    st = ck["state"]
     hp = dict(st["optimizer"])
     name = hp.pop("optimizer").lower()
-    trainer = Trainer(model, loss=get_loss(st["loss"]),
-                      optimizer=get_optimizer(name, model, **_optimizer_kwargs(hp)),
+    where = ck["path"] / "trainer.json"
+    try:
+        loss = get_loss(st["loss"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: bad 'loss' ({exc})") from None
+    try:
+        optimizer = get_optimizer(name, model, **_optimizer_kwargs(hp))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: bad 'optimizer' ({exc})") from None
+    trainer = Trainer(model, loss=loss, optimizer=optimizer,
                       metrics=tuple(st.get("metrics", ("accuracy",))), device=model.device)
     _restore_optimizer(trainer, ck)
-    trainer.history = History.from_dict(st["history"])
+    trainer.history = _history_from(ck)
     trainer.fit_params = st.get("fit_params", {})
     trainer.epoch, trainer.global_step = st["epoch"], st["global_step"]
     return trainer
@@ -371,6 +582,7 @@ def _optimizer_kwargs(hp: dict) -> dict:
 
 
 def _restore_optimizer(trainer, ck: dict) -> None:
+    _check_state(ck, ("optimizer", "optimizer_step"), ("optimizer_skipped_steps",))
     grouped: dict[str, dict] = {}
     for key, arr in ck["optimizer"].items():
         pname, _, sk = key.rpartition("/")
@@ -380,7 +592,7 @@ def _restore_optimizer(trainer, ck: dict) -> None:
             "state": grouped, "step": ck["state"]["optimizer_step"],
             "skipped_steps": ck["state"].get("optimizer_skipped_steps", 0),
             "hyperparameters": ck["state"]["optimizer"]})
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{ck['path'] / 'optimizer.safetensors'}: {exc}") from None
 
 
@@ -393,24 +605,84 @@ class _Resume:
         self.finished = finished
 
 
+def _configured(trainer) -> dict:
+    """The optimizer's hyperparameters a fit starts with (``lr`` before any schedule)."""
+    return {**trainer.optimizer.hyperparameters(), "lr": trainer._base_lr}
+
+
+def _same_value(a, b) -> bool:
+    norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _overridden(trainer, st: dict) -> list[str]:
+    """The hyperparameters the trainer was set up with (other than its optimizer's defaults)
+    that differ from those of the run being resumed, as ``"lr=0.5 (checkpoint: 0.001)"``."""
+    import inspect
+    saved = st.get("configured_optimizer") or {**st["optimizer"], "lr": st["base_lr"]}
+    try:
+        params = inspect.signature(type(trainer.optimizer).__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    out = []
+    for key, value in _configured(trainer).items():
+        if key == "optimizer" or key not in saved or _same_value(value, saved[key]):
+            continue
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if default is not inspect.Parameter.empty and _same_value(value, default):
+            continue  # not chosen: the optimizer's default
+        out.append(f"{key}={value!r} (checkpoint: {saved[key]!r})")
+    return out
+
+
 def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _Resume:
     """Called by ``Trainer.fit``: add a ModelCheckpoint when none is given, and restore the
-    trainer from ``resume``. Returns whether the restored run had already finished."""
+    trainer from ``resume``. Returns whether the restored run had already finished.
+
+    Everything is checked before any training: a ``checkpoint_dir`` that is a file, a
+    destination that holds another run's checkpoints (unless resuming that run), an unusable
+    ``resume``."""
+    if checkpoint_dir is not None:
+        checkpoint_dir = _as_path(checkpoint_dir, "fit: checkpoint_dir")
+        _prepare_dir(checkpoint_dir, "fit: checkpoint_dir")
+    if resume is not None and resume != "latest":
+        if not isinstance(resume, (str, os.PathLike)):
+            raise TypeError(f"fit: resume must be 'latest' or a checkpoint path, got "
+                            f"{type(resume).__name__}")
+        resume = _as_path(resume, "fit: resume")
     if checkpoint_dir is not None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         callbacks.append(ModelCheckpoint(checkpoint_dir))
-    if resume is None:
-        return _Resume(None)
+    source: Optional[Path] = None
     if resume == "latest":
         if checkpoint_dir is None:
             raise ValueError("fit: resume='latest' needs checkpoint_dir")
-        if not (Path(checkpoint_dir) / "latest").exists():
-            return _Resume(None)  # nothing saved yet: a fresh run
-        source = Path(checkpoint_dir)
-    else:
-        source = Path(resume)
-    ck = load_checkpoint(source)
-    st = ck["state"]
+        ptr = checkpoint_dir / "latest"
+        if ptr.exists() or ptr.is_symlink():
+            source = checkpoint_dir
+        else:
+            ckpts = list_checkpoints(checkpoint_dir)
+            if ckpts:  # the pointer is gone (deleted, or a copy without it): not a fresh run
+                source = ckpts[-1]
+                warnings.warn(f"fit: {ptr} is missing; resuming from the newest complete "
+                              f"checkpoint, {source}", stacklevel=3)
+            # else nothing saved yet: a fresh run
+    elif resume is not None:
+        source = resume
+    here = resolve_checkpoint(source) if source is not None else None
+    for cb in callbacks:  # before anything is restored: the destinations must be free
+        if isinstance(cb, ModelCheckpoint):
+            what = ("fit: checkpoint_dir" if checkpoint_dir is not None and
+                    _same_dir(cb.directory, checkpoint_dir) else "ModelCheckpoint: directory")
+            _check_destination(cb.directory, what, here)
+    if here is None:
+        return _Resume(None)
+    ck = load_checkpoint(here)
     here = ck["path"]
+    st = _check_state(ck, ("model", "optimizer", "optimizer_step", "rng", "history", "epoch",
+                           "global_step", "base_lr"),
+                      ("fit_params", "callbacks", "gradient_monitor", "batch_in_epoch",
+                       "epoch_accumulators", "optimizer_skipped_steps",
+                       "configured_optimizer"))
     if st.get("model") != trainer.model.config():
         raise CheckpointError(f"{here / 'trainer.json'}: the checkpoint's architecture "
                               f"{_describe(st.get('model'))} differs from the model being "
@@ -418,7 +690,7 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
     if st.get("task") != trainer.task:
         raise CheckpointError(f"{here / 'trainer.json'}: saved for {st.get('task')}, the trainer "
                               f"is set up for {trainer.task}")
-    saved_opt = st.get("optimizer", {}).get("optimizer")
+    saved_opt = st["optimizer"]["optimizer"]
     if saved_opt != type(trainer.optimizer).__name__:
         raise CheckpointError(f"{here / 'trainer.json'}: saved with optimizer {saved_opt}, the "
                               f"trainer uses {type(trainer.optimizer).__name__}")
@@ -429,27 +701,46 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
                 f"{here / 'trainer.json'}: the run was saved with {key}={fp[key]!r} but "
                 f"fit was called with {key}={trainer.fit_params.get(key)!r}; an exact resume "
                 "needs the same data and batching")
+    from ember.nn import Dropout
+    layers = getattr(trainer.model, "layers", [])
+    dropout = []
+    for idx, d in st["rng"]["dropout"].items():
+        try:
+            layer = layers[int(idx)]
+            seed, counter = int(d["seed"]), int(d["counter"])
+        except (IndexError, KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{here / 'trainer.json'}: bad dropout state for layer "
+                                  f"{idx!r}: {json.dumps(d, default=str)[:80]}") from None
+        if not isinstance(layer, Dropout):
+            raise CheckpointError(f"{here / 'trainer.json'}: layer {idx} is not Dropout")
+        dropout.append((layer, seed, counter))
+    history = _history_from(ck)
+    overridden = _overridden(trainer, st)
+    _check_finite_weights(ck)
+    # checked: now restore
     try:
         trainer.model.load_state_dict(ck["model"])
     except ValueError as exc:
         raise CheckpointError(f"{here / 'model.safetensors'}: {exc}") from None
     _restore_optimizer(trainer, ck)
-    from ember.nn import Dropout
-    layers = getattr(trainer.model, "layers", [])
-    for idx, d in st["rng"]["dropout"].items():
-        layer = layers[int(idx)]
-        if not isinstance(layer, Dropout):
-            raise CheckpointError(f"{here / 'trainer.json'}: layer {idx} is not Dropout")
-        layer.seed, layer.counter = int(d["seed"]), int(d["counter"])
-    from ember.trainer import History
-    trainer.history = History.from_dict(st["history"])
+    if overridden:
+        warnings.warn(f"fit: resuming {here}: the run's hyperparameters are used, not the "
+                      f"trainer's: {', '.join(overridden)}", stacklevel=3)
+    for layer, seed, counter in dropout:
+        layer.seed, layer.counter = seed, counter
+    trainer.history = history
     trainer.epoch = int(st["epoch"])
     trainer.global_step = int(st["global_step"])
     trainer._start_batch = int(st.get("batch_in_epoch") or 0)
     trainer._epoch_acc = st.get("epoch_accumulators")
     trainer._base_lr = float(st["base_lr"])
+    trainer._configured_optimizer = (st.get("configured_optimizer") or
+                                     {**st["optimizer"], "lr": st["base_lr"]})
     trainer.stop_reason = st.get("stop_reason")
-    trainer.gradient_monitor.load_state_dict(st.get("gradient_monitor", {}))
+    try:
+        trainer.gradient_monitor.load_state_dict(st.get("gradient_monitor", {}))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{here / 'trainer.json'}: bad 'gradient_monitor' ({exc})") from None
     saved_cbs = st.get("callbacks", {})
     cb_arrays: dict[str, dict] = {}
     for key, arr in ck["callbacks"].items():
@@ -457,10 +748,13 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
         cb_arrays.setdefault(ckey, {})[name] = arr
     for i, cb in enumerate(callbacks):
         key = _callback_key(i, cb)
-        if key in saved_cbs:
-            cb.load_state_dict(saved_cbs[key])
-        if key in cb_arrays:
-            cb.load_arrays(cb_arrays[key])
+        try:
+            if key in saved_cbs:
+                cb.load_state_dict(saved_cbs[key])
+            if key in cb_arrays:
+                cb.load_arrays(cb_arrays[key])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{here}: bad saved state for callback {key} ({exc})") from None
     trainer._resuming = True
     if st.get("stop_reason"):
         return _Resume(f"the run stopped early ({st['stop_reason']})")
@@ -498,6 +792,11 @@ class ModelCheckpoint(_Monitor):
     At the end of training a final checkpoint marked finished is written; resuming it does no
     more training. Counts and the best checkpoint are recovered from the directory, so they stay
     right across restarts.
+
+    A training run that does not resume from ``directory`` refuses to start when it already
+    holds checkpoints (:class:`ember.CheckpointError`), and pruning deletes only the run's own
+    earlier checkpoints: never one from a later step (left there by the run before it was
+    resumed from an earlier checkpoint), never the one just written.
     """
 
     def __init__(self, directory, every_n_epochs: int = 1, every_n_steps: Optional[int] = None,
@@ -509,7 +808,7 @@ class ModelCheckpoint(_Monitor):
                              ">= 1")
         if keep_last < 1:
             raise ValueError(f"ModelCheckpoint: keep_last must be >= 1, got {keep_last}")
-        self.directory = Path(directory)
+        self.directory = _as_path(directory, "ModelCheckpoint: directory")
         self.every_n_epochs = int(every_n_epochs)
         self.every_n_steps = every_n_steps
         self.keep_last = int(keep_last)
@@ -528,21 +827,30 @@ class ModelCheckpoint(_Monitor):
         return path
 
     def _prune(self) -> None:
-        ckpts = list_checkpoints(self.directory)
+        step = self.trainer.global_step
+        ckpts = [p for p in list_checkpoints(self.directory) if _step_of(p) <= step]
         keep = {p.name for p in ckpts[-self.keep_last:]}
         if self.save_best and self.best_name:
             keep.add(self.best_name)
+        if self.last_saved is not None:
+            keep.add(self.last_saved.name)
         for p in ckpts:
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
 
     def on_train_begin(self, logs):
+        self.last_saved = None
         if not getattr(self.trainer, "_resuming", False):
+            # fit(checkpoint_dir=..., resume=...) checked this already; a ModelCheckpoint in
+            # the callbacks of a fit without them is checked here, before the first step
+            _check_destination(self.directory, "ModelCheckpoint: directory", None)
+            self.trainer._configured_optimizer = _configured(self.trainer)
             self.best, self.best_name = None, None
         ptr = self.directory / "best"
         if self.best_name is None and ptr.is_file():
-            name = ptr.read_text().strip()
-            if (self.directory / name).is_dir():
+            name = _read_pointer(ptr)
+            if name and "/" not in name and name not in (".", "..") and \
+                    (self.directory / name).is_dir():
                 self.best_name = name
 
     def on_batch_end(self, batch, logs):
