@@ -150,3 +150,81 @@ def test_prefetched_order_is_the_same_and_only_for_its_epoch():
     assert same([yb.copy() for _, yb in loader.batches(3)], plain)
     assert loader._prefetched is None
     assert not same([yb.copy() for _, yb in loader.batches(4)], plain)
+
+
+# -- bad input: clear errors at construction, naming the argument ---------------------------------
+def _xy():
+    rng = np.random.default_rng(0)
+    return rng.random((40, 4), dtype=np.float32), rng.integers(0, 3, 40)
+
+
+def test_loader_drop_last_with_a_batch_larger_than_the_data():
+    x, y = _xy()
+    with pytest.raises(ValueError, match=r"batch_size 100 is larger than the dataset "
+                                         r"\(40 samples\) and drop_last=True"):
+        DataLoader(x, y, batch_size=100, drop_last=True)
+    loader = DataLoader(x, y, batch_size=40, drop_last=True)  # exactly one batch
+    assert len(loader) == 1 and [len(yb) for _, yb in loader] == [40]
+    assert [len(yb) for _, yb in DataLoader(x, y, batch_size=100)] == [40]
+
+
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda x, y: (None,), TypeError, "DataLoader: x must be a NumPy or CuPy array, got NoneType"),
+    (lambda x, y: (x.tolist(), y.tolist()), TypeError,
+     "DataLoader: x must be a NumPy or CuPy array, got list"),
+    (lambda x, y: (x, y.tolist()), TypeError,
+     "DataLoader: y must be a NumPy or CuPy array, got list"),
+    (lambda x, y: (np.float32(1.0),), TypeError, "x must be a NumPy or CuPy array, got float32"),
+    (lambda x, y: (np.array(1.0, np.float32),), ValueError,
+     "x must have a samples axis, got a 0-d array"),
+])
+def test_loader_rejects_what_is_not_an_array(make, exc, message):
+    with pytest.raises(exc, match=message):
+        DataLoader(*make(*_xy()))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, None])
+def test_loader_seed_must_be_a_non_negative_integer(seed):
+    x, y = _xy()
+    with pytest.raises(ValueError, match="DataLoader: seed must be an integer >= 0, got"):
+        DataLoader(x, y, seed=seed)
+
+
+def test_loader_seed_accepts_numpy_integers():
+    x, y = _xy()
+    np.testing.assert_array_equal(DataLoader(x, y, seed=np.int64(7)).order(2),
+                                  DataLoader(x, y, seed=7).order(2))
+
+
+def test_batches_checks_start_and_epoch_before_drawing():
+    x, y = _xy()
+    loader = DataLoader(x, y, batch_size=16)  # 3 batches
+    for start in (-1, 4, 1.0, None):
+        with pytest.raises(ValueError, match=r"DataLoader.batches: start must be an integer in "
+                                             r"\[0, 3\]"):
+            loader.batches(0, start=start)  # raised at the call, not at the first batch
+    for epoch in (-1, 0.5):
+        with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+            loader.batches(epoch)
+        with pytest.raises(ValueError, match="DataLoader: epoch must be an integer >= 0"):
+            loader.order(epoch)
+    assert list(loader.batches(0, start=3)) == []
+    assert [len(yb) for _, yb in loader.batches(np.int64(1), start=np.int64(2))] == [8]
+
+
+def test_train_val_split_accepts_lists_and_checks_its_arguments():
+    x, y = _xy()
+    xtr, ytr, xva, yva = train_val_split(x.tolist(), y.tolist(), 0.2, seed=3)
+    ref = train_val_split(x, y, 0.2, seed=3)
+    for got, want in zip((xtr, ytr, xva, yva), ref):
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(TypeError, match="train_val_split: x must be an array or a list, got "
+                                        "NoneType"):
+        train_val_split(None, y)
+    with pytest.raises(ValueError, match="train_val_split: fraction must be in"):
+        train_val_split(x, y, "0.2")
+    with pytest.raises(ValueError, match="train_val_split: seed must be an integer >= 0"):
+        train_val_split(x, y, 0.2, seed=-1)
+    with pytest.raises(ValueError, match="x has 40 samples but y has 39"):
+        train_val_split(x, y[:-1].tolist())

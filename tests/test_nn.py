@@ -345,3 +345,211 @@ def test_mlp_plan_mse_checks_its_targets():
         plan.step(x, np.zeros(6, np.int64))
     with pytest.raises(ValueError, match=r"targets must have shape \(6, 3\)"):
         plan.step(x, np.zeros((6, 2), np.float32))
+
+
+# -- bad input: clear errors naming the argument, and nothing half-done ---------------------------
+def _snapshot(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def _assert_unchanged(model, before):
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_state_dict_checks_every_array_before_copying_any(strict):
+    model = nn.MLP([4, 8, 3], seed=0)
+    before = _snapshot(model)
+    good = {k: v + 1 for k, v in before.items()}
+    nan = dict(good)
+    nan["2.weight"] = good["2.weight"].copy()
+    nan["2.weight"][0, 0] = np.nan  # the last layer is bad: layer 0 must not be loaded either
+    with pytest.raises(ValueError, match=r"2.weight holds NaN or Inf \(as float32\); nothing "
+                                         "was loaded"):
+        model.load_state_dict(nan, strict=strict)
+    _assert_unchanged(model, before)
+    huge = dict(good, **{"2.bias": np.array([1.0, 1e300, 1.0])})  # inf once float32
+    with pytest.raises(ValueError, match=r"2.bias holds NaN or Inf \(as float32\)"):
+        model.load_state_dict(huge, strict=strict)
+    _assert_unchanged(model, before)
+    text = dict(good, **{"2.bias": np.array(["a"] * 3, object)})
+    with pytest.raises(TypeError, match="2.bias must hold real numbers, got dtype object"):
+        model.load_state_dict(text, strict=strict)
+    _assert_unchanged(model, before)
+    strings = dict(good, **{"0.bias": np.array(["1"] * 8)})  # not silently parsed as numbers
+    with pytest.raises(TypeError, match=r"0.bias must hold real numbers, got dtype <U1"):
+        model.load_state_dict(strings, strict=strict)
+    with pytest.raises(TypeError, match="0.weight must be an array of numbers"):
+        model.load_state_dict(dict(good, **{"0.weight": [[1.0] * 4] * 7 + [[1.0]]}),
+                              strict=strict)
+    _assert_unchanged(model, before)
+    # lists and float64 arrays of the right shape are converted
+    model.load_state_dict({k: v.astype(np.float64).tolist() if k == "0.bias" else
+                           v.astype(np.float64) for k, v in good.items()}, strict=strict)
+    for k, v in good.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+        assert model.state_dict()[k].dtype == np.float32
+
+
+def test_load_state_dict_needs_a_mapping():
+    model = nn.MLP([4, 8, 3])
+    with pytest.raises(TypeError, match="state_dict must be a mapping of name -> array, got list"):
+        model.load_state_dict([1, 2])
+    with pytest.raises(TypeError, match="got NoneType"):
+        model.load_state_dict(None)
+
+
+@pytest.mark.parametrize("dropout", [-0.5, float("nan"), 1.0, "0.5", None, True])
+def test_mlp_rejects_bad_dropout(dropout):
+    with pytest.raises(ValueError, match=r"MLP: dropout must be a number in \[0, 1\), got"):
+        nn.MLP([4, 8, 3], dropout=dropout)
+
+
+def test_dropout_accepts_numpy_numbers():
+    d = nn.Dropout(np.float32(0.5), seed=np.int64(3))
+    assert d.p == 0.5 and type(d.p) is float and d.seed == 3
+    assert nn.Dropout(np.int64(0)).p == 0.0
+    m = nn.MLP([4, 8, 3], dropout=np.float64(0.25))
+    assert [type(layer).__name__ for layer in m.layers] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert m.layers[2].p == 0.25
+    for p in (True, "0.5", float("nan"), -0.1, 1.0):
+        with pytest.raises(ValueError, match=r"Dropout: p must be in \[0, 1\), got"):
+            nn.Dropout(p)
+    for seed in (-1, 2 ** 64, 1.5, "1"):
+        with pytest.raises(ValueError, match=r"Dropout: seed must be an integer in \[0, 2\*\*64\)"):
+            nn.Dropout(0.5, seed=seed)
+
+
+def test_predict_checks_x_and_batch_size():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4), dtype=np.float32)
+    model = nn.MLP([4, 8, 3], dropout=0.5, seed=0)
+    full = model.eval().forward(x)
+    model.train()
+    np.testing.assert_array_equal(model.predict(x, batch_size=7), full)  # batched = one pass
+    np.testing.assert_array_equal(model.predict(x, batch_size=np.int64(40)), full)
+    assert model.training  # mode restored
+    with pytest.raises(ValueError, match=r"predict: x is empty \(0 samples\)"):
+        model.predict(x[:0])
+    for bs in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="predict: batch_size must be a positive integer"):
+            model.predict(x, batch_size=bs)
+    with pytest.raises(TypeError, match="predict: x must be a NumPy or CuPy array, got list"):
+        model.predict(x.tolist())
+
+
+def test_layer_errors_name_the_layer_not_the_kernel():
+    model = nn.MLP([4, 8, 3], seed=0)
+    for m in (model, model.eval()):  # training mode (buffers) and eval mode
+        with pytest.raises(ValueError, match=r"^Linear \(layer 0\): x has 5 features, "
+                                             r"expected 4$"):
+            m.forward(np.ones((5, 5), np.float32))
+        with pytest.raises(TypeError, match=r"^Linear \(layer 0\): x must be float32, got "
+                                            r"float64$"):
+            m.forward(np.ones((5, 4)))
+        with pytest.raises(ValueError, match=r"Linear \(layer 0\): x must be 2-D \(batch, 4\)"):
+            m.forward(np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"Linear \(layer 0\): x must be float32"):
+        model.predict(np.ones((5, 4)))
+    with pytest.raises(ValueError, match=r"^Linear: x has 3 features, expected 4$"):
+        nn.Linear(4, 2).forward(np.ones((2, 3), np.float32))
+    # backward: grad_out must match the layer's output
+    model.train()
+    model.forward(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"Linear \(layer 2\): grad_out has 4 columns, "
+                                         r"expected 3"):
+        model.backward(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"Linear \(layer 2\): grad_out has 6 rows but the "
+                                         r"forward pass had 5"):
+        model.backward(np.ones((6, 3), np.float32))
+    with pytest.raises(TypeError, match=r"Linear \(layer 2\): grad_out must be float32"):
+        model.backward(np.ones((5, 3)))
+    model.backward(np.ones((5, 3), np.float32))  # still usable
+
+
+def test_sequential_checks_that_linear_widths_fit():
+    with pytest.raises(ValueError, match=r"Sequential: layer 2 \(Linear\) expects 5 inputs but "
+                                         r"layer 0 gives 3"):
+        nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(5, 2))
+    with pytest.raises(ValueError, match=r"layer 3 \(Linear\) expects 5 inputs but layer 0 "
+                                         r"gives 3"):
+        nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Dropout(0.1), nn.Linear(5, 2))
+
+    class Widen(nn.Module):  # a user's module may change the width: not checked past it
+        def forward(self, x):
+            return np.concatenate([x, x], axis=1)
+
+    model = nn.Sequential(nn.Linear(4, 3), Widen(), nn.Linear(6, 2))
+    assert model.forward(np.ones((2, 4), np.float32)).shape == (2, 2)
+    # replace may leave the widths apart for a moment (to change a hidden width in two steps);
+    # training then names the layers, not MlpPlan's internals
+    from ember import Trainer
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4), dtype=np.float32), rng.integers(0, 3, 40)
+    mlp = nn.MLP([4, 8, 3], seed=0).replace(0, nn.Linear(4, 16))
+    with pytest.raises(ValueError, match=r"Sequential: layer 2 \(Linear\) expects 8 inputs but "
+                                         r"layer 0 gives 16"):
+        Trainer(mlp, device="cpu").fit(x, y, epochs=1, batch_size=8, verbose=0)
+    mlp.replace(2, nn.Linear(16, 3))
+    Trainer(mlp, device="cpu").fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_linear_and_mlp_check_seed_gain_and_rng():
+    for seed in (-1, 1.5, "0", True):
+        with pytest.raises(ValueError, match="Linear: seed must be an integer >= 0"):
+            nn.Linear(4, 3, seed=seed)
+        with pytest.raises(ValueError, match="MLP: seed must be an integer >= 0"):
+            nn.MLP([4, 8, 3], seed=seed)
+    for gain in (-1, 0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="Linear: gain must be a finite number > 0"):
+            nn.Linear(4, 3, gain=gain)
+    with pytest.raises(TypeError, match="Linear: rng must be a numpy.random.Generator"):
+        nn.Linear(4, 3, rng=0)
+    np.testing.assert_array_equal(nn.Linear(4, 3, seed=np.int64(5), gain=np.float32(2)).weight.data,
+                                  nn.Linear(4, 3, seed=5, gain=2.0).weight.data)
+    # a huge MLP seed still gives valid dropout seeds
+    big = nn.MLP([4, 8, 8, 3], dropout=0.5, seed=2 ** 70)
+    assert all(0 <= d.seed < 2 ** 64 for d in big.layers if isinstance(d, nn.Dropout))
+    with pytest.raises(ValueError, match="MLP: sizes must be positive integers"):
+        nn.MLP([4, 0, 3])
+    with pytest.raises(TypeError, match="MLP: sizes must be a list of layer sizes, got int"):
+        nn.MLP(4)
+
+
+def test_leaky_relu_checks_negative_slope():
+    for slope in ("x", None, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="LeakyReLU: negative_slope must be a finite number"):
+            nn.LeakyReLU(slope)
+    assert nn.LeakyReLU(np.float32(0.25)).negative_slope == 0.25
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"type": "Linear"}, "a Linear config needs the key 'in_features'"),
+    ({"type": "Linear", "in_features": 4}, "a Linear config needs the key 'out_features'"),
+    ({"type": "Dropout"}, "a Dropout config needs the key 'p'"),
+    ({"type": "Sequential", "layers": 3}, "a Sequential config's 'layers' must be a list"),
+    ({"type": ["Linear"]}, "'type' must be a layer name"),
+    ([1, 2], "expected a dict with a 'type' key"),
+])
+def test_from_config_names_what_is_missing(config, message):
+    with pytest.raises(ValueError, match=f"from_config: {message}"):
+        nn.from_config(config)
+
+
+def test_replace_checks_the_index():
+    model = nn.MLP([4, 8, 3], seed=0)
+    before = list(model.layers)
+    with pytest.raises(IndexError, match=r"replace: index 10 is out of range for a Sequential of "
+                                         r"3 layers \(valid: -3 to 2\)"):
+        model.replace(10, nn.Linear(8, 3))
+    with pytest.raises(IndexError, match="index -4 is out of range"):
+        model.replace(-4, nn.Linear(8, 3))
+    with pytest.raises(TypeError, match="replace: index must be an integer, got str"):
+        model.replace("2", nn.Linear(8, 3))
+    assert model.layers == before
+    new = nn.Linear(8, 5)
+    assert model.replace(-1, new).layers[2] is new
+    assert model.forward(np.ones((2, 4), np.float32)).shape == (2, 5)

@@ -389,3 +389,52 @@ def test_argmax_accuracy_bad_input(call, exc, msg):
 
 def test_rel_error_helper_sanity():
     assert rel_error([1.0], [1.0]) == 0.0
+
+
+# -- ember.losses.CrossEntropy: its arguments are checked where they are given ---------------------
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(label_smoothing="x"), ValueError,
+     r"CrossEntropy: label_smoothing must be a number in \[0, 1\], got 'x'"),
+    (dict(label_smoothing=float("nan")), ValueError, "label_smoothing must be a number"),
+    (dict(label_smoothing=1.5), ValueError,
+     r"label_smoothing must be a number in \[0, 1\], got 1.5"),
+    (dict(label_smoothing=None), ValueError, "label_smoothing must be a number"),
+    (dict(weight=[[1.0, 2.0]]), ValueError,
+     r"CrossEntropy: weight must be 1-D with one entry per class, got shape \(1, 2\)"),
+    (dict(weight=[]), ValueError, r"CrossEntropy: weight must be 1-D .* got shape \(0,\)"),
+    (dict(weight=1.0), ValueError, r"CrossEntropy: weight must be 1-D .* got shape \(\)"),
+    (dict(weight=[1.0, -2.0, 1.0]), ValueError,
+     r"CrossEntropy: weight must be finite and >= 0, got weight\[1\] = -2.0"),
+    (dict(weight=[1.0, 1.0, float("nan")]), ValueError,
+     r"CrossEntropy: weight must be finite and >= 0, got weight\[2\] = nan"),
+    (dict(weight=[1.0, 1e300]), ValueError,  # inf once in float32
+     r"CrossEntropy: weight must be finite and >= 0, got weight\[1\] = 1e\+300"),
+    (dict(weight=["a", "b"]), TypeError, "CrossEntropy: weight must hold numbers, got dtype <U1"),
+    (dict(weight=[[1.0], [1.0, 2.0]]), TypeError, "CrossEntropy: weight must be a 1-D array"),
+])
+def test_cross_entropy_checks_its_arguments(kwargs, exc, msg):
+    from ember.losses import CrossEntropy
+    with pytest.raises(exc, match=msg):
+        CrossEntropy(**kwargs)
+
+
+def test_cross_entropy_weight_length_is_named_when_first_used():
+    from ember import Trainer, nn
+    from ember.losses import CrossEntropy, get_loss
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 4), dtype=np.float32), rng.integers(0, 3, 40)
+    msg = r"CrossEntropy: weight has 2 entries \(one per class\) but the logits have 3 classes"
+    ce = CrossEntropy(weight=[1, 2])
+    with pytest.raises(ValueError, match=msg):  # layer by layer
+        ce.forward(rng.random((5, 3), dtype=np.float32), y[:5])
+    for loss in (ce, get_loss({"type": "CrossEntropy", "weight": [1.0, 2.0]})):
+        # Trainer's fused CPU step (ember._cpu.MlpPlan), and the layer-by-layer step (dropout)
+        for model in (nn.MLP([4, 8, 3], seed=0), nn.MLP([4, 8, 3], dropout=0.1, seed=0)):
+            with pytest.raises(ValueError, match=msg):
+                Trainer(model, loss=loss, device="cpu").fit(x, y, epochs=1, batch_size=8,
+                                                            verbose=0)
+    good = CrossEntropy(weight=np.array([1, 2, 0.5]))  # integer/float64 input: float32 inside
+    assert good.weight.dtype == np.float32 and good.weight.tolist() == [1.0, 2.0, 0.5]
+    assert CrossEntropy(label_smoothing=np.float32(0.25)).label_smoothing == 0.25
+    Trainer(nn.MLP([4, 8, 3], seed=0), loss=good, device="cpu").fit(x, y, epochs=1, batch_size=8,
+                                                                     verbose=0)

@@ -27,6 +27,20 @@ from ember import ops
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_seed(where: str, seed) -> int:
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _on_gpu(a) -> bool:
+    return hasattr(a, "__cuda_array_interface__")
+
+
 def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = None,
              n_classes: Optional[int] = None, where: str = "fit"):
     """Validate and normalise training data; returns ``(x float32 C-contiguous, y)``.
@@ -98,9 +112,15 @@ class DataLoader:
         batch_size: samples per batch (>= 1).
         shuffle: shuffle each epoch (order a pure function of ``(seed, epoch)``).
         drop_last: drop the last incomplete batch.
-        seed: shuffling seed.
+        seed: shuffling seed (an integer >= 0).
 
     The arrays yielded are reused buffers, valid until the next batch is drawn.
+
+    Raises:
+        TypeError: ``x`` or ``y`` is not a NumPy or CuPy array (lists are not batched: convert
+            them with ``numpy.asarray``, or use :func:`check_xy`).
+        ValueError: bad ``batch_size`` or ``seed``, empty data, ``x`` and ``y`` of different
+            lengths or devices, or ``drop_last`` with fewer samples than ``batch_size``.
     """
 
     def __init__(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
@@ -109,17 +129,33 @@ class DataLoader:
                 batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got "
                              f"{batch_size!r}")
+        for name, a in (("x", x), ("y", y)):
+            if a is None and name == "y":
+                continue
+            if not (isinstance(a, np.ndarray) or _on_gpu(a)) or not hasattr(a, "ndim"):
+                raise TypeError(f"DataLoader: {name} must be a NumPy or CuPy array, got "
+                                f"{type(a).__name__}")
+            if a.ndim == 0:
+                raise ValueError(f"DataLoader: {name} must have a samples axis, got a 0-d array")
         n = len(x)
         if n == 0:
             raise ValueError("DataLoader: the dataset is empty")
         if y is not None and len(y) != n:
             raise ValueError(f"DataLoader: x has {n} samples but y has {len(y)}")
+        if y is not None and _on_gpu(x) != _on_gpu(y):
+            raise ValueError(f"DataLoader: x and y must be on the same device, got x on "
+                             f"{'the GPU' if _on_gpu(x) else 'the CPU'} and y on "
+                             f"{'the GPU' if _on_gpu(y) else 'the CPU'}")
+        self.seed = _check_seed("DataLoader", seed)
+        if drop_last and batch_size > n:
+            raise ValueError(f"DataLoader: batch_size {batch_size} is larger than the dataset "
+                             f"({n} samples) and drop_last=True: every epoch would be empty "
+                             "(use a smaller batch_size or drop_last=False)")
         self.x, self.y = x, y
         self.n = n
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        self.seed = int(seed)
         self._bufs: dict = {}
         self._prefetched = None  # (epoch, order on the batches' device, event or None)
         # The array module batches are gathered with: chosen once, here, from x's device.
@@ -137,6 +173,8 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Sample indices of epoch ``epoch`` (a pure function of seed and epoch)."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"DataLoader: epoch must be an integer >= 0, got {epoch!r}")
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
@@ -176,7 +214,16 @@ class DataLoader:
         return buf
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:
-        """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on."""
+        """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on
+        (``0 <= start <= len(self)``; checked here, before the first batch is drawn)."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"DataLoader.batches: epoch must be an integer >= 0, got {epoch!r}")
+        if not _is_int(start) or not 0 <= start <= len(self):
+            raise ValueError(f"DataLoader.batches: start must be an integer in [0, {len(self)}] "
+                             f"(the batches per epoch), got {start!r}")
+        return self._batches(epoch, int(start))
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple]:
         xp = self._xp
         idx = self._order_on_device(epoch)
         bs = self.batch_size
@@ -208,10 +255,30 @@ def train_val_split(x, y, fraction: float = 0.2, seed: int = 0, stratify: bool =
     """Split into disjoint train and validation sets; ``fraction`` goes to validation.
 
     With ``stratify`` (and integer labels), each class is split in the same proportion.
+    ``x`` and ``y`` are arrays (lists are converted with ``numpy.asarray``).
     Returns ``(x_train, y_train, x_val, y_val)``.
     """
-    if not 0.0 < fraction < 1.0:
+    if isinstance(fraction, (bool, np.bool_)) or \
+            not isinstance(fraction, (int, float, np.integer, np.floating)) or \
+            not 0.0 < fraction < 1.0:
         raise ValueError(f"train_val_split: fraction must be in (0, 1), got {fraction!r}")
+    seed = _check_seed("train_val_split", seed)
+    arrays = []
+    for name, a in (("x", x), ("y", y)):
+        if not (isinstance(a, np.ndarray) or _on_gpu(a)):
+            if not isinstance(a, (list, tuple)):
+                raise TypeError(f"train_val_split: {name} must be an array or a list, got "
+                                f"{type(a).__name__}")
+            try:
+                a = np.asarray(a)
+            except ValueError as exc:
+                raise ValueError(f"train_val_split: {name} is a list that does not form an "
+                                 f"array ({exc})") from None
+        if a.ndim == 0:
+            raise ValueError(f"train_val_split: {name} must have a samples axis, got a 0-d "
+                             "array")
+        arrays.append(a)
+    x, y = arrays
     n = len(x)
     if len(y) != n:
         raise ValueError(f"train_val_split: x has {n} samples but y has {len(y)}")

@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
 
 import numpy as np
 
@@ -64,14 +65,48 @@ class CrossEntropy(Loss):
 
     def __init__(self, label_smoothing: float = 0.0, weight=None, reduction: str = "mean"):
         super().__init__()
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"CrossEntropy: label_smoothing must be in [0, 1], "
+        if not (isinstance(label_smoothing, numbers.Real) and
+                not isinstance(label_smoothing, (bool, np.bool_)) and
+                0.0 <= label_smoothing <= 1.0):
+            raise ValueError(f"CrossEntropy: label_smoothing must be a number in [0, 1], "
                              f"got {label_smoothing!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"CrossEntropy: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.label_smoothing = float(label_smoothing)
-        self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
+        self.weight = None if weight is None else self._checked_weight(weight)
         self.reduction = reduction
+
+    @staticmethod
+    def _checked_weight(weight) -> np.ndarray:
+        """``weight`` as a 1-D float32 NumPy array of finite values >= 0, or an error naming it
+        (its length is checked against the logits when the loss is first used)."""
+        if hasattr(weight, "__cuda_array_interface__") and hasattr(weight, "get"):  # cupy
+            weight = weight.get()
+        try:
+            w0 = np.asarray(weight)
+        except (TypeError, ValueError):
+            raise TypeError(f"CrossEntropy: weight must be a 1-D array of per-class weights, "
+                            f"got {type(weight).__name__}") from None
+        if w0.dtype.kind not in "biuf":
+            raise TypeError(f"CrossEntropy: weight must hold numbers, got dtype {w0.dtype}")
+        if w0.ndim != 1 or w0.size == 0:
+            raise ValueError(f"CrossEntropy: weight must be 1-D with one entry per class, got "
+                             f"shape {w0.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):  # too large: inf, reported below
+            w = np.ascontiguousarray(w0, dtype=np.float32)
+        bad = ~(np.isfinite(w) & (w >= 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"CrossEntropy: weight must be finite and >= 0, got weight[{i}] = "
+                             f"{w0[i].item()}")
+        return w
+
+    def _check_classes(self, n_classes: int) -> None:
+        """ValueError naming ``weight`` when it does not have one entry per class."""
+        weight = self.weight
+        if weight is not None and weight.shape[0] != n_classes:
+            raise ValueError(f"CrossEntropy: weight has {weight.shape[0]} entries (one per "
+                             f"class) but the logits have {n_classes} classes")
 
     def _device_weight(self, pred):
         weight = self.weight
@@ -82,10 +117,16 @@ class CrossEntropy(Loss):
 
     def forward(self, pred, target, compute_grad: bool = True) -> float:
         weight = self._device_weight(pred)
-        loss, self._grad = ops.softmax_cross_entropy(
-            pred, target, weight=weight, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, compute_grad=compute_grad,
-            grad=self._grad_out(pred) if compute_grad else None)
+        try:
+            loss, self._grad = ops.softmax_cross_entropy(
+                pred, target, weight=weight, label_smoothing=self.label_smoothing,
+                reduction=self.reduction, compute_grad=compute_grad,
+                grad=self._grad_out(pred) if compute_grad else None)
+        except ValueError:
+            # diagnosed only after the kernel refused (no check on the hot path)
+            if getattr(pred, "ndim", 0) == 2:
+                self._check_classes(pred.shape[1])
+            raise
         return loss
 
     def _forward_device(self, pred, target):
@@ -93,6 +134,8 @@ class CrossEntropy(Loss):
         float64 device array of shape (1,) holding the value :meth:`forward` returns (NaN for a
         label out of range). For ember._cuda_graph."""
         from ember import _cuda_ops
+        if getattr(pred, "ndim", 0) == 2:
+            self._check_classes(pred.shape[1])
         loss, self._grad = _cuda_ops.softmax_cross_entropy(
             pred, target, self._device_weight(pred), self.label_smoothing, self.reduction, 1.0,
             True, self._grad_out(pred), None, device_loss="float64")

@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -46,6 +48,53 @@ def _xp(a):
         return np
     import cupy
     return cupy
+
+
+def _is_real(v) -> bool:
+    """A real number (Python's or NumPy's, integer or floating), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_seed(where: str, seed, limit: Optional[int] = None) -> int:
+    """``seed`` as an int, or ValueError naming it unless it is an integer >= 0 (< ``limit``)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or \
+            seed < 0 or (limit is not None and seed >= limit):
+        bound = ">= 0" if limit is None else "in [0, 2**64)"
+        raise ValueError(f"{where}: seed must be an integer {bound}, got {seed!r}")
+    return int(seed)
+
+
+def _state_array(name: str, arr, like):
+    """``arr`` (a state-dict entry of the right shape) as a float32 array on ``like``'s device,
+    or a TypeError/ValueError naming ``name``. Nothing is written: see Module.load_state_dict."""
+    xp = _xp(like)
+    if xp is not np and hasattr(arr, "__cuda_array_interface__"):
+        src = xp.asarray(arr)  # stays on the device
+    else:
+        try:
+            if hasattr(arr, "__cuda_array_interface__") and hasattr(arr, "get"):  # cupy
+                arr = arr.get()
+            elif hasattr(arr, "detach"):  # torch tensor
+                arr = arr.detach().cpu().numpy()
+            src = np.asarray(arr)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"load_state_dict: {name} must be an array of numbers, got "
+                            f"{type(arr).__name__} ({exc}); nothing was loaded") from None
+    kind = src.dtype.kind
+    if kind not in "biufO":
+        raise TypeError(f"load_state_dict: {name} must hold real numbers, got dtype {src.dtype}; "
+                        "nothing was loaded")
+    sxp = np if isinstance(src, np.ndarray) else xp  # checked where it is, then moved
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # too large: inf, reported below
+            src = src.astype(np.float32, copy=False)
+    except (TypeError, ValueError):
+        raise TypeError(f"load_state_dict: {name} must hold real numbers, got dtype {src.dtype} "
+                        "with values that are not numbers; nothing was loaded") from None
+    if not bool(sxp.all(sxp.isfinite(src))):
+        raise ValueError(f"load_state_dict: {name} holds NaN or Inf (as float32); nothing was "
+                         "loaded")
+    return src if xp is sxp else xp.asarray(src)
 
 
 class Parameter:
@@ -173,6 +222,9 @@ class Module:
     def load_state_dict(self, state: dict, strict: bool = True) -> dict:
         """Copy arrays from ``state`` into this module's parameters, matched by name.
 
+        Every array is checked (and converted to float32) before any is copied, so an error
+        leaves the module unchanged.
+
         Args:
             state: name -> array (NumPy, CuPy, or anything ``numpy.asarray`` accepts, such as a
                 PyTorch CPU tensor).
@@ -183,22 +235,34 @@ class Module:
             ``{"missing": [...], "unexpected": [...], "mismatched": [(name, want, got), ...]}``.
 
         Raises:
-            ValueError: (strict) listing every mismatch.
+            TypeError: ``state`` is not a mapping, or an array does not hold real numbers.
+            ValueError: (strict) listing every mismatch; or an array holds NaN or Inf.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError("load_state_dict: state_dict must be a mapping of name -> array, "
+                            f"got {type(state).__name__}")
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mismatched = []
-        converted = {}
+        matched = {}
         for name, p in own.items():
             if name not in state:
                 continue
             arr = state[name]
-            shape = tuple(getattr(arr, "shape", np.shape(arr)))
+            shape = getattr(arr, "shape", None)
+            if shape is None:  # a list or a scalar
+                try:
+                    arr = np.asarray(arr)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"load_state_dict: {name} must be an array of numbers, got "
+                                    f"{type(arr).__name__} ({exc}); nothing was loaded") from None
+                shape = arr.shape
+            shape = tuple(shape)
             if shape != p.shape:
                 mismatched.append((name, p.shape, shape))
                 continue
-            converted[name] = arr
+            matched[name] = arr
         if strict and (missing or unexpected or mismatched):
             parts = []
             if missing:
@@ -210,20 +274,11 @@ class Module:
                     f"{n}: model {w} vs state {g}" for n, w, g in mismatched))
             raise ValueError("load_state_dict: " + "; ".join(parts) +
                              " (pass strict=False to load the matching ones)")
-        for name, arr in converted.items():
-            p = own[name]
-            xp = _xp(p.data)
-            if xp is np:
-                if hasattr(arr, "get"):  # cupy -> numpy
-                    arr = arr.get()
-                elif hasattr(arr, "detach"):  # torch tensor
-                    arr = arr.detach().cpu().numpy()
-                src = np.asarray(arr, dtype=np.float32)
-            else:
-                src = xp.asarray(arr, dtype=xp.float32)
-            if not bool(xp.all(xp.isfinite(src))):
-                raise ValueError(f"load_state_dict: {name} holds NaN or Inf")
-            p.data[...] = src
+        # Convert and check all of them first: a bad one raises before anything is overwritten.
+        converted = {name: _state_array(name, arr, own[name].data)
+                     for name, arr in matched.items()}
+        for name, src in converted.items():
+            own[name].data[...] = src
         return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
 
     def to(self, device: str) -> "Module":
@@ -285,7 +340,14 @@ class Linear(Module):
                 raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        rng = rng if rng is not None else np.random.default_rng(seed)
+        if gain is not None and not (_is_real(gain) and math.isfinite(gain) and gain > 0):
+            raise ValueError(f"Linear: gain must be a finite number > 0, got {gain!r}")
+        gain = None if gain is None else float(gain)  # a NumPy scalar would round the bound
+        if rng is None:
+            rng = np.random.default_rng(_check_seed("Linear", seed))
+        elif not isinstance(rng, np.random.Generator):
+            raise TypeError(f"Linear: rng must be a numpy.random.Generator, got "
+                            f"{type(rng).__name__}")
         fan_in, fan_out = self.in_features, self.out_features
         if init == "he":
             bound = (math.sqrt(2.0) if gain is None else gain) * math.sqrt(3.0 / fan_in)
@@ -308,6 +370,7 @@ class Linear(Module):
         # input), so backward may read act' off it (see _act_from_output).
         self._output_internal = False
         self.negative_slope = 0.01
+        self._label = "Linear"  # how errors name the layer; Sequential adds its index
         self._x = None
         self._z = None
 
@@ -327,26 +390,55 @@ class Linear(Module):
 
     # forward and backward run once per layer per training step: they read the Parameters'
     # slots directly (no property calls).
+    # Bad input is diagnosed only once a kernel has refused it (a try costs nothing until it
+    # raises), so the checks add no work to a training step.
     def forward(self, x, out=None, preact_out=None):
         bias = self.bias
         b = None if bias is None else bias._data
         w = self.weight._data
         k = ops._cpu if type(x) is np.ndarray else _kernels(x, "Linear.forward", "x")
         act, slope = self.activation, self.negative_slope
-        if self.training:
-            self._x = x
-            if self._act_from_output():
-                # The output itself stands in for the pre-activation in backward; the next
-                # layer reads it and must not modify it in place (no ember module does).
-                y = self._z = k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0,
-                                     False, "fp32")
-                return y
-            if act != "identity":
-                y, self._z = k.gemm(x, w, b, out, preact_out, False, True, act, slope, 1.0, 0.0,
-                                    True, "fp32")
-                return y
-            self._z = None
-        return k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0, False, "fp32")
+        try:
+            if self.training:
+                self._x = x
+                if self._act_from_output():
+                    # The output itself stands in for the pre-activation in backward; the next
+                    # layer reads it and must not modify it in place (no ember module does).
+                    y = self._z = k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0,
+                                         False, "fp32")
+                    return y
+                if act != "identity":
+                    y, self._z = k.gemm(x, w, b, out, preact_out, False, True, act, slope, 1.0,
+                                        0.0, True, "fp32")
+                    return y
+                self._z = None
+            return k.gemm(x, w, b, out, None, False, True, act, slope, 1.0, 0.0, False, "fp32")
+        except (TypeError, ValueError):
+            err = self._array_error(x, "x", None, self.in_features)
+            if err is None:
+                raise
+            raise err from None
+
+    def _array_error(self, a, name, rows, cols):
+        """The exception to raise for a layer input ``a`` that is not a float32 (rows, cols)
+        array (``rows`` None: any), naming this layer; None when ``a`` looks right (the kernel's
+        own error then stands)."""
+        where = getattr(self, "_label", "Linear")
+        shape, dtype = getattr(a, "shape", None), getattr(a, "dtype", None)
+        if shape is None or dtype is None:
+            return None
+        if len(shape) != 2:
+            return ValueError(f"{where}: {name} must be 2-D (batch, {cols}), got shape "
+                              f"{tuple(shape)}")
+        if shape[1] != cols:
+            what = "features" if name == "x" else "columns"
+            return ValueError(f"{where}: {name} has {shape[1]} {what}, expected {cols}")
+        if rows is not None and shape[0] != rows:
+            return ValueError(f"{where}: {name} has {shape[0]} rows but the forward pass had "
+                              f"{rows}")
+        if dtype != np.float32:
+            return TypeError(f"{where}: {name} must be float32, got {dtype}")
+        return None
 
     def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None):
         x = self._x
@@ -360,10 +452,16 @@ class Linear(Module):
                 bias.grad = xp.zeros_like(bias._data)
         k = (ops._cpu if type(grad_out) is np.ndarray
              else _kernels(grad_out, "Linear.backward", "grad_out"))
-        gi, _, _ = k.linear_backward(
-            grad_out, x, w._data, self._z, self.activation, self.negative_slope,
-            need_grad_input, bias is not None, False, grad_input, w._grad,
-            None if bias is None else bias._grad, workspace, "fp32")
+        try:
+            gi, _, _ = k.linear_backward(
+                grad_out, x, w._data, self._z, self.activation, self.negative_slope,
+                need_grad_input, bias is not None, False, grad_input, w._grad,
+                None if bias is None else bias._grad, workspace, "fp32")
+        except (TypeError, ValueError):
+            err = self._array_error(grad_out, "grad_out", x.shape[0], self.out_features)
+            if err is None:
+                raise
+            raise err from None
         return gi
 
     def config(self) -> dict:
@@ -425,8 +523,9 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if not math.isfinite(negative_slope):
-            raise ValueError(f"LeakyReLU: negative_slope must be finite, got {negative_slope}")
+        if not (_is_real(negative_slope) and math.isfinite(negative_slope)):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got "
+                             f"{negative_slope!r}")
         self.negative_slope = float(negative_slope)
 
     def config(self) -> dict:
@@ -476,10 +575,10 @@ class Dropout(Module):
     """
 
     def __init__(self, p: float = 0.5, seed: int = 0):
-        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+        if not (_is_real(p) and 0.0 <= p < 1.0):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = int(seed)
+        self.seed = _check_seed("Dropout", seed, limit=2 ** 64)
         self.counter = 0
         self._offset = None
 
@@ -520,13 +619,35 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: layer {i} must be an ember.nn.Module, got "
                                 f"{type(layer).__name__}")
+        err = self._width_error(layers)
+        if err:
+            raise ValueError("Sequential: " + err)
         self.layers = list(layers)
         self._plan = self._build_plan()
         self._buffers: dict = {}
 
+    @staticmethod
+    def _width_error(layers) -> Optional[str]:
+        """Why consecutive Linear layers (with only activations and dropout between them) do not
+        fit together, or None. Other modules may change the width: a Linear after one is not
+        checked."""
+        width = src = None
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Linear):
+                if width is not None and layer.in_features != width:
+                    return (f"layer {i} (Linear) expects {layer.in_features} inputs but layer "
+                            f"{src} gives {width}")
+                width, src = layer.out_features, i
+            elif not isinstance(layer, (Activation, Dropout)):
+                width = None
+        return None
+
     def _build_plan(self):
         """Steps ``(layer, fused_activation_layer or None)``; fused activations are skipped."""
         plan = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                layer._label = f"Linear (layer {i})"
         i = 0
         while i < len(self.layers):
             layer = self.layers[i]
@@ -664,6 +785,13 @@ class Sequential(Module):
         return value, correct
 
     def _fused_plan(self, layers, x, loss, count_correct, mse):
+        # Built once per batch size and model/loss change, not per step: the checks here name
+        # the layer or the loss argument at fault before MlpPlan's own (internal) checks do.
+        err = self._width_error(self.layers)
+        if err:
+            raise ValueError("Sequential: " + err)
+        if not mse:
+            loss._check_classes(layers[-1].out_features)
         batch = x.shape[0]
         ws, bs, acts, slopes, ys, zs, gws, gbs, gxs, wss, saved = ([] for _ in range(11))
         for idx, lin in enumerate(layers):
@@ -712,6 +840,12 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"replace: layer must be an ember.nn.Module, got "
                             f"{type(layer).__name__}")
+        n = len(self.layers)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"replace: index must be an integer, got {type(index).__name__}")
+        if not -n <= index < n:
+            raise IndexError(f"replace: index {index} is out of range for a Sequential of {n} "
+                             f"layers (valid: {-n} to {n - 1})")
         self.layers[index] = layer
         for lyr in self.layers:
             if isinstance(lyr, Linear):
@@ -722,7 +856,24 @@ class Sequential(Module):
         return self
 
     def predict(self, x, batch_size: int = 4096):
-        """Outputs for ``x`` in eval mode (weights frozen, dropout off), in batches."""
+        """Outputs for ``x`` in eval mode (weights frozen, dropout off), in batches.
+
+        Raises:
+            ValueError: ``x`` is empty, or ``batch_size`` is not a positive integer.
+            TypeError: ``x`` is not a NumPy or CuPy array.
+        """
+        if isinstance(batch_size, (bool, np.bool_)) or \
+                not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a positive integer, got "
+                             f"{batch_size!r}")
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            raise TypeError(f"predict: x must be a NumPy or CuPy array, got {type(x).__name__}")
+        if len(shape) == 0:
+            raise ValueError("predict: x must be an array of samples, got a 0-d array")
+        if shape[0] == 0:
+            raise ValueError("predict: x is empty (0 samples)")
+        batch_size = int(batch_size)
         was = self.training
         self.eval()
         try:
@@ -782,9 +933,19 @@ class MLP(Sequential):
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu", dropout: float = 0.0,
                  init: str = "auto", seed: int = 0):
-        sizes = list(sizes)
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise TypeError(f"MLP: sizes must be a list of layer sizes, got "
+                            f"{type(sizes).__name__}") from None
         if len(sizes) < 2:
             raise ValueError(f"MLP: sizes must list at least input and output sizes, got {sizes}")
+        for v in sizes:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"MLP: sizes must be positive integers, got {sizes}")
+        if not (_is_real(dropout) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"MLP: dropout must be a number in [0, 1), got {dropout!r}")
+        seed = _check_seed("MLP", seed)
         if activation not in _ACTIVATION_CLASSES:
             raise ValueError(f"MLP: activation must be one of {sorted(_ACTIVATION_CLASSES)}, "
                              f"got {activation!r}")
@@ -801,7 +962,7 @@ class MLP(Sequential):
             if not last:
                 layers.append(_ACTIVATION_CLASSES[activation]())
                 if dropout > 0:
-                    layers.append(Dropout(dropout, seed=seed * 1000003 + i))
+                    layers.append(Dropout(dropout, seed=(seed * 1000003 + i) % 2 ** 64))
         self.sizes = sizes
         self.activation_name = activation
         super().__init__(*layers)
@@ -813,12 +974,24 @@ def from_config(config: dict) -> Module:
         kind = config["type"]
     except (TypeError, KeyError):
         raise ValueError(f"from_config: expected a dict with a 'type' key, got {config!r}")
+    if not isinstance(kind, str):
+        raise ValueError(f"from_config: 'type' must be a layer name, got {kind!r}")
+
+    def need(key):
+        if key not in config:
+            raise ValueError(f"from_config: a {kind} config needs the key {key!r}, got {config!r}")
+        return config[key]
+
     if kind == "Sequential":
-        return Sequential(*[from_config(c) for c in config.get("layers", [])])
+        layers = config.get("layers", [])
+        if not isinstance(layers, (list, tuple)):
+            raise ValueError(f"from_config: a Sequential config's 'layers' must be a list, got "
+                             f"{type(layers).__name__}")
+        return Sequential(*[from_config(c) for c in layers])
     if kind == "Linear":
-        return Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
+        return Linear(need("in_features"), need("out_features"), bias=config.get("bias", True))
     if kind == "Dropout":
-        return Dropout(config["p"], seed=config.get("seed", 0))
+        return Dropout(need("p"), seed=config.get("seed", 0))
     if kind == "LeakyReLU":
         return LeakyReLU(config.get("negative_slope", 0.01))
     if kind == "GELU":
