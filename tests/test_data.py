@@ -228,3 +228,33 @@ def test_train_val_split_accepts_lists_and_checks_its_arguments():
         train_val_split(x, y, 0.2, seed=-1)
     with pytest.raises(ValueError, match="x has 40 samples but y has 39"):
         train_val_split(x, y[:-1].tolist())
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda x, y: (x + 1j * x, y), TypeError, r"fit: x must hold real numbers .* complex"),
+    (lambda x, y: (x.astype("m8[s]"), y), TypeError, r"fit: x must hold real numbers .* timedelta"),
+    (lambda x, y: (x, y.astype("m8[s]")), TypeError, r"fit: y must hold real numbers .* timedelta"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, 1e300, x), y), ValueError,
+     r"fit: x\[1, 1\] = 1e\+300 does not fit in float32"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 2, 2 ** 63 + 1, y).astype(np.uint64)),
+     ValueError, r"fit: label 9223372036854775809 at index 2 is outside \[0, 3\)"),
+])
+def test_check_xy_refuses_what_float32_or_int64_would_change(make, error, message):
+    """Complex data (the imaginary part would be dropped), timedeltas, a float64 that overflows
+    float32 and a uint64 label that would wrap negative are named, not converted."""
+    import warnings as _w
+    from ember.data import check_xy
+    rng = np.random.default_rng(0)
+    x, y = make(rng.random((40, 4)), rng.integers(0, 3, 40))
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # no RuntimeWarning from the cast on the way
+        with pytest.raises(error, match=message):
+            check_xy(x, y, task="classification", n_classes=3)
+
+
+def test_uint64_labels_beyond_int64_are_named_by_ops():
+    import ember.ops as ops
+    logits = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy: labels\[2\] = "
+                                         r"9223372036854775809 is out of range"):
+        ops.softmax_cross_entropy(logits, np.array([0, 1, 2 ** 63 + 1], np.uint64))

@@ -386,7 +386,7 @@ def test_progress_output_one_line_per_epoch_when_not_a_tty(capsys):
     (lambda x, y: (x, y.astype(np.float64)), "labels must be integers"),
     (lambda x, y: (x[:0], y[:0]), "x is empty"),
     (lambda x, y: (x[0], y), "x must be 2-D"),
-    (lambda x, y: (x.astype(object), y), "x must be numeric"),
+    (lambda x, y: (x.astype(object), y), "x must hold real numbers"),
 ])
 def test_bad_input_rejected_before_training(mutate, message):
     x, y = _blobs()

@@ -41,6 +41,12 @@ def _on_gpu(a) -> bool:
     return hasattr(a, "__cuda_array_interface__")
 
 
+def _real_dtype(dtype) -> bool:
+    """Integers, floats and bools: not complex (the imaginary part would be dropped), not
+    timedelta/datetime (NumPy counts timedelta64 as an integer), not object or text."""
+    return dtype.kind in "biuf"
+
+
 def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = None,
              n_classes: Optional[int] = None, where: str = "fit"):
     """Validate and normalise training data; returns ``(x float32 C-contiguous, y)``.
@@ -53,8 +59,9 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
         TypeError: non-numeric data.
     """
     xa = np.asarray(x.get() if hasattr(x, "get") else x)
-    if xa.dtype == object or not (np.issubdtype(xa.dtype, np.number) or xa.dtype == bool):
-        raise TypeError(f"{where}: x must be numeric, got dtype {xa.dtype}")
+    if not _real_dtype(xa.dtype):
+        raise TypeError(f"{where}: x must hold real numbers (int, float or bool), got dtype "
+                        f"{xa.dtype}")
     if xa.ndim != 2:
         raise ValueError(f"{where}: x must be 2-D (samples, features), got shape {xa.shape}")
     if xa.shape[0] == 0:
@@ -63,18 +70,25 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
         raise ValueError(f"{where}: x has 0 features")
     if n_features is not None and xa.shape[1] != n_features:
         raise ValueError(f"{where}: x has {xa.shape[1]} features, the model expects {n_features}")
-    xa = np.ascontiguousarray(xa, dtype=np.float32)
-    if not np.isfinite(xa).all():
-        bad = np.argwhere(~np.isfinite(xa))[0]
+    with np.errstate(over="ignore"):  # a value too large for float32: named below
+        x32 = np.ascontiguousarray(xa, dtype=np.float32)
+    if not np.isfinite(x32).all():
+        bad = np.argwhere(~np.isfinite(x32))[0]
+        value = xa[bad[0], bad[1]]
+        if np.isfinite(value):  # finite in its own dtype: too large for float32
+            raise ValueError(f"{where}: x[{bad[0]}, {bad[1]}] = {float(value):g} does not fit "
+                             f"in float32 (|x| <= 3.4e38)")
         raise ValueError(f"{where}: x holds NaN or Inf (first at row {bad[0]}, column {bad[1]})")
+    xa = x32
     if y is None:
         return xa, None
     ya = np.asarray(y.get() if hasattr(y, "get") else y)
     if ya.ndim == 0 or ya.shape[0] != xa.shape[0]:
         raise ValueError(f"{where}: x has {xa.shape[0]} samples but y has "
                          f"{ya.shape[0] if ya.ndim else 'a scalar'}")
-    if ya.dtype == object or not (np.issubdtype(ya.dtype, np.number) or ya.dtype == bool):
-        raise TypeError(f"{where}: y must be numeric, got dtype {ya.dtype}")
+    if not _real_dtype(ya.dtype):
+        raise TypeError(f"{where}: y must hold real numbers (int, float or bool), got dtype "
+                        f"{ya.dtype}")
     if task == "classification":
         if ya.ndim != 1:
             raise ValueError(f"{where}: classification labels must be 1-D class indices, got "
@@ -86,6 +100,10 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
                                  f"{ya.dtype} (convert with y.astype(int) if they are classes)")
             raise ValueError(f"{where}: classification labels must be integer class indices, "
                              f"got dtype {ya.dtype}")
+        if ya.dtype.kind == "u" and ya.max() > np.iinfo(np.int64).max:  # would wrap negative
+            bad = int(np.argmax(ya > np.iinfo(np.int64).max))
+            raise ValueError(f"{where}: label {ya[bad]} at index {bad} is outside "
+                             f"[0, {n_classes if n_classes is not None else 'n_classes'})")
         ya = ya.astype(np.int64)
         if ya.min() < 0 or (n_classes is not None and ya.max() >= n_classes):
             bad = int(np.argmax((ya < 0) | (ya >= (n_classes or np.iinfo(np.int64).max))))

@@ -67,9 +67,13 @@ def _impl(x: Any, fn: str, name: str):
 def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class indices)") -> Any:
     """Integer labels (or indices) as int64, the kernels' type; anything else is a TypeError."""
     if type(labels) is np.ndarray and labels.dtype != np.int64:
-        if not np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype.kind not in "iu":  # (NumPy counts timedelta64 as an integer)
             raise TypeError(f"{fn}: {name} must be an integer array{what}, "
                             f"got dtype {labels.dtype}")
+        if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+            i = int(np.argmax(labels.reshape(-1) > np.iinfo(np.int64).max))
+            raise ValueError(f"{fn}: {name}[{i}] = {labels.reshape(-1)[i]} is out of range "
+                             f"(it does not fit in int64)")
         return labels.astype(np.int64)
     return labels
 
