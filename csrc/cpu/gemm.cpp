@@ -60,7 +60,10 @@ constexpr int64_t kNC = 256;
 // problems that would save under ~2 us stay on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 17;
 // linear_backward runs dX and dW side by side, one thread each, below this many multiply-adds
-// each (a 2-way split of each pays two fork/joins and packs B twice).
+// each (a 2-way split of each pays two fork/joins and packs B twice), and at any size when the
+// pool has exactly two threads: the two products have the same multiply-adds, and each on one
+// core beats both split over two (64-256-256-10 MLP step at batch 200, 2 cores: ~518 vs
+// ~532 us, medians of alternating runs).
 constexpr int64_t kTaskParallelWork = int64_t(1) << 21;
 
 typedef float vf __attribute__((vector_size(kVL * sizeof(float))));
@@ -636,9 +639,19 @@ DAct sub_dact(const DAct& d, int64_t m0, int64_t n0) {
 }
 
 // Split C over a tm x tn grid of threads (MR/NR-aligned) to minimise the slowest thread's
-// estimated time: its share of the multiply-adds plus the packing it repeats.
+// estimated time: its share of the multiply-adds plus the packing it repeats. Shares are counted
+// as the kernel computes them: a last row tile of r rows costs r rows, a last column panel its
+// width rounded up to whole vectors (so 100 columns split 64 + 36 on two threads are 64 vs 48
+// lanes: splitting the rows instead, 104 + 96 rows of 112 lanes, is the better grid).
 void choose_grid(const GemmArgs& g, int threads, int& tm, int& tn) {
   const int64_t mu = (g.m + kMR - 1) / kMR, nu = (g.n + kNR - 1) / kNR;
+  // Rows (columns, in lanes) of row tiles (panels) [u0, u1).
+  auto rows_of = [&](int64_t u0, int64_t u1) {
+    return double(std::min(g.m, u1 * kMR) - std::min(g.m, u0 * kMR));
+  };
+  auto lanes_of = [&](int64_t u0, int64_t u1) {
+    return double(round_up(std::min(g.n, u1 * kNR), kVL) - std::min(g.n, u0 * kNR));
+  };
   double best = -1.0;
   tm = threads;
   tn = 1;
@@ -646,7 +659,9 @@ void choose_grid(const GemmArgs& g, int threads, int& tm, int& tn) {
     if (threads % f) continue;
     const int fm = f, fn = threads / f;
     if (fm > mu || fn > nu) continue;
-    const double rows = double((mu + fm - 1) / fm * kMR), cols = double((nu + fn - 1) / fn * kNR);
+    double rows = 0.0, cols = 0.0;  // the largest share of each (the grid is a product)
+    for (int i = 0; i < fm; ++i) rows = std::max(rows, rows_of(mu * i / fm, mu * (i + 1) / fm));
+    for (int j = 0; j < fn; ++j) cols = std::max(cols, lanes_of(nu * j / fn, nu * (j + 1) / fn));
     const double fma = rows * cols * double(g.k) / kVL;
     const double pack = (cols + rows * std::ceil(cols / kNC)) * double(g.k);
     const double cost = fma + pack;
@@ -725,7 +740,8 @@ void linear_backward(const LinearBackwardArgs& a) {
   // Both GEMMs small: side by side, one thread each (one fork/join instead of two, and no
   // duplicated packing). Each computes the same bits either way.
   const int64_t work = a.batch * a.in_features * a.out_features;  // multiply-adds of each
-  if (a.grad_input && a.grad_weight && work < kTaskParallelWork && omp_get_max_threads() >= 2 &&
+  const int threads = omp_get_max_threads();
+  if (a.grad_input && a.grad_weight && (work < kTaskParallelWork || threads == 2) && threads >= 2 &&
       !omp_in_parallel()) {
     bool failed = false;
 #pragma omp parallel num_threads(2)

@@ -20,9 +20,11 @@ namespace ember::cpu::EMBER_ISA {
 
 namespace {
 
-// 16K floats = 64 KiB per array: small enough to balance two threads on a 1M-parameter model,
-// large enough that the per-chunk bookkeeping is noise. Multiple of every vector width.
-constexpr int64_t kChunk = int64_t(1) << 14;
+// The unit threads split the elements in: a multiple of every vector width, so a thread's range
+// starts and ends where a vector does (the loop takes every element the same way, whatever the
+// thread count). Small, for balance: the work is walked per tensor, not per chunk. (16K
+// floats left two threads 49K and 36K elements of a 64-256-256-10 MLP's 84.5K.)
+constexpr int64_t kChunk = 256;
 // Below this many elements in total the step runs on the calling thread: a parallel region costs
 // a few microseconds, about what a serial pass over 64K elements saves on two cores.
 constexpr int64_t kParallelMin = int64_t(1) << 16;
