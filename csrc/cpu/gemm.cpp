@@ -416,17 +416,20 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
       for (int64_t ic = m0; ic < m1; ic += kMR) {
         const int rows = int(std::min<int64_t>(kMR, m1 - ic));
         // A panel is used by nc/kNR tiles; when that is one or two, packing it costs as much as the
-        // kernel saves, so full panels are read in place.
+        // kernel saves, so full panels are read in place. So is an A stored row-major (not
+        // transposed) at any width: its kMR rows of kc floats stay in L1 through the panel's
+        // tiles and the kernel broadcasts from them as well as from a packed copy, so the packing
+        // (repeated by every thread of an N split) is pure cost: one thread, 200x64 -> 256
+        // forward 79 -> 69 us, 200x256 -> 256 266 -> 254 us; strides of 4 and 16 KiB (1024- and
+        // 4096-wide A) showed no set-conflict penalty.
         const float* ap = apack;
         int64_t rs = 0, cs = 0;
-        if (nc <= 2 * kNR) {
+        if (nc <= 2 * kNR || !g.trans_a) {
           ap = g.trans_a ? g.a + k0 * g.lda + ic : g.a + ic * g.lda + k0;
           rs = g.trans_a ? 1 : g.lda;
           cs = g.trans_a ? g.lda : 1;
-        } else if (g.trans_a) {
-          pack_rows(g.a + k0 * g.lda + ic, g.lda, rows, kc, apack, kMR);
         } else {
-          pack_transposed(g.a + ic * g.lda + k0, g.lda, rows, kc, apack, kMR);
+          pack_rows(g.a + k0 * g.lda + ic, g.lda, rows, kc, apack, kMR);
         }
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const int cols = int(std::min<int64_t>(kNR, nc - jr));
@@ -663,7 +666,8 @@ void choose_grid(const GemmArgs& g, int threads, int& tm, int& tn) {
     for (int i = 0; i < fm; ++i) rows = std::max(rows, rows_of(mu * i / fm, mu * (i + 1) / fm));
     for (int j = 0; j < fn; ++j) cols = std::max(cols, lanes_of(nu * j / fn, nu * (j + 1) / fn));
     const double fma = rows * cols * double(g.k) / kVL;
-    const double pack = (cols + rows * std::ceil(cols / kNC)) * double(g.k);
+    // B's share is packed by each thread; A is packed (per kNC block) only when transposed.
+    const double pack = (cols + (g.trans_a ? rows * std::ceil(cols / kNC) : 0.0)) * double(g.k);
     const double cost = fma + pack;
     if (best < 0 || cost < best) {
       best = cost;
