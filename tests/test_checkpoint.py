@@ -523,3 +523,26 @@ def test_resume_warns_when_given_hyperparameters_are_replaced(tmp_path):
         again.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path / "b",
                   resume="latest", verbose=0)
     assert again.epoch == 4
+
+
+@pytest.mark.filterwarnings("ignore::ember.callbacks.GradientWarning")
+def test_non_finite_weights_are_not_saved_over_good_checkpoints(tmp_path):
+    """A run whose weights turn non-finite keeps its last good checkpoint as latest (and
+    loadable): the epoch-end and final saves are skipped with a warning, nothing is pruned."""
+    from ember.callbacks import Callback
+
+    class Poison(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                self.trainer.model[0].weight.data[0, 0] = np.inf
+
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 8, 3], seed=0), callbacks=[Poison()])
+    with pytest.warns(RuntimeWarning, match=r"ModelCheckpoint: not saving step \d+: parameter "
+                                            r"'0.weight' holds NaN or Inf"):
+        t.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["ckpt-e0001-s00000006"]
+    assert (tmp_path / "latest").read_text().strip() == "ckpt-e0001-s00000006"
+    model = load_model(tmp_path)  # the good one
+    assert np.isfinite(model[0].weight.data).all()

@@ -317,3 +317,10 @@ def test_a_failed_refit_leaves_the_previous_fit_in_place():
     np.testing.assert_array_equal(clf.predict_proba(X), before)
     with pytest.raises(ValueError, match="features"):
         clf.predict(X[:, :3])
+
+
+def test_too_small_validation_fraction_is_named():
+    x, y = _blobs()
+    with pytest.raises(ValueError, match=r"EmberClassifier: early_stopping with "
+                                         r"validation_fraction=0.001: .*empty split"):
+        EmberClassifier(early_stopping=True, validation_fraction=0.001, max_iter=2).fit(x, y)

@@ -532,3 +532,9 @@ def test_trainer_constructor_messages():
         Trainer(model, eps=0.0)
     with pytest.raises(ValueError, match=r"max_grad_norm must be > 0, got 0.0"):
         Trainer(model, max_grad_norm=0.0)
+
+
+def test_plotting_an_empty_history_is_a_clear_error():
+    from ember.trainer import History
+    with pytest.raises(ValueError, match=r"History.plot: nothing to plot yet"):
+        History().plot()

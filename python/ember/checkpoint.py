@@ -819,7 +819,17 @@ class ModelCheckpoint(_Monitor):
     def _callbacks(self) -> list:
         return self.trainer._checkpoint_callbacks
 
-    def _save(self, finished: Optional[str] = None) -> Path:
+    def _save(self, finished: Optional[str] = None) -> Optional[Path]:
+        """Save a checkpoint and prune; None (with a warning) when the model's weights are not
+        all finite: such a checkpoint could not be loaded, and writing it would move ``latest``
+        off the last good one and could prune good ones away."""
+        bad = next((name for name, p in self.trainer.model.named_parameters()
+                    if not bool(np.isfinite(p.data).all())), None)
+        if bad is not None:
+            warnings.warn(f"ModelCheckpoint: not saving step {self.trainer.global_step}: "
+                          f"parameter {bad!r} holds NaN or Inf; '{self.directory}' keeps its "
+                          f"last good checkpoint", RuntimeWarning, stacklevel=3)
+            return None
         path = save_checkpoint(self.trainer, self.directory, self._callbacks(),
                                finished=finished)
         self.last_saved = path
@@ -867,7 +877,7 @@ class ModelCheckpoint(_Monitor):
                 improved = True
         if improved or (self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0):
             path = self._save()
-            if improved:
+            if improved and path is not None:
                 self.best_name = path.name
                 _replace_pointer(self.directory / "best", path.name)
                 self._prune()

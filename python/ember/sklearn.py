@@ -241,9 +241,14 @@ class _BaseEmberMLP(BaseEstimator):
         self.validation_scores_ = [] if early_stopping else None
         self.best_validation_score_ = None
         if early_stopping:
-            X, y, x_val, y_val = train_val_split(
-                X, y, float(self.validation_fraction), seed=self._seed,
-                stratify=self._task == "classification")
+            try:
+                X, y, x_val, y_val = train_val_split(
+                    X, y, float(self.validation_fraction), seed=self._seed,
+                    stratify=self._task == "classification")
+            except ValueError as exc:  # too small a fraction (or too few samples) to hold out
+                raise ValueError(f"{type(self).__name__}: early_stopping with "
+                                 f"validation_fraction={self.validation_fraction!r}: "
+                                 f"{exc}") from None
             callbacks.append(_ValidationScore(self, x_val, y_val))
         stopper = None
         if not incremental:

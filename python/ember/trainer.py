@@ -102,6 +102,8 @@ class History:
 
         metrics = [k for k in self.history if not k.startswith("val_") and
                    k not in ("lr", "grad_norm", "time", "skipped_steps")]
+        if not self.epochs or not metrics:
+            raise ValueError("History.plot: nothing to plot yet (no epoch recorded); train first")
         fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
         x = [e + 1 for e in self.epochs]
         for ax, m in zip(axes[0], metrics):
