@@ -546,3 +546,27 @@ def test_non_finite_weights_are_not_saved_over_good_checkpoints(tmp_path):
     assert (tmp_path / "latest").read_text().strip() == "ckpt-e0001-s00000006"
     model = load_model(tmp_path)  # the good one
     assert np.isfinite(model[0].weight.data).all()
+
+
+@pytest.mark.parametrize("crash_after", ["old moved aside", "both renamed aside"])
+def test_a_save_interrupted_between_its_renames_is_recovered(tmp_path, crash_after):
+    """Saving a step that is already saved (the end-of-training save) moves the old copy aside,
+    then renames the new one in: a crash between the two left latest pointing at nothing. The
+    complete copy is put back when the run is resumed or loaded (and is not cleaned away)."""
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))
+    t.fit(x, y, epochs=2, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    name = (tmp_path / "latest").read_text().strip()
+    want = load_model(tmp_path).state_dict()
+    # simulate the crash: the final directory moved aside as the interrupted save leaves it
+    os.replace(tmp_path / name, tmp_path / f".tmp-old-{name}-0123abcd")
+    if crash_after == "both renamed aside":  # plus the new copy, complete, not yet renamed in
+        import shutil
+        shutil.copytree(tmp_path / f".tmp-old-{name}-0123abcd", tmp_path / f".tmp-{name}-89abcdef")
+    got = load_model(tmp_path).state_dict()
+    assert (tmp_path / name).is_dir()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    t2 = Trainer(nn.MLP([5, 8, 3], seed=0))
+    t2.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume="latest", verbose=0)
+    assert len(t2.history) == 3 and t2.history["loss"][:2] == t.history["loss"]  # resumed

@@ -303,8 +303,44 @@ def _is_temporary(p: Path) -> bool:
     return False
 
 
+def _recover_swap(directory: Path, name: str) -> bool:
+    """Put checkpoint ``name`` back when a save of the same name was interrupted between its
+    two renames (``name`` moved aside to ``.tmp-old-<name>-<hex>``, the new copy not yet renamed
+    from ``.tmp-<name>-<hex>``): the new copy, complete (its manifest is written and fsynced
+    before the renames), else the old one. Returns whether ``name`` is a directory now."""
+    final = directory / name
+    if final.is_dir():
+        return True
+    for prefix in (f"{_TMP_PREFIX}{name}-", f"{_TMP_PREFIX}old-{name}-"):
+        for cand in sorted(directory.glob(_glob_escape(prefix) + "*")):
+            if _is_temporary(cand) and (cand / _MANIFEST).is_file():
+                try:
+                    _verify(cand)
+                except CheckpointError:
+                    continue
+                os.replace(cand, final)
+                _fsync_dir(directory)
+                return True
+    return False
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def _clean_temporaries(directory: Path) -> None:
-    """Remove the leftovers of interrupted saves (only those: see :func:`_is_temporary`)."""
+    """Remove the leftovers of interrupted saves (only those: see :func:`_is_temporary`),
+    after putting back a checkpoint that ``latest`` names but an interrupted save had moved
+    aside (see :func:`_recover_swap`)."""
+    pointer = directory / "latest"
+    if pointer.is_file():
+        try:
+            target = _read_pointer(pointer)
+        except CheckpointError:
+            target = ""
+        if target and "/" not in target and target not in (".", ".."):
+            _recover_swap(directory, target)
     for p in directory.iterdir():
         if _is_temporary(p):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -378,6 +414,8 @@ def resolve_checkpoint(path) -> Path:
                                       "'latest' pointer naming one)") from None
             raise
         q = pointer.parent / target
+        if target and "/" not in target and target not in (".", "..") and not q.is_dir():
+            _recover_swap(pointer.parent, target)  # a save interrupted between its renames
         if not target or "/" in target or target in (".", "..") or not q.is_dir():
             raise CheckpointError(f"{pointer}: points at {target!r}, which is not a checkpoint "
                                   "directory")
