@@ -154,28 +154,6 @@ Lists check_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
   return l;
 }
 
-// The state lists a step needs: momentum buffers only with momentum (PyTorch keeps None; one
-// given without momentum is ignored, as is max_exp_avg_sqs without amsgrad).
-std::vector<std::pair<py::handle, const char*>> sgd_states(double momentum, py::handle bufs_obj) {
-  if (momentum == 0.0) return {};
-  if (bufs_obj.is_none()) {
-    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
-  }
-  return {{bufs_obj, "momentum_buffers"}};
-}
-
-std::vector<std::pair<py::handle, const char*>> adam_states(py::handle m_obj, py::handle v_obj,
-                                                            bool amsgrad, py::handle vmax_obj) {
-  std::vector<std::pair<py::handle, const char*>> s{{m_obj, "exp_avgs"}, {v_obj, "exp_avg_sqs"}};
-  if (amsgrad) {
-    if (vmax_obj.is_none()) {
-      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
-    }
-    s.emplace_back(vmax_obj, "max_exp_avg_sqs");
-  }
-  return s;
-}
-
 StepResult run_sgd(SgdArgs a, Lists& l) {
   a.count = l.count();
   a.params = l.p.data();

@@ -143,26 +143,6 @@ py::object launch_adam(AdamArgs a, const OptimLists& l, StepIO& io, bool advance
              });
 }
 
-std::vector<std::pair<py::handle, const char*>> sgd_states(double momentum, py::handle bufs_obj) {
-  if (momentum == 0.0) return {};
-  if (bufs_obj.is_none()) {
-    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
-  }
-  return {{bufs_obj, "momentum_buffers"}};
-}
-
-std::vector<std::pair<py::handle, const char*>> adam_states(py::handle m_obj, py::handle v_obj,
-                                                            bool amsgrad, py::handle vmax_obj) {
-  std::vector<std::pair<py::handle, const char*>> s{{m_obj, "exp_avgs"}, {v_obj, "exp_avg_sqs"}};
-  if (amsgrad) {
-    if (vmax_obj.is_none()) {
-      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
-    }
-    s.emplace_back(vmax_obj, "max_exp_avg_sqs");
-  }
-  return s;
-}
-
 py::object sgd_step(py::handle params_obj, py::handle grads_obj, py::handle bufs_obj, double lr,
                     double momentum, double dampening, double weight_decay, bool nesterov,
                     bool maximize, py::handle step_obj, double max_grad_norm, py::handle state_obj,

@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
 #include "ember/common.h"
@@ -90,6 +92,29 @@ inline AdamArgs adam_hyperparameters(double lr, double beta1, double beta2, doub
   a.step = step_arg(fn, step_obj);
   a.max_grad_norm = at_least_zero(fn, max_grad_norm, "max_grad_norm");
   return a;
+}
+
+// The state lists a step needs: momentum buffers only with momentum (PyTorch keeps None; one
+// given without momentum is ignored, as is max_exp_avg_sqs without amsgrad).
+inline std::vector<std::pair<py::handle, const char*>> sgd_states(double momentum,
+                                                                   py::handle bufs_obj) {
+  if (momentum == 0.0) return {};
+  if (bufs_obj.is_none()) {
+    throw py::value_error("sgd_step: momentum_buffers is required when momentum != 0");
+  }
+  return {{bufs_obj, "momentum_buffers"}};
+}
+
+inline std::vector<std::pair<py::handle, const char*>> adam_states(
+    py::handle m_obj, py::handle v_obj, bool amsgrad, py::handle vmax_obj) {
+  std::vector<std::pair<py::handle, const char*>> s{{m_obj, "exp_avgs"}, {v_obj, "exp_avg_sqs"}};
+  if (amsgrad) {
+    if (vmax_obj.is_none()) {
+      throw py::value_error("adam_step: max_exp_avg_sqs is required when amsgrad=True");
+    }
+    s.emplace_back(vmax_obj, "max_exp_avg_sqs");
+  }
+  return s;
 }
 
 }  // namespace ember::bind
