@@ -177,19 +177,7 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
 class OptimPlan {
  public:
   OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj, uintptr_t stream) {
-    if (!py::isinstance<py::list>(states_obj) && !py::isinstance<py::tuple>(states_obj)) {
-      throw py::type_error("OptimPlan: states must be a list of lists of arrays, got " +
-                           type_name(states_obj));
-    }
-    auto seq = py::reinterpret_borrow<py::sequence>(states_obj);
-    static const char* const kNames[] = {"states[0]", "states[1]", "states[2]"};
-    if (seq.size() > 3) throw py::value_error("OptimPlan: at most 3 state lists");
-    std::vector<std::pair<py::handle, const char*>> states;
-    for (size_t i = 0; i < seq.size(); ++i) {
-      holds_.push_back(seq[i]);
-      states.emplace_back(holds_.back(), kNames[i]);
-    }
-    lists_ = optim_lists("OptimPlan", params_obj, grads_obj, states);
+    lists_ = optim_lists("OptimPlan", params_obj, grads_obj, plan_states(states_obj, holds_));
     device_phase("OptimPlan", lists_.arrays(), stream);
   }
 
@@ -220,11 +208,7 @@ class OptimPlan {
 
  private:
   void expect_states(const char* fn, int64_t want) const {
-    if (state_lists() != want) {
-      throw py::value_error(std::string(fn) + ": this OptimPlan holds " +
-                            std::to_string(state_lists()) + " state list(s), the step needs " +
-                            std::to_string(want));
-    }
+    expect_state_lists(fn, state_lists(), want);
   }
 
   std::vector<py::object> holds_;

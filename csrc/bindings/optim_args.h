@@ -117,4 +117,31 @@ inline std::vector<std::pair<py::handle, const char*>> adam_states(
   return s;
 }
 
+// OptimPlan(params, grads, states): `states` (a list or tuple of at most 3 lists of arrays) as
+// the named lists the checks take ("states[0]"...); `holds` keeps its items alive meanwhile.
+inline std::vector<std::pair<py::handle, const char*>> plan_states(py::handle states_obj,
+                                                                   std::vector<py::object>& holds) {
+  if (!py::isinstance<py::list>(states_obj) && !py::isinstance<py::tuple>(states_obj)) {
+    throw py::type_error("OptimPlan: states must be a list of lists of arrays, got " +
+                         type_name(states_obj));
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(states_obj);
+  static const char* const kNames[] = {"states[0]", "states[1]", "states[2]"};
+  if (seq.size() > 3) throw py::value_error("OptimPlan: at most 3 state lists");
+  std::vector<std::pair<py::handle, const char*>> states;
+  for (size_t i = 0; i < seq.size(); ++i) {
+    holds.push_back(seq[i]);
+    states.emplace_back(holds.back(), kNames[i]);
+  }
+  return states;
+}
+
+// A step through an OptimPlan needs as many state lists as the plan holds.
+inline void expect_state_lists(const char* fn, int64_t held, int64_t want) {
+  if (held != want) {
+    throw py::value_error(std::string(fn) + ": this OptimPlan holds " + std::to_string(held) +
+                          " state list(s), the step needs " + std::to_string(want));
+  }
+}
+
 }  // namespace ember::bind
