@@ -317,3 +317,20 @@ def test_linear_backward_bias_flag_is_explained():
         ops.dropout_forward(x, 0.5, 1.5)
     with pytest.raises(TypeError, match=r"softmax_cross_entropy: reduction must be a str"):
         ops.softmax_cross_entropy(x, np.zeros(3, np.int64), reduction=None)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (17, 40, 33), (9, 130, 10)])
+def test_fused_relu_passes_nan_like_activation_forward(shape):
+    """The epilogue's ReLU is activation_forward's (and PyTorch's): NaN stays NaN, -0 stays -0
+    (it made NaN 0, so a model with a NaN weight trained on with a finite loss)."""
+    m, k, n = shape
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    a[0, 0] = np.nan
+    a[-1, :] = 0.0
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    b[-1, :] = -1.0
+    fused = ops.gemm(a, b, trans_b=True, activation="relu")
+    plain = ops.activation_forward(ops.gemm(a, b, trans_b=True), "relu")
+    assert np.isnan(fused[0]).all()
+    np.testing.assert_array_equal(fused.view(np.uint32), plain.view(np.uint32))

@@ -538,3 +538,15 @@ def test_plotting_an_empty_history_is_a_clear_error():
     from ember.trainer import History
     with pytest.raises(ValueError, match=r"History.plot: nothing to plot yet"):
         History().plot()
+
+
+def test_a_nan_weight_stops_training_instead_of_training_on():
+    x, y = _blobs(60)
+    model = nn.MLP([6, 8, 3], seed=0)
+    model.layers[0].weight.data[0, 0] = np.nan
+    t = Trainer(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(x, y, epochs=3, batch_size=20, verbose=0)
+    assert t.stop_reason is not None and "loss became nan" in t.stop_reason
+    assert len(t.history) == 1

@@ -154,7 +154,7 @@ inline void epilogue(vf sum, float* c, const float* bias, float* preact, const f
   }
   if (preact) store_partial(preact, t, n);
   if (e.act == Activation::relu) {
-    t = t > zero ? t : zero;
+    t = t < zero ? zero : t;  // as act_fwd: NaN passes through (t > 0 ? t : 0 made it 0)
   } else if (e.act == Activation::leaky_relu) {
     t = t > zero ? t : t * e.slope;
   }
