@@ -258,3 +258,29 @@ def test_uint64_labels_beyond_int64_are_named_by_ops():
     with pytest.raises(ValueError, match=r"softmax_cross_entropy: labels\[2\] = "
                                          r"9223372036854775809 is out of range"):
         ops.softmax_cross_entropy(logits, np.array([0, 1, 2 ** 63 + 1], np.uint64))
+
+
+@pytest.mark.parametrize("fraction, n_val", [(0.3, 15), (0.1, 5), (0.15, 8), (0.5, 25)])
+def test_stratified_split_of_small_classes_holds_out_what_was_asked(fraction, n_val):
+    """10 classes of 5: rounding each class alone held out 20 of 50 at 0.3 and refused 0.1
+    (every class rounded to 0); the size asked for is shared out across the classes."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 5)
+    x = rng.random((50, 4), dtype=np.float32)
+    xt, yt, xv, yv = train_val_split(x, y, fraction, seed=1)
+    assert len(yv) == n_val and len(yt) == 50 - n_val
+    per_class = np.bincount(yv, minlength=10)
+    assert per_class.max() - per_class.min() <= 1  # as even as the sizes allow
+    rows = {tuple(r) for r in np.concatenate([xt, xv])}
+    assert len(rows) == 50  # disjoint, and together all of x
+
+
+def test_stratified_split_of_large_classes_is_unchanged():
+    """Where rounding each class comes within 1 % of the size asked for (digits), the split is
+    the one earlier versions made: runs and their checkpoints keep their data."""
+    from ember.datasets import load_digits
+    x, y = load_digits()
+    _, _, _, yv = train_val_split(x, y, 0.2, seed=0)
+    counts = np.bincount(y)
+    assert np.array_equal(np.bincount(yv, minlength=10),
+                          [int(round(int(c) * 0.2)) for c in counts])
