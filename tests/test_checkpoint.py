@@ -484,11 +484,18 @@ def test_trainer_json_with_wrong_types_is_named(tmp_path):
                                        resume="latest", verbose=0)
 
 
-def test_non_finite_weights_are_reported_as_such(tmp_path):
+def test_non_finite_weights_are_reported_as_such(tmp_path, monkeypatch):
     x, y = _blobs()
     t = Trainer(nn.MLP([5, 8, 3], seed=0))
     t.fit(x, y, epochs=1, batch_size=20, verbose=0)
     t.model[0].weight.data[1, 2] = np.nan
+    with pytest.raises(CheckpointError, match=r"save_checkpoint: parameter '0.weight' holds NaN "
+                                              r"or Inf; .* none is written"):
+        save_checkpoint(t, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    # one written anyway (by an earlier ember, which did not check) is named when loaded
+    import ember.checkpoint as ck
+    monkeypatch.setattr(ck, "_non_finite_parameter", lambda model: None)
     save_checkpoint(t, tmp_path)
     message = (r"model.safetensors: 0.weight holds NaN or Inf \(the run's weights were not "
                r"finite when saved\)$")
@@ -570,3 +577,14 @@ def test_a_save_interrupted_between_its_renames_is_recovered(tmp_path, crash_aft
     t2 = Trainer(nn.MLP([5, 8, 3], seed=0))
     t2.fit(x, y, epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume="latest", verbose=0)
     assert len(t2.history) == 3 and t2.history["loss"][:2] == t.history["loss"]  # resumed
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(every_n_epochs="1"), r"every_n_epochs must be an integer >= 0, got '1'"),
+    (dict(every_n_epochs=-1), r"every_n_epochs must be an integer >= 0, got -1"),
+    (dict(every_n_steps=0), r"every_n_steps must be an integer >= 1 or None, got 0"),
+    (dict(keep_last=1.5), r"keep_last must be an integer >= 1, got 1.5"),
+])
+def test_model_checkpoint_arguments_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match="ModelCheckpoint: " + message):
+        ModelCheckpoint(tmp_path, **kwargs)

@@ -550,3 +550,43 @@ def test_a_nan_weight_stops_training_instead_of_training_on():
         t.fit(x, y, epochs=3, batch_size=20, verbose=0)
     assert t.stop_reason is not None and "loss became nan" in t.stop_reason
     assert len(t.history) == 1
+
+
+def test_fit_checks_shuffle_and_verbose_and_takes_any_real_split():
+    import fractions
+    x, y = _blobs(60)
+    with pytest.raises(ValueError, match=r"fit: shuffle must be True or False, got 'no'"):
+        Trainer(nn.MLP([6, 8, 3], seed=0)).fit(x, y, epochs=1, shuffle="no", verbose=0)
+    with pytest.raises(ValueError, match=r"fit: verbose must be 0 \(silent\) or 1"):
+        Trainer(nn.MLP([6, 8, 3], seed=0)).fit(x, y, epochs=1, verbose="quiet")
+    a = Trainer(nn.MLP([6, 8, 3], seed=0))
+    a.fit(x, y, epochs=2, validation_split=fractions.Fraction(1, 4), verbose=False)
+    b = Trainer(nn.MLP([6, 8, 3], seed=0))
+    b.fit(x, y, epochs=2, validation_split=0.25, verbose=0)
+    assert a.history["val_loss"] == b.history["val_loss"]
+    assert a.fit_params["validation_split"] == 0.25 and list(a.history) == list(b.history)
+    assert "loss" in list(a.history) and "val_loss" in list(a.history)
+
+
+def test_model_predict_converts_host_data_like_trainer_predict():
+    x, y = _blobs(40)
+    model = nn.MLP([6, 8, 3], seed=0)
+    want = model.predict(x)
+    for variant in (x.astype(np.float64), np.asfortranarray(x), x[::-1][::-1].copy(order="F"),
+                    x.astype(np.float16).astype(np.float32)):
+        got = model.predict(variant)
+        assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(x)), want)
+    with pytest.raises(TypeError, match=r"predict: x must hold real numbers, got dtype complex"):
+        model.predict(x + 1j)
+
+
+def test_parameters_in_a_numpy_subclass_train(tmp_path):
+    """A memory-mapped weight (an ndarray subclass) is NumPy data, not CuPy's."""
+    x, y = _blobs(60)
+    model = nn.MLP([6, 8, 3], seed=0)
+    path = tmp_path / "w.npy"
+    np.save(path, model.layers[0].weight.data)
+    model.layers[0].weight.data = np.load(path, mmap_mode="r+")
+    Trainer(model).fit(x, y, epochs=1, batch_size=20, verbose=0)
+    assert np.isfinite(model.layers[0].weight.data).all()

@@ -236,6 +236,14 @@ def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
     }
 
 
+def _non_finite_parameter(model) -> Optional[str]:
+    """The name of the first parameter of ``model`` holding NaN or Inf, or None."""
+    for name, p in model.named_parameters():
+        if not bool(np.isfinite(p.data).all()):  # a CuPy array goes through CuPy's isfinite
+            return name
+    return None
+
+
 def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None,
                     finished: Optional[str] = None) -> Path:
     """Write a checkpoint of ``trainer`` into ``directory`` atomically; returns its path.
@@ -249,6 +257,10 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
         raise ValueError(f"save_checkpoint: name must be a plain directory name (not 'latest', "
                          f"'best' or '{_TMP_PREFIX}...'), got {name!r}")
     directory = _as_path(directory, "save_checkpoint: directory")
+    bad = _non_finite_parameter(trainer.model)
+    if bad is not None:
+        raise CheckpointError(f"save_checkpoint: parameter {bad!r} holds NaN or Inf; such a "
+                              f"checkpoint could not be loaded, so none is written")
     _prepare_dir(directory, "save_checkpoint: directory")
     _clean_temporaries(directory)
     name = name or f"ckpt-e{trainer.epoch:04d}-s{trainer.global_step:08d}"
@@ -841,14 +853,20 @@ class ModelCheckpoint(_Monitor):
                  keep_last: int = 3, save_best: bool = True, monitor: str = "val_loss",
                  mode: str = "auto", min_delta: float = 0.0):
         super().__init__(monitor, min_delta, mode)
-        if every_n_epochs < 0 or (every_n_steps is not None and every_n_steps < 1):
-            raise ValueError("ModelCheckpoint: every_n_epochs must be >= 0 and every_n_steps "
-                             ">= 1")
-        if keep_last < 1:
-            raise ValueError(f"ModelCheckpoint: keep_last must be >= 1, got {keep_last}")
+
+        def whole(name, value, low, none_ok=False):
+            if value is None and none_ok:
+                return
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                    or value < low:
+                raise ValueError(f"ModelCheckpoint: {name} must be an integer >= {low}"
+                                 f"{' or None' if none_ok else ''}, got {value!r}")
+        whole("every_n_epochs", every_n_epochs, 0)
+        whole("every_n_steps", every_n_steps, 1, none_ok=True)
+        whole("keep_last", keep_last, 1)
         self.directory = _as_path(directory, "ModelCheckpoint: directory")
         self.every_n_epochs = int(every_n_epochs)
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self.keep_last = int(keep_last)
         self.save_best = bool(save_best)
         self.best_name: Optional[str] = None
@@ -861,8 +879,7 @@ class ModelCheckpoint(_Monitor):
         """Save a checkpoint and prune; None (with a warning) when the model's weights are not
         all finite: such a checkpoint could not be loaded, and writing it would move ``latest``
         off the last good one and could prune good ones away."""
-        bad = next((name for name, p in self.trainer.model.named_parameters()
-                    if not bool(np.isfinite(p.data).all())), None)
+        bad = _non_finite_parameter(self.trainer.model)
         if bad is not None:
             warnings.warn(f"ModelCheckpoint: not saving step {self.trainer.global_step}: "
                           f"parameter {bad!r} holds NaN or Inf; '{self.directory}' keeps its "

@@ -76,8 +76,8 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
         bad = np.argwhere(~np.isfinite(x32))[0]
         value = xa[bad[0], bad[1]]
         if np.isfinite(value):  # finite in its own dtype: too large for float32
-            raise ValueError(f"{where}: x[{bad[0]}, {bad[1]}] = {float(value):g} does not fit "
-                             f"in float32 (|x| <= 3.4e38)")
+            raise ValueError(f"{where}: x[{bad[0]}, {bad[1]}] = {value} does not fit in "
+                             f"float32 (|x| <= 3.4e38)")
         raise ValueError(f"{where}: x holds NaN or Inf (first at row {bad[0]}, column {bad[1]})")
     xa = x32
     if y is None:

@@ -43,8 +43,8 @@ def _kernels(x, fn: str, name: str):
 
 
 def _xp(a):
-    """numpy or cupy, whichever holds ``a``."""
-    if type(a) is np.ndarray:
+    """numpy or cupy, whichever holds ``a`` (NumPy subclasses, e.g. a memmap, are NumPy)."""
+    if isinstance(a, np.ndarray):
         return np
     import cupy
     return cupy
@@ -874,6 +874,12 @@ class Sequential(Module):
         if shape[0] == 0:
             raise ValueError("predict: x is empty (0 samples)")
         batch_size = int(batch_size)
+        if isinstance(x, np.ndarray) and (x.dtype != np.float32 or not x.flags.c_contiguous or
+                                          type(x) is not np.ndarray):
+            # as Trainer.predict: host data of another float/int type or layout is converted
+            if x.dtype.kind not in "biuf":
+                raise TypeError(f"predict: x must hold real numbers, got dtype {x.dtype}")
+            x = np.ascontiguousarray(x, dtype=np.float32)
         was = self.training
         self.eval()
         try:

@@ -75,9 +75,11 @@ class Optimizer:
             else:
                 st = {k: np.ascontiguousarray(a.get()) for k, a in st.items()}
             self.state[name] = st
-        if st is None or st[k0].shape != p.data.shape or type(st[k0]) is not type(p.data):
-            xp = np if type(p.data) is np.ndarray else __import__("cupy")
-            st = {k: xp.zeros_like(p.data) for k in self._state_keys}
+        host = isinstance(p.data, np.ndarray)  # NumPy subclasses (a memmap) are host data too
+        if st is None or st[k0].shape != p.data.shape or isinstance(st[k0], np.ndarray) != host:
+            # plain arrays for the state (zeros_like would copy a memmap's subclass)
+            st = {k: np.zeros(p.data.shape, np.float32) if host else
+                  __import__("cupy").zeros_like(p.data) for k in self._state_keys}
             self.state[name] = st
         return st
 
@@ -107,7 +109,7 @@ class Optimizer:
         step on an H200's host; a 3-layer MLP's 6 arrays: ~3 us of a ~40 us step on 2 cores)."""
         lists = self._lists
         if lists[4] is None:
-            if type(ps[0]) is np.ndarray:
+            if isinstance(ps[0], np.ndarray):
                 lists[4] = ops._cpu.OptimPlan(list(ps), list(gs), [list(s) for s in states])
             else:
                 from ember import _cuda_ops
@@ -225,7 +227,7 @@ class SGD(Optimizer):
         plan = self._plan(ps, gs, [bufs] if bufs is not None else [])
         args = (self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov,
                 self.maximize, step, self.max_grad_norm or 0.0)
-        if type(ps[0]) is np.ndarray:
+        if isinstance(ps[0], np.ndarray):
             return plan.sgd(*args)
         from ember import _cuda_ops
         return _cuda_ops.plan_sgd_step(plan, *args)
@@ -267,7 +269,7 @@ class Adam(Optimizer):
                           ([vmax] if vmax is not None else []))
         args = (self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, self.amsgrad,
                 self._decoupled, self.maximize, step, self.max_grad_norm or 0.0)
-        if type(ps[0]) is np.ndarray:
+        if isinstance(ps[0], np.ndarray):
             return plan.adam(*args)
         from ember import _cuda_ops
         return _cuda_ops.plan_adam_step(plan, *args)

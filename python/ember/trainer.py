@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import time
 import warnings
 from typing import Any, Optional, Sequence
@@ -57,6 +58,10 @@ class History:
 
     def __getitem__(self, key: str) -> list:
         return self.history[key]
+
+    def __iter__(self):
+        """The recorded keys (``"loss"``, ``"accuracy"``, ``"val_loss"``...), as a dict's."""
+        return iter(self.history)
 
     def __contains__(self, key: str) -> bool:
         return key in self.history
@@ -301,8 +306,8 @@ class Trainer:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
                 batch_size < 1:
             raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(validation_split, bool) or \
-                not isinstance(validation_split, (int, float, np.integer, np.floating)) or \
+        if isinstance(validation_split, (bool, np.bool_)) or \
+                not isinstance(validation_split, numbers.Real) or \
                 not 0.0 <= validation_split < 1.0:
             raise ValueError(f"fit: validation_split must be a number in [0, 1), got "
                              f"{validation_split!r}")
@@ -310,13 +315,20 @@ class Trainer:
             raise ValueError("fit: give validation_data or validation_split, not both")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"fit: shuffle must be True or False, got {shuffle!r}")
+        if isinstance(verbose, (bool, np.bool_)):
+            verbose = int(verbose)
+        if not isinstance(verbose, (int, np.integer)) or verbose < 0:
+            raise ValueError(f"fit: verbose must be 0 (silent) or 1 (progress and report), got "
+                             f"{verbose!r}")
         if y is None:
             raise ValueError("fit: y is required (class indices for classification, targets "
                              "for regression)")
         x, y = self._prepare(x, y, "fit")
         if validation_split:
             try:
-                x, y, xv, yv = train_val_split(x, y, validation_split, seed=seed,
+                x, y, xv, yv = train_val_split(x, y, float(validation_split), seed=seed,
                                                stratify=self.task == "classification")
             except ValueError as exc:  # e.g. a fraction too small to hold out one sample
                 raise ValueError(f"fit: validation_split={validation_split!r}: {exc}") from None
@@ -334,7 +346,7 @@ class Trainer:
             validation = self._to_device(*validation)
 
         self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
-                           "validation_split": validation_split, "seed": int(seed),
+                           "validation_split": float(validation_split), "seed": int(seed),
                            "shuffle": bool(shuffle), "n_train": int(len(x)),
                            "n_val": 0 if validation is None else int(len(validation[0]))}
         loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
