@@ -588,3 +588,22 @@ def test_a_save_interrupted_between_its_renames_is_recovered(tmp_path, crash_aft
 def test_model_checkpoint_arguments_are_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match="ModelCheckpoint: " + message):
         ModelCheckpoint(tmp_path, **kwargs)
+
+
+def test_resuming_on_other_data_of_the_same_size_is_refused(tmp_path):
+    """The data check covered only the number of samples: reversed rows resumed silently, and
+    the run went on with a different order of batches than it started with."""
+    x, y = _blobs()
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    model = nn.MLP([5, 8, 3], seed=0)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"trained on other data \(same number of samples"):
+        Trainer(model).fit(x[::-1].copy(), y[::-1].copy(), epochs=3, batch_size=20,
+                           checkpoint_dir=tmp_path, resume="latest", verbose=0)
+    for k, v in model.state_dict().items():  # refused before anything was restored
+        np.testing.assert_array_equal(v, before[k])
+    t = Trainer(nn.MLP([5, 8, 3], seed=0))  # the same data resumes
+    t.fit(x.copy(), y.copy(), epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume="latest",
+          verbose=0)
+    assert len(t.history) == 3

@@ -201,6 +201,17 @@ def _callback_key(i: int, cb: Callback) -> str:
     return f"{i}:{type(cb).__name__}"
 
 
+def data_digest(x, y) -> str:
+    """A digest of training data (shapes, dtypes and every byte of ``x`` and ``y``, host
+    arrays): a checkpoint keeps its run's, and resuming on different data is refused."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (x, y):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
     from ember import __version__
     from ember.nn import Dropout
@@ -229,6 +240,7 @@ def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
         "configured_optimizer": getattr(trainer, "_configured_optimizer", None) or
         _configured(trainer),
         "fit_params": trainer.fit_params,
+        "data_digest": getattr(trainer, "_data_digest", None),
         "rng": {"data_seed": trainer.fit_params.get("seed"), "dropout": dropout},
         "gradient_monitor": trainer.gradient_monitor.state_dict(),
         "callbacks": {_callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks)},
@@ -751,6 +763,11 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
                 f"{here / 'trainer.json'}: the run was saved with {key}={fp[key]!r} but "
                 f"fit was called with {key}={trainer.fit_params.get(key)!r}; an exact resume "
                 "needs the same data and batching")
+    saved_digest, digest = st.get("data_digest"), getattr(trainer, "_data_digest", None)
+    if saved_digest and digest and saved_digest != digest:  # (older checkpoints have none)
+        raise CheckpointError(
+            f"{here / 'trainer.json'}: the run was trained on other data (same number of samples, "
+            f"different values); an exact resume needs the same data and batching")
     from ember.nn import Dropout
     layers = getattr(trainer.model, "layers", [])
     dropout = []

@@ -339,6 +339,12 @@ class Trainer:
             validation = self._prepare(*validation_data, "fit (validation_data)")
         else:
             validation = None
+        # A digest of the training data, kept in checkpoints: resuming on other data of the same
+        # size is refused like other batching changes (only when checkpoints are in play).
+        from ember.checkpoint import ModelCheckpoint, data_digest
+        checkpointing = (checkpoint_dir is not None or resume is not None or
+                         any(isinstance(c, ModelCheckpoint) for c in self.user_callbacks))
+        self._data_digest = data_digest(x, y) if checkpointing else None
         # Validated on the host; on the GPU the data moves to the device once, here, and batches
         # are gathered there (DataLoader follows the arrays' device).
         x, y = self._to_device(x, y)
@@ -358,7 +364,7 @@ class Trainer:
 
         # ModelCheckpoints go last: they save after every other callback updated its state.
         callbacks = list(self.user_callbacks)
-        from ember.checkpoint import ModelCheckpoint, attach_checkpointing
+        from ember.checkpoint import attach_checkpointing
         callbacks = ([c for c in callbacks if not isinstance(c, ModelCheckpoint)] +
                      [c for c in callbacks if isinstance(c, ModelCheckpoint)])
         ckpt = None
