@@ -607,3 +607,43 @@ def test_resuming_on_other_data_of_the_same_size_is_refused(tmp_path):
     t.fit(x.copy(), y.copy(), epochs=3, batch_size=20, checkpoint_dir=tmp_path, resume="latest",
           verbose=0)
     assert len(t.history) == 3
+
+
+def test_a_folder_in_use_by_another_fit_is_refused(tmp_path):
+    """Two fits into one folder deleted each other's in-flight saves (a raw FileNotFoundError)
+    and interleaved their checkpoints: a fit holds <folder>/.ember-lock while it runs."""
+    fcntl = pytest.importorskip("fcntl")
+    from ember.checkpoint import LOCK_FILE
+    x, y = _blobs()
+    tmp_path.mkdir(exist_ok=True)
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a fit in another process would
+    try:
+        with pytest.raises(CheckpointError, match=r"is in use by another fit"):
+            Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                                   checkpoint_dir=tmp_path, verbose=0)
+        assert list_checkpoints(tmp_path) == []
+    finally:
+        os.close(fd)
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    assert len(list_checkpoints(tmp_path)) == 2
+
+
+def test_an_interrupted_fit_releases_its_folder(tmp_path):
+    """A fit stopped by an exception (Ctrl-C in a notebook) must not keep the folder locked:
+    resuming in the same process works."""
+    from ember.callbacks import Callback
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    x, y = _blobs()
+    t = Trainer(nn.MLP([5, 8, 3], seed=0), callbacks=[Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path, verbose=0)
+    t2 = Trainer(nn.MLP([5, 8, 3], seed=0))
+    t2.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path, resume="latest", verbose=0)
+    assert len(t2.history) == 4

@@ -59,6 +59,8 @@ _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
 _MANIFEST = "MANIFEST.sha256"
+#: The lock file a fit holds in its checkpoint folder (see ModelCheckpoint).
+LOCK_FILE = ".ember-lock"
 _FILES = frozenset(_REQUIRED + ("callbacks.safetensors", _MANIFEST))
 # What an interrupted save leaves behind, exactly (see save_checkpoint and _replace_pointer):
 # ".tmp-<name>-<8 hex>" and ".tmp-old-<name>-<8 hex>" directories holding checkpoint files, and
@@ -928,6 +930,7 @@ class ModelCheckpoint(_Monitor):
             _check_destination(self.directory, "ModelCheckpoint: directory", None)
             self.trainer._configured_optimizer = _configured(self.trainer)
             self.best, self.best_name = None, None
+        self._lock()
         ptr = self.directory / "best"
         if self.best_name is None and ptr.is_file():
             name = _read_pointer(ptr)
@@ -957,6 +960,34 @@ class ModelCheckpoint(_Monitor):
     def on_train_end(self, logs):
         t = self.trainer
         self._save(finished=t.stop_reason or f"completed {t.epoch} of {t.epochs} epochs")
+        self._unlock()
+
+    # One fit a folder at a time: an exclusive lock on <directory>/.ember-lock for the length of
+    # the fit (Trainer.fit releases it however the fit ends). Without it two fits into one
+    # folder deleted each other's in-flight saves and interleaved their checkpoints.
+    _lock_fd: Optional[int] = None
+
+    def _lock(self) -> None:
+        self._unlock()
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: unguarded, as before
+            return
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CheckpointError(f"checkpoint directory '{self.directory}' is in use by another "
+                                  f"fit (it holds {path}); a folder takes one run at a time"
+                                  ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def state_dict(self):
         return {"best": self.best if self.best is None or math.isfinite(self.best) else None,

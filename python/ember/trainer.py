@@ -301,6 +301,17 @@ class Trainer:
         Raises:
             ValueError: bad data or hyperparameters, before any training step.
         """
+        try:
+            return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
+                             shuffle, verbose, checkpoint_dir, resume)
+        finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
+            from ember.checkpoint import ModelCheckpoint
+            for cb in getattr(self, "_checkpoint_callbacks", None) or ():
+                if isinstance(cb, ModelCheckpoint):
+                    cb._unlock()
+
+    def _fit(self, x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle,
+             verbose, checkpoint_dir, resume) -> History:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
