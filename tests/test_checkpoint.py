@@ -647,3 +647,19 @@ def test_an_interrupted_fit_releases_its_folder(tmp_path):
     t2 = Trainer(nn.MLP([5, 8, 3], seed=0))
     t2.fit(x, y, epochs=4, batch_size=20, checkpoint_dir=tmp_path, resume="latest", verbose=0)
     assert len(t2.history) == 4
+
+
+def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch):
+    """flock failing for another reason than a holder (ENOLCK on some network mounts) must not
+    be reported as a folder in use, nor stop the fit."""
+    import errno
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    x, y = _blobs()
+    Trainer(nn.MLP([5, 8, 3], seed=0)).fit(x, y, epochs=2, batch_size=20,
+                                           checkpoint_dir=tmp_path, verbose=0)
+    assert len(list_checkpoints(tmp_path)) == 2

@@ -977,11 +977,14 @@ class ModelCheckpoint(_Monitor):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by someone else
             os.close(fd)
             raise CheckpointError(f"checkpoint directory '{self.directory}' is in use by another "
                                   f"fit (it holds {path}); a folder takes one run at a time"
                                   ) from None
+        except OSError:  # a file system without locks (some network mounts): unguarded
+            os.close(fd)
+            return
         self._lock_fd = fd
 
     def _unlock(self) -> None:
