@@ -1,11 +1,12 @@
 // CPU GEMM with a fused epilogue, and the backward of a Linear layer built on it.
 //
 // GotoBLAS/BLIS structure: op(B) is packed into KC x NR column panels (an L2-sized block of them),
-// op(A) into MR x KC row panels (one at a time, it stays in L1), and a register-blocked micro-kernel
-// computes an MR x NR tile of C with MR*NR/VL vector accumulators: for every k it loads NR/VL
-// vectors of B and broadcasts MR values of A. Transposes of A and B are absorbed by the packing.
-// The epilogue (alpha, beta*C, bias, saved pre-activation, activation) runs on the accumulators of
-// the last K block while the tile is still in registers: one pass over C.
+// a transposed A into MR x KC row panels (one at a time, it stays in L1; a row-major A is read in
+// place, see gemm_block), and a register-blocked micro-kernel computes an MR x NR tile of C with
+// MR*NR/VL vector accumulators: for every k it loads NR/VL vectors of B and broadcasts MR values
+// of A. The transpose of B is absorbed by the packing. The epilogue (alpha, beta*C, bias, saved
+// pre-activation, activation, or the product with an activation derivative) runs on the
+// accumulators of the last K block while the tile is still in registers: one pass over C.
 //
 // Determinism: every element of C is one chain of FMAs over k in order, split into K blocks that
 // depend only on k; threads split M and N (never K), so results are bit-identical run to run and

@@ -35,6 +35,7 @@ Example:
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -250,12 +251,18 @@ def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
     }
 
 
-def _non_finite_parameter(model) -> Optional[str]:
-    """The name of the first parameter of ``model`` holding NaN or Inf, or None."""
-    for name, p in model.named_parameters():
-        if not bool(np.isfinite(p.data).all()):  # a CuPy array goes through CuPy's isfinite
+def _first_non_finite(named_arrays) -> Optional[str]:
+    """The name of the first of ``(name, array)`` whose floats hold NaN or Inf, or None (a CuPy
+    array goes through CuPy's isfinite)."""
+    for name, a in named_arrays:
+        if a.dtype.kind == "f" and not bool(np.isfinite(a).all()):
             return name
     return None
+
+
+def _non_finite_parameter(model) -> Optional[str]:
+    """The name of the first parameter of ``model`` holding NaN or Inf, or None."""
+    return _first_non_finite((name, p.data) for name, p in model.named_parameters())
 
 
 def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None,
@@ -275,6 +282,12 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
     if bad is not None:
         raise CheckpointError(f"save_checkpoint: parameter {bad!r} holds NaN or Inf; such a "
                               f"checkpoint could not be loaded, so none is written")
+    return _write_checkpoint(trainer, directory, callbacks, name, finished)
+
+
+def _write_checkpoint(trainer, directory: Path, callbacks, name: Optional[str],
+                      finished: Optional[str]) -> Path:
+    """save_checkpoint's writing, its arguments and the weights checked by the caller."""
     _prepare_dir(directory, "save_checkpoint: directory")
     _clean_temporaries(directory)
     name = name or f"ckpt-e{trainer.epoch:04d}-s{trainer.global_step:08d}"
@@ -338,7 +351,7 @@ def _recover_swap(directory: Path, name: str) -> bool:
     if final.is_dir():
         return True
     for prefix in (f"{_TMP_PREFIX}{name}-", f"{_TMP_PREFIX}old-{name}-"):
-        for cand in sorted(directory.glob(_glob_escape(prefix) + "*")):
+        for cand in sorted(directory.glob(glob.escape(prefix) + "*")):
             if _is_temporary(cand) and (cand / _MANIFEST).is_file():
                 try:
                     _verify(cand)
@@ -348,11 +361,6 @@ def _recover_swap(directory: Path, name: str) -> bool:
                 _fsync_dir(directory)
                 return True
     return False
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _clean_temporaries(directory: Path) -> None:
@@ -539,10 +547,10 @@ def _check_state(ck: dict, required=(), optional=()) -> dict:
 
 def _check_finite_weights(ck: dict) -> None:
     """Refuse weights that hold NaN or Inf — saved that way, not an architecture mismatch."""
-    for name, arr in ck["model"].items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise CheckpointError(f"{ck['path'] / 'model.safetensors'}: {name} holds NaN or Inf "
-                                  "(the run's weights were not finite when saved)")
+    name = _first_non_finite(ck["model"].items())
+    if name is not None:
+        raise CheckpointError(f"{ck['path'] / 'model.safetensors'}: {name} holds NaN or Inf "
+                              "(the run's weights were not finite when saved)")
 
 
 def _history_from(ck: dict):
@@ -904,8 +912,8 @@ class ModelCheckpoint(_Monitor):
                           f"parameter {bad!r} holds NaN or Inf; '{self.directory}' keeps its "
                           f"last good checkpoint", RuntimeWarning, stacklevel=3)
             return None
-        path = save_checkpoint(self.trainer, self.directory, self._callbacks(),
-                               finished=finished)
+        path = _write_checkpoint(self.trainer, self.directory, self._callbacks(), None,
+                                 finished)
         self.last_saved = path
         self._prune()
         return path

@@ -23,18 +23,13 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ember import ops
+from ember.nn import _check_seed
 
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_seed(where: str, seed) -> int:
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"{where}: seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
 
 
 def _on_gpu(a) -> bool:

@@ -27,7 +27,7 @@ from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRSchedule
                              TerminateOnNaN)
 from ember.data import DataLoader, check_xy, train_val_split
 from ember.losses import Loss, get_loss
-from ember.nn import Module, Sequential
+from ember.nn import Module, Sequential, _check_seed
 from ember.optim import Optimizer, get_optimizer
 
 __all__ = ["Trainer", "History"]
@@ -324,8 +324,7 @@ class Trainer:
                              f"{validation_split!r}")
         if validation_data is not None and validation_split:
             raise ValueError("fit: give validation_data or validation_split, not both")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
+        seed = _check_seed("fit", seed)
         if not isinstance(shuffle, (bool, np.bool_)):
             raise ValueError(f"fit: shuffle must be True or False, got {shuffle!r}")
         if isinstance(verbose, (bool, np.bool_)):
