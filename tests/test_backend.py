@@ -84,3 +84,53 @@ def test_isa_override_in_subprocess():
 def test_ops_rejects_non_arrays():
     with pytest.raises(TypeError, match="gemm: a must be a numpy.ndarray or a CUDA array"):
         ember.ops.gemm([[1.0]], np.ones((1, 1), np.float32))
+
+
+# A child Python in which ember's CUDA module was never built: the import system finds no
+# ember._cuda (as on the default build of a machine without a GPU).
+_WITHOUT_CUDA = r'''
+import sys
+class _Hide:
+    def __init__(self, finder):
+        self.finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name == "ember._cuda":
+            return None
+        return self.finder.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+sys.meta_path[:] = [_Hide(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+import json
+import ember
+from ember import backend
+out = {"built": backend.cuda_built(), "reason": ember.info()["backends"]["cuda"]["reason"]}
+try:
+    import ember._cuda_ops
+except ImportError as exc:
+    out["import"] = [type(exc).__name__, str(exc)]
+try:
+    backend.resolve_device("cuda")
+except ValueError as exc:
+    out["device"] = str(exc)
+print(json.dumps(out))
+'''
+
+
+def test_a_build_without_cuda_says_so_and_how_to_build_it():
+    """Without the CUDA module, ember says it was built without CUDA and how to build with it
+    (it said "cannot import name '_cuda' from partially initialized module 'ember' (most likely
+    due to a circular import)")."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_CUDA], capture_output=True, text=True,
+                         env=subprocess_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["built"] is False
+    for text in (out["reason"], out["import"][1], out["device"]):
+        assert "built without CUDA" in text and "EMBER_CUDA=ON" in text, text
+        assert "circular" not in text and "partially initialized" not in text, text
+    assert out["import"][0] == "ModuleNotFoundError"  # so pytest.importorskip skips on it

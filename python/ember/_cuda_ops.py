@@ -14,7 +14,11 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from ember import _cuda
+from ember import backend
+
+# ImportError saying what is true (built without CUDA and how to build it, or why it does not load)
+# instead of Python's "cannot import name '_cuda' from partially initialized module".
+_cuda = backend.cuda_module()
 
 _cupy = None
 

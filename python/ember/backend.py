@@ -13,16 +13,43 @@ import numpy as np
 
 from ember import _cpu
 
-try:  # built only when CMake found nvcc
-    from ember import _cuda
-    _CUDA_IMPORT_ERROR = ""
-except ImportError as exc:  # pragma: no cover - depends on the build
-    _cuda = None
-    _CUDA_IMPORT_ERROR = f"ember._cuda not importable: {exc}"
+#: What to tell a user whose ember has no CUDA module: the default build compiles it only where
+#: nvcc and a GPU are found at install time.
+NOT_BUILT_WITH_CUDA = (
+    "ember was built without CUDA (the default build compiles the CUDA module only when nvcc and "
+    "an NVIDIA GPU are found at install time; to build it anyway: "
+    "pip install . -C cmake.define.EMBER_CUDA=ON)")
+
+
+def _import_cuda():
+    """``(ember._cuda or None, why it is missing)``: a module that was never built is told apart
+    from one that was built but does not load (a missing CUDA runtime library, say)."""
+    import importlib.util
+    if importlib.util.find_spec("ember._cuda") is None:
+        return None, NOT_BUILT_WITH_CUDA
+    try:
+        from ember import _cuda as module
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        return None, f"ember's CUDA module was built but does not load: {exc}"
+    return module, ""
+
+
+_cuda, _CUDA_IMPORT_ERROR = _import_cuda()
+
+
+def cuda_module():
+    """The compiled CUDA module ``ember._cuda``; ImportError saying why when it is missing."""
+    if _cuda is None:
+        # Not built: ModuleNotFoundError (what a missing module raises); built but not loadable:
+        # ImportError.
+        cls = ModuleNotFoundError if _CUDA_IMPORT_ERROR == NOT_BUILT_WITH_CUDA else ImportError
+        raise cls(_CUDA_IMPORT_ERROR, name="ember._cuda")
+    return _cuda
 
 __all__ = [
     "info", "cuda_built", "cuda_available", "cuda_training_available", "set_num_threads", "get_num_threads",
-    "resolve_device", "resolve_training_device", "is_cuda_array", "array_module",
+    "resolve_device", "resolve_training_device", "is_cuda_array", "array_module", "cuda_module",
+    "NOT_BUILT_WITH_CUDA",
     "GPU_TRAINING_VERIFIED",
 ]
 
@@ -44,7 +71,7 @@ def _cuda_devices() -> tuple[int, str]:
     global _cuda_state
     if _cuda_state is None:
         if _cuda is None:
-            _cuda_state = (0, _CUDA_IMPORT_ERROR or "ember was built without CUDA (nvcc not found)")
+            _cuda_state = (0, _CUDA_IMPORT_ERROR)
         else:
             n, why = _cuda.device_count()
             if n > 0:

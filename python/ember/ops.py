@@ -54,7 +54,7 @@ def _impl(x: Any, fn: str, name: str):
         if _cuda_ops_module is None:
             from ember import backend
             if not backend.cuda_built():
-                raise ValueError(f"{fn}: {name} is a CUDA array but ember was built without CUDA")
+                raise ValueError(f"{fn}: {name} is a CUDA array but {backend.NOT_BUILT_WITH_CUDA}")
             from ember import _cuda_ops
             _cuda_ops_module = _cuda_ops
         return _cuda_ops_module
