@@ -309,7 +309,8 @@ class ProgressBar(Callback):
                 self._bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
 
     def on_epoch_end(self, epoch, logs):
-        parts = [f"{k}={v:.4f}" for k, v in logs.items()
+        # lr with significant digits (".4f" printed lr=0.0000 below 5e-5)
+        parts = [f"{k}={v:.4g}" if k == "lr" else f"{k}={v:.4f}" for k, v in logs.items()
                  if isinstance(v, float) and not k.startswith("_") and k not in ("time",)]
         line = (f"epoch {epoch + 1}/{self.trainer.epochs}  " + "  ".join(parts) +
                 f"  ({time.perf_counter() - self._t0:.2f}s)")

@@ -132,6 +132,15 @@ class History:
         return f"History(epochs={len(self.epochs)}, keys={list(self.history)})"
 
 
+#: fit_params entries that describe the data rather than a choice (not hyperparameters).
+_DATA_FACTS = ("target_variance", "val_target_variance")
+
+
+def _mean_variance(y) -> float:
+    """The targets' variance averaged over their columns: the MSE of predicting the mean."""
+    return float(y.reshape(len(y), -1).astype("float64").var(axis=0).mean())
+
+
 def _named_optimizer(name, model, kwargs: dict) -> Optimizer:
     """``get_optimizer(name, model, **kwargs)``, with an argument the optimizer does not take
     named in the error together with those it does."""
@@ -236,6 +245,7 @@ class Trainer:
         self._epoch_acc: Optional[list] = None
         self._resuming = False
         self._base_lr = self.optimizer.lr
+        self._initial_lr = self.optimizer.lr  # the chosen lr, which the report shows
         self.gradient_monitor = GradientMonitor()
 
     # ---------------------------------------------------------------------------------------
@@ -272,8 +282,10 @@ class Trainer:
         return tuple(None if a is None else xp.asarray(a) for a in arrays)
 
     def hyperparameters(self) -> dict:
-        """What the user chose (as opposed to what was learned)."""
-        return {**self.fit_params, **self.optimizer.hyperparameters(),
+        """What the user chose (as opposed to what was learned); ``lr`` is the chosen learning
+        rate, not the one a schedule or ReduceLROnPlateau has set since (``optimizer.lr``)."""
+        fit = {k: v for k, v in self.fit_params.items() if k not in _DATA_FACTS}
+        return {**fit, **self.optimizer.hyperparameters(), "lr": self._chosen_lr(),
                 "loss": self.loss.config(), "device": self.device,
                 "model": self.model.config() if hasattr(self.model, "config") else None}
 
@@ -365,6 +377,10 @@ class Trainer:
                            "validation_split": float(validation_split), "seed": int(seed),
                            "shuffle": bool(shuffle), "n_train": int(len(x)),
                            "n_val": 0 if validation is None else int(len(validation[0]))}
+        if self.task == "regression":  # the scale a regression fit is judged on (R², report)
+            self.fit_params["target_variance"] = _mean_variance(y)
+            if validation is not None:
+                self.fit_params["val_target_variance"] = _mean_variance(validation[1])
         loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
         self.epochs = int(epochs)
         self.steps_per_epoch = len(loader)
@@ -609,21 +625,86 @@ class Trainer:
         return out[:, 0] if out.shape[1] == 1 else out
 
     # ---------------------------------------------------------------------------------------
+    def _loss_baseline(self) -> Optional[float]:
+        """The training loss of a model that has learned nothing: ``ln(classes)`` for
+        cross-entropy (a uniform guess), the targets' variance for MSE (predicting the mean).
+        None when unknown (another loss, or the targets' variance was not recorded)."""
+        kind = self.loss.config().get("type")
+        if kind == "CrossEntropy" and self.task == "classification":
+            c = self._output_size()
+            return math.log(c) if c and c > 1 else None
+        if kind == "MSE":
+            v = self.fit_params.get("target_variance")
+            return float(v) if v else None
+        return None
+
+    def _divergence(self) -> Optional[str]:
+        """Why the loss says the steps overshoot (the learning rate is too high), or None: the
+        loss became NaN/Inf, ended far above what a model that learned nothing scores, or rose
+        well above its best after falling (an exploding loss)."""
+        losses = [v for v in self.history.history.get("loss", []) if v is not None]
+        if not losses:
+            return None
+        last = losses[-1]
+        if not math.isfinite(last):
+            return f"the training loss became {last}"
+        base = self._loss_baseline()
+        # Cross-entropy starts near ln(classes): ending far above it means it blew up. (An MSE
+        # can start far above the targets' variance, when they are offset: that is slow, not
+        # diverging, and is judged by the rules below and by R².)
+        if base is not None and self.task == "classification" and last > 10.0 * base:
+            return (f"the training loss {last:.4g} is {last / base:.3g}x that of a uniform "
+                    f"guess ({base:.4g})")
+        if len(losses) >= 2 and (base is None or last > base):
+            best = min(losses)
+            if last > 2.0 * best:
+                return f"the training loss rose from its best {best:.4g} to {last:.4g}"
+            if last > losses[0]:
+                return f"the training loss ended above where it began ({losses[0]:.4g} -> {last:.4g})"
+        return None
+
+    def _r2(self, key: str, var_key: str) -> Optional[float]:
+        """R² = 1 - MSE / variance of the targets, from the last epoch's ``key`` loss (MSE)."""
+        h = self.history.history
+        var = self.fit_params.get(var_key)
+        if self.loss.config().get("type") != "MSE" or not var or key not in h:
+            return None
+        v = h[key][-1]
+        return None if v is None or not math.isfinite(v) else 1.0 - v / float(var)
+
     def diagnosis(self) -> dict:
-        """Plain verdicts from the history: fit quality and gradient health."""
+        """Plain verdicts from the history: fit quality and gradient health.
+
+        ``fit`` is ``"diverging (learning rate too high)"`` when the loss overshoots (it became
+        NaN/Inf, ended above 10x a model that learned nothing, or rose to over twice its best),
+        ``"underfitting"``, ``"overfitting"``, ``"good"``, ``"no validation data"`` or
+        ``"unknown"``. A regression fit is judged on R² (1 - MSE / the targets' variance), which
+        does not depend on the targets' scale; ``"r2"`` and ``"val_r2"`` are included."""
         h = self.history.history
         out: dict[str, Any] = {"fit": "unknown", "gradients": "healthy", "notes": []}
         if not self.history.epochs:
             return out
+        losses = [v for v in h["loss"] if v is not None]
         train_loss = h["loss"][-1]
-        first_loss = h["loss"][0]
-        if "accuracy" in h and h["accuracy"][-1] is not None:  # classification, metric kept
+        lr = self._chosen_lr()
+        diverging = self._divergence()
+        if diverging is not None:
+            out["fit"] = "diverging (learning rate too high)"
+            out["notes"].append(
+                f"{diverging}: the steps overshoot the minimum. Lower the learning rate (try "
+                f"lr={lr / 10:.3g}, a tenth of {lr:.3g}) or clip gradients (max_grad_norm)")
+        # "try a higher learning rate" only when the loss fell at every epoch, just too slowly.
+        steady = all(b <= a for a, b in zip(losses, losses[1:]))
+        slower = ("more epochs, a larger model or a higher learning rate" if steady else
+                  "more epochs or a larger model")
+        if diverging is not None:
+            pass
+        elif "accuracy" in h and h["accuracy"][-1] is not None:  # classification, metric kept
             train_acc = h["accuracy"][-1]
             val_acc = h.get("val_accuracy", [None])[-1]
             if train_acc < 0.7 and (val_acc is None or val_acc < 0.7):
                 out["fit"] = "underfitting"
-                out["notes"].append(f"train accuracy {train_acc:.1%} is low: try more epochs, a "
-                                    "larger model or a higher learning rate")
+                out["notes"].append(f"train accuracy {train_acc:.1%} is low: try {slower}")
             elif val_acc is not None and train_acc - val_acc > 0.05:
                 out["fit"] = "overfitting"
                 out["notes"].append(f"train accuracy {train_acc:.1%} vs validation "
@@ -631,16 +712,31 @@ class Trainer:
                                     "early stopping")
             else:
                 out["fit"] = "good" if val_acc is not None else "no validation data"
-        else:
-            if not math.isfinite(train_loss) or train_loss > 0.5 * first_loss:
+        elif self._r2("loss", "target_variance") is not None:  # regression with MSE: R²
+            r2 = out["r2"] = self._r2("loss", "target_variance")
+            val_r2 = out["val_r2"] = self._r2("val_loss", "val_target_variance")
+            if r2 < 0.5 and (val_r2 is None or val_r2 < 0.5):
                 out["fit"] = "underfitting"
-                out["notes"].append("training loss fell by less than half")
+                out["notes"].append(f"training R² {r2:.3g} is low (1 is perfect, 0 is no better "
+                                    f"than predicting the mean): try {slower}")
+            elif val_r2 is not None and r2 - val_r2 > 0.1:
+                out["fit"] = "overfitting"
+                out["notes"].append(f"training R² {r2:.3g} vs validation {val_r2:.3g}: add "
+                                    "dropout/weight decay, more data, or early stopping")
+            else:
+                out["fit"] = "good" if val_r2 is not None else "no validation data"
+        else:
+            if not math.isfinite(train_loss) or train_loss > 0.5 * h["loss"][0]:
+                out["fit"] = "underfitting"
+                out["notes"].append(f"training loss fell by less than half: try {slower}")
             else:
                 out["fit"] = "good"
-        if "val_loss" in h and len(h["val_loss"]) >= 3 and out["fit"] != "underfitting":
+        if "val_loss" in h and len(h["val_loss"]) >= 3 and out["fit"] in (
+                "good", "no validation data", "overfitting"):
             vl = [v for v in h["val_loss"] if v is not None and math.isfinite(v)]
             if vl and vl[-1] > 1.1 * min(vl) and h["loss"][-1] < h["loss"][int(np.argmin(vl))]:
-                out["fit"] = "overfitting"
+                if out["fit"] != "overfitting":
+                    out["fit"] = "overfitting"
                 out["notes"].append(f"validation loss rose from its best {min(vl):.4g} to "
                                     f"{vl[-1]:.4g} while training loss kept falling")
         flags = self.gradient_monitor.flags
@@ -651,9 +747,16 @@ class Trainer:
                 f"{k} ({v})" for k, v in sorted(flags.items())))
         if not math.isfinite(train_loss):
             out["gradients"] = "exploding"
-            out["notes"].append("the loss became NaN/Inf: lower the learning rate or clip "
-                                "gradients (max_grad_norm)")
+        elif diverging is not None and out["gradients"] == "healthy":
+            # The gradients are what a too-large step makes them: not "healthy".
+            out["gradients"] = "large (the loss is diverging)"
         return out
+
+    def _chosen_lr(self) -> float:
+        """The learning rate the user chose (before any schedule or ReduceLROnPlateau)."""
+        configured = getattr(self, "_configured_optimizer", None) or {}
+        lr = configured.get("lr", getattr(self, "_initial_lr", None))
+        return float(self.optimizer.lr if lr is None else lr)
 
     def report(self) -> str:
         """A short text report: parameters vs hyperparameters, final metrics, verdict."""
@@ -664,11 +767,16 @@ class Trainer:
                      f"{total - trainable:,} frozen)")
         hp = self.optimizer.hyperparameters()
         fp = self.fit_params
+        chosen, now = self._chosen_lr(), float(hp["lr"])
         lines.append("hyperparameters (chosen): " + ", ".join(
             [f"epochs={fp.get('epochs')}", f"batch_size={fp.get('batch_size')}",
-             f"optimizer={hp['optimizer']}", f"lr={hp['lr']:g}"] +
+             f"optimizer={hp['optimizer']}", f"lr={chosen:.6g}"] +
             [f"{k}={v}" for k, v in hp.items() if k not in ("optimizer", "lr") and v] +
             [f"loss={self.loss.config()['type']}", f"seed={fp.get('seed')}"]))
+        if not math.isclose(now, chosen, rel_tol=1e-12, abs_tol=0.0):
+            lines.append(f"learning rate now: {now:.6g} (set by a schedule or "
+                         "ReduceLROnPlateau; the run started at the chosen "
+                         f"{chosen:.6g})")
         h = self.history.history
         if self.history.epochs:
             final = "  ".join(f"{k}={h[k][-1]:.4f}" for k in h
@@ -682,7 +790,10 @@ class Trainer:
         if self.restored_epoch is not None:
             lines.append(f"restored the weights of epoch {self.restored_epoch + 1}")
         d = self.diagnosis()
-        lines.append(f"verdict: fit {d['fit']}; gradients {d['gradients']}")
+        r2 = "".join(f", {name} {d[key]:.4g}" for key, name in (("r2", "R²"),
+                                                               ("val_r2", "validation R²"))
+                     if d.get(key) is not None)
+        lines.append(f"verdict: fit {d['fit']}{r2}; gradients {d['gradients']}")
         for note in d["notes"]:
             lines.append(f"  - {note}")
         return "\n".join(lines)
