@@ -334,3 +334,27 @@ def test_fused_relu_passes_nan_like_activation_forward(shape):
     plain = ops.activation_forward(ops.gemm(a, b, trans_b=True), "relu")
     assert np.isnan(fused[0]).all()
     np.testing.assert_array_equal(fused.view(np.uint32), plain.view(np.uint32))
+
+
+def test_linear_forward_errors_name_its_own_arguments():
+    """linear_forward(x_float64, w) said "gemm: a must have dtype float32": the README promises
+    errors that name the caller's argument."""
+    x64 = np.ones((4, 5))
+    x = x64.astype(np.float32)
+    w = np.ones((3, 5), np.float32)
+    with pytest.raises(TypeError, match=r"^linear_forward: x must have dtype float32, got float64"):
+        ops.linear_forward(x64, w)
+    with pytest.raises(TypeError, match=r"^linear_forward: weight must have dtype float32"):
+        ops.linear_forward(x, w.astype(np.float64))
+    with pytest.raises(ValueError, match=r"^linear_forward: weight must have shape "
+                                         r"\(out_features, 5\) to match x's 5 columns, got \(3, 6\)"):
+        ops.linear_forward(x, np.ones((3, 6), np.float32))
+    with pytest.raises(ValueError, match=r"^linear_forward: x must be C-contiguous"):
+        ops.linear_forward(np.ones((4, 10), np.float32)[:, ::2], w)
+    sq = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^linear_forward: out must not share memory with x"):
+        ops.linear_forward(sq, np.ones((3, 3), np.float32), out=sq)
+    with pytest.raises(ValueError, match=r"^linear_forward: bias must have shape \(3,\)"):
+        ops.linear_forward(x, w, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"^matmul: a must have dtype float32"):
+        ops.matmul(x64, w.T.copy())

@@ -25,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -144,9 +145,30 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None,
                  precision=(precision, _NAME))
 
 
+def _as_caller(exc: Exception, fn: str, names: dict) -> None:
+    """Raise ``exc`` again as the error of ``fn``, which called :func:`gemm`: the message names
+    ``fn`` and its own arguments (``names`` maps gemm's argument names to the caller's) instead
+    of "gemm: a must ..."."""
+    msg = str(exc)
+    if not msg.startswith("gemm: "):
+        raise exc
+    msg = msg[len("gemm: "):]
+    if "a" in names:
+        msg = re.sub(r"\bop\(a\)'s (\d+) columns", rf"{names['a']}'s \1 columns", msg)
+    if names.get("b") == "weight":
+        msg = re.sub(r"^b must have shape \(n, (\d+)\) with trans_b=True",
+                     r"weight must have shape (out_features, \1)", msg)
+    for old, new in names.items():  # an argument's name starts the message or follows these
+        msg = re.sub(rf"(^|with |but ){old}\b", rf"\g<1>{new}", msg)
+    raise type(exc)(f"{fn}: {msg}") from None
+
+
 def matmul(a, b, *, out=None):
     """``a @ b`` for 2-D float32 arrays (:func:`gemm` without an epilogue)."""
-    return gemm(a, b, out=out)
+    try:
+        return gemm(a, b, out=out)
+    except (TypeError, ValueError) as exc:
+        _as_caller(exc, "matmul", {})
 
 
 def linear_forward(x, weight, bias=None, *, activation: str = "identity",
@@ -154,11 +176,15 @@ def linear_forward(x, weight, bias=None, *, activation: str = "identity",
                    preact_out=None, precision: str = "fp32"):
     """``act(x @ weight.T + bias)`` with PyTorch's Linear layout (``weight`` is (out, in)).
 
-    Returns ``y`` or ``(y, preact)`` as :func:`gemm` does.
+    Returns ``y`` or ``(y, preact)`` as :func:`gemm` does. Errors name this function's
+    arguments (``x``, ``weight``, ...).
     """
-    return gemm(x, weight, trans_b=True, bias=bias, activation=activation,
-                negative_slope=negative_slope, out=out, preact_out=preact_out,
-                save_preact=save_preact, precision=precision)
+    try:
+        return gemm(x, weight, trans_b=True, bias=bias, activation=activation,
+                    negative_slope=negative_slope, out=out, preact_out=preact_out,
+                    save_preact=save_preact, precision=precision)
+    except (TypeError, ValueError) as exc:
+        _as_caller(exc, "linear_forward", {"a": "x", "b": "weight"})
 
 
 def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "identity",
