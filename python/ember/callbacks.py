@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Callback", "CallbackList", "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN",
-    "ProgressBar", "GradientMonitor", "GradientWarning", "LRScheduler",
+    "ProgressBar", "GradientMonitor", "GradientWarning", "LRScheduler", "ModelCheckpoint",
 ]
 
 
@@ -261,15 +261,42 @@ class TerminateOnNaN(Callback):
 
 
 class LRScheduler(Callback):
-    """Set the learning rate from an :mod:`ember.schedules` schedule (per step or per epoch)."""
+    """Set the learning rate from an :mod:`ember.schedules` schedule (per step or per epoch),
+    or from a function of the epoch that returns it (as Keras' ``LearningRateScheduler``).
+
+    The schedule counts epochs and steps from where it joined the run: from 0 in a fresh fit,
+    and from the resume point when it is added to a resumed run that did not have it (a
+    warmup then warms up from there). Resuming a run that had it continues where it was."""
 
     def __init__(self, schedule):
         from ember.schedules import get_schedule
         self.schedule = get_schedule(schedule)
+        self.start_epoch = 0
+        self.start_step = 0
+        self._restored = False
+
+    def on_train_begin(self, logs):
+        t = self.trainer
+        if not getattr(t, "_resuming", False):
+            self.start_epoch, self.start_step = 0, 0
+        elif not self._restored:  # added on resume: it starts here, not at epoch 0
+            self.start_epoch, self.start_step = int(t.epoch), int(t.global_step)
+        self._restored = False
 
     def _apply(self):
         t = self.trainer
-        t.optimizer.lr = t._base_lr * self.schedule.factor(t.epoch, t.global_step)
+        t.optimizer.lr = self.schedule.learning_rate(
+            t.epoch - self.start_epoch, t.global_step - self.start_step, t._base_lr,
+            t.optimizer.lr)
+
+    def state_dict(self):
+        return {"start_epoch": self.start_epoch, "start_step": self.start_step}
+
+    def load_state_dict(self, state):
+        # (checkpoints written before the schedule kept a start saved {}: it started at 0)
+        self.start_epoch = int(state.get("start_epoch", 0))
+        self.start_step = int(state.get("start_step", 0))
+        self._restored = True
 
     def on_epoch_begin(self, epoch, logs):
         self._apply()
@@ -381,3 +408,12 @@ class GradientMonitor(Callback):
 
     def load_state_dict(self, state):
         self.flags = dict(state.get("flags", {}))
+
+
+def __getattr__(name):
+    # ModelCheckpoint lives in ember.checkpoint (which imports this module); it is importable
+    # from here too, as in Keras (``from ember.callbacks import ModelCheckpoint``).
+    if name == "ModelCheckpoint":
+        from ember.checkpoint import ModelCheckpoint
+        return ModelCheckpoint
+    raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")

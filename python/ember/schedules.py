@@ -4,6 +4,10 @@ learning rate the uninterrupted run had, with no hidden state to save.
 Use them through :class:`ember.callbacks.LRScheduler` (or ``Trainer(lr_schedule=...)``).
 ``ReduceLROnPlateau``, which depends on the validation history, is a callback.
 
+A plain function of the epoch is a schedule too, as in Keras' ``LearningRateScheduler``: it
+returns the learning rate itself, ``fn(epoch)`` or ``fn(epoch, lr)`` (``lr``: the current one);
+see :class:`FunctionSchedule`.
+
 Example:
     >>> from ember.schedules import CosineWithWarmup
     >>> sched = CosineWithWarmup(total_steps=1000, warmup_steps=100)
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Schedule", "Constant", "StepLR", "ExponentialLR", "CosineWithWarmup", "get_schedule"]
+__all__ = ["Schedule", "Constant", "StepLR", "ExponentialLR", "CosineWithWarmup",
+           "FunctionSchedule", "get_schedule"]
 
 
 class Schedule:
@@ -24,6 +29,11 @@ class Schedule:
 
     def factor(self, epoch: int, step: int) -> float:
         raise NotImplementedError
+
+    def learning_rate(self, epoch: int, step: int, base_lr: float, lr: float) -> float:
+        """The learning rate at ``(epoch, step)``: ``base_lr * factor`` (``lr``, the current
+        one, is for schedules that follow it, like :class:`FunctionSchedule`)."""
+        return base_lr * self.factor(epoch, step)
 
     def config(self) -> dict:
         return {"type": type(self).__name__, **{k: v for k, v in vars(self).items()}}
@@ -83,13 +93,69 @@ class CosineWithWarmup(Schedule):
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+class FunctionSchedule(Schedule):
+    """A learning rate given by a function of the epoch, as Keras' ``LearningRateScheduler``:
+    ``fn(epoch)`` or ``fn(epoch, lr)`` returns the learning rate (not a factor); ``epoch``
+    counts from 0 and ``lr`` is the current learning rate. Applied at the start of each epoch.
+
+    For an exact resume the function must be the same in the resumed run (it is not saved).
+
+    Example:
+        >>> sched = FunctionSchedule(lambda epoch: 0.1 * 0.5 ** epoch)
+        >>> sched.learning_rate(2, 0, base_lr=0.1, lr=0.1)
+        0.025
+    """
+
+    def __init__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"FunctionSchedule: fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self._takes_lr = _positional_count(fn) >= 2
+
+    def factor(self, epoch, step):
+        raise TypeError("FunctionSchedule gives the learning rate itself, not a factor: use "
+                        "learning_rate(epoch, step, base_lr, lr)")
+
+    def learning_rate(self, epoch, step, base_lr, lr):
+        out = self.fn(epoch, lr) if self._takes_lr else self.fn(epoch)
+        if isinstance(out, (bool, str, bytes)) or not hasattr(out, "__float__") or \
+                not math.isfinite(float(out)) or float(out) < 0:
+            raise ValueError(f"lr schedule {_fn_name(self.fn)}: at epoch {epoch} it returned "
+                             f"{out!r}; it must return a learning rate (a finite number >= 0)")
+        return float(out)
+
+    def config(self) -> dict:
+        return {"type": "FunctionSchedule", "fn": _fn_name(self.fn)}
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _positional_count(fn) -> int:
+    """How many positional arguments ``fn`` takes (2 or more: ``fn(epoch, lr)``)."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it with the epoch
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(1 for p in params if p.kind in kinds)
+
+
 def get_schedule(config) -> Schedule:
-    """A schedule from an instance or from its ``config()`` dict."""
+    """A schedule from an instance, its ``config()`` dict, or a function of the epoch that
+    returns the learning rate (:class:`FunctionSchedule`)."""
     if isinstance(config, Schedule):
         return config
+    if callable(config) and not isinstance(config, type):
+        return FunctionSchedule(config)
     if not isinstance(config, dict):
         raise TypeError(f"a schedule must be an ember.schedules.Schedule (e.g. "
-                        f"CosineWithWarmup(total_steps=1000)) or its config() dict, got "
+                        f"CosineWithWarmup(total_steps=1000)), its config() dict, or a "
+                        f"function of the epoch returning the learning rate, got "
                         f"{type(config).__name__} {config!r}")
     cfg = dict(config)
     kind = cfg.pop("type", None)
