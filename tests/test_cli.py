@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import ember
+import ember.preprocessing  # noqa: F401 - ember.preprocessing.RunModel below
 from conftest import subprocess_env
 from ember import cli
 
@@ -271,7 +272,7 @@ def test_sigint_leaves_a_resumable_run_that_completes_identically(tmp_path):
     assert "ember train --resume" in err
     assert not (tmp_path / "runs" / "interrupted" / "summary.json").exists()
 
-    assert cli.main(["train", "--resume", "-q"]) == 0  # default: the newest run under runs/
+    assert cli.main(["train", "--resume", "-q"]) == 0  # the one interrupted run under runs/
     resumed = tmp_path / "runs" / "interrupted"
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["epochs_run"] == 30 and summary["timings"]["resumed"]
@@ -293,11 +294,111 @@ def test_resume_refuses_other_options_and_non_runs(tmp_path, capsys):
     (Path("plain") / "notes.txt").write_text("mine")
     assert cli.main(["train", "--resume", "plain"]) == 1
     assert "not an ember run directory" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "plain", "--lr", "0.1"]) == 1
+    assert "not an ember run directory" in capsys.readouterr().err
     assert cli.main(["train", "--resume"]) == 1  # no runs/ here
-    assert "no ember run to resume" in capsys.readouterr().err
-    assert cli.main(["train", "--resume", "plain", "--lr", "0.1"]) == 2
-    assert "--lr" in capsys.readouterr().err
+    assert "no interrupted ember run under runs/ to resume" in capsys.readouterr().err
     assert (Path("plain") / "notes.txt").read_text() == "mine"
+
+
+class _InterruptAfter(ember.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of epoch ``n`` (after ModelCheckpoint saved it), as
+    Ctrl-C there would: an in-process stand-in for the SIGINT test above."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_epoch_end(self, epoch, logs):
+        if epoch + 1 == self.n:
+            raise KeyboardInterrupt
+
+
+def _interrupted_train(monkeypatch, argv: list, after: int) -> None:
+    make = cli._make_trainer
+
+    def make_and_interrupt(*a, **k):
+        trainer = make(*a, **k)
+        trainer.user_callbacks.append(_InterruptAfter(after))
+        return trainer
+
+    monkeypatch.setattr(cli, "_make_trainer", make_and_interrupt)
+    try:
+        assert cli.main(["train", *argv]) == 130
+    finally:
+        monkeypatch.setattr(cli, "_make_trainer", make)
+
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+SMALL = ["--epochs", "4", "--patience", "0", "--hidden", "16", "-q"]
+
+
+def test_resume_appended_to_the_original_command_continues_that_run(tmp_path, monkeypatch,
+                                                                     capsys):
+    # issue 16, item 6: a finished run under runs/, then a run into --out mine interrupted;
+    # 'ember train --resume' resumed (and rewrote) the newest run under runs/ instead.
+    assert cli.main(["train", *SMALL, "--out", "runs/old"]) == 0
+    old = _snapshot(tmp_path / "runs" / "old")
+    _interrupted_train(monkeypatch, [*SMALL, "--out", "mine"], after=2)
+    assert not Path("mine/summary.json").exists()
+    capsys.readouterr()
+
+    # a bare --resume does not write into the finished run (nor pick one the user did not name)
+    assert cli.main(["train", "--resume", "-q"]) == 1
+    assert "no interrupted ember run" in capsys.readouterr().err
+    # an option that differs from the run's is refused by name, before anything is written
+    assert cli.main(["train", *SMALL, "--out", "mine", "--lr", "0.05", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.05 (the run's: 0.001)" in err and "mine" in err
+    assert cli.main(["train", *SMALL, "--out", "other", "--resume", "mine"]) == 2
+    assert "name different runs" in capsys.readouterr().err
+    assert cli.main(["train", *SMALL, "--out", "nothere", "--resume"]) == 1
+    assert "no run there to resume" in capsys.readouterr().err
+    assert not Path("nothere").exists() and not Path("other").exists()
+
+    # the original command with --resume appended continues 'mine'
+    assert cli.main(["train", *SMALL, "--out", "mine", "--resume"]) == 0
+    summary = json.loads(Path("mine/summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["timings"]["resumed"]
+    assert _snapshot(tmp_path / "runs" / "old") == old  # untouched
+    # ... to the same result as never interrupting it
+    assert cli.main(["train", *SMALL, "--out", "straight"]) == 0
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [r[key] for r in read_csv("mine/history.csv")] == \
+            [r[key] for r in read_csv("straight/history.csv")], key
+
+    # resuming a finished run, even by name, changes nothing and says so
+    done = _snapshot(tmp_path / "mine")
+    assert cli.main(["train", "--resume", "mine"]) == 0
+    assert "has finished" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", "runs/old", "-q"]) == 0
+    assert _snapshot(tmp_path / "mine") == done
+    assert _snapshot(tmp_path / "runs" / "old") == old
+
+
+def test_bare_resume_continues_only_an_unambiguous_interrupted_run(tmp_path, monkeypatch,
+                                                                   capsys):
+    # the original command had no --out: its run is under runs/; appending --resume finds it
+    # among the interrupted runs there by the options given, and never guesses between two
+    _interrupted_train(monkeypatch, [*SMALL, "--out", "runs/a", "--seed", "1"], after=1)
+    _interrupted_train(monkeypatch, [*SMALL, "--out", "runs/b", "--seed", "2"], after=1)
+    b = _snapshot(tmp_path / "runs" / "b")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "several interrupted runs" in err and "runs/a" in err and "runs/b" in err
+    assert cli.main(["train", "--seed", "3", "--resume", "-q"]) == 2
+    assert "no interrupted run under runs/ was started with these options" in \
+        capsys.readouterr().err
+    assert cli.main(["train", *SMALL, "--seed", "1", "--resume"]) == 0
+    assert json.loads(Path("runs/a/summary.json").read_text())["epochs_run"] == 4
+    assert _snapshot(tmp_path / "runs" / "b") == b
+    Path("opts.toml").write_text("seed = 2\nhidden = [16]\n")  # --config options count too
+    assert cli.main(["train", "--config", "opts.toml", "--resume", "-q"]) == 0
+    assert json.loads(Path("runs/b/summary.json").read_text())["epochs_run"] == 4
 
 
 # ------------------------------------------------------------------------------------------
@@ -461,3 +562,218 @@ def test_evaluate_rejects_mismatched_data(digits_run, blobs_csv, tmp_path, capsy
     np.savez("bad_labels.npz", x=x[:5], y=y[:5] + 20)
     assert cli.main(["evaluate", str(run), "--data", "bad_labels.npz"]) == 1
     assert "label 20" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# a run loaded from Python (issue 16, item 2): the same answers as 'ember predict'
+
+
+def _cli_predictions(run, data, tmp_path, name="ref.csv") -> list[dict]:
+    out = tmp_path / name
+    assert cli.main(["predict", str(run), "--data", str(data), "--out", str(out),
+                     "--force"]) == 0
+    return read_csv(out)
+
+
+def test_load_model_of_a_run_predicts_like_ember_predict(digits_run, tmp_path):
+    run, _, _ = digits_run
+    x, y = ember.datasets.load_digits()
+    np.savez("all.npz", x=x, y=y)
+    ref = _cli_predictions(run, "all.npz", tmp_path)
+    ref_pred = np.array([int(r["prediction"]) for r in ref])
+    ref_prob = np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in ref])
+    cfg = json.loads((run / "config.json").read_text())
+    # the run's own arithmetic by hand: standardize with config.json, then the bare network
+    norm = cfg["data"]["normalization"]
+    bare = ember.load_model(run, preprocessing=False)
+    assert type(bare) is ember.nn.Sequential
+    by_hand = bare.predict((x - np.float32(norm["x_mean"])) / np.float32(norm["x_std"]))
+    for where in (run, run / "checkpoints", run / "checkpoints" / "latest"):
+        model = ember.load_model(where)
+        assert isinstance(model, ember.preprocessing.RunModel)
+        assert model.classes == list(range(10))
+        logits = model.predict(x)  # raw pixels, as the command line reads them
+        np.testing.assert_allclose(logits, by_hand, rtol=1e-5, atol=1e-5)
+        assert (logits.argmax(1) == ref_pred).all()
+        assert (model.predict_labels(x) == ref_pred).all()
+    trainer = ember.load_trainer(run)
+    assert (trainer.predict(x) == ref_pred).all()
+    np.testing.assert_allclose(trainer.predict_proba(x), ref_prob, atol=2e-6)
+    acc_cli = float((ref_pred == y).mean())
+    acc_model = float((ember.load_model(run).predict(x).argmax(1) == y).mean())
+    acc_bare = float((bare.predict(x).argmax(1) == y).mean())  # what load_model gave before
+    print(f"digits accuracy: ember predict {acc_cli:.4f}, load_model {acc_model:.4f}, "
+          f"bare network on raw pixels {acc_bare:.4f}")
+    assert acc_model == acc_cli
+    assert trainer.evaluate(x, y)["accuracy"] == pytest.approx(acc_cli)
+
+
+def test_load_model_of_a_regression_run_gives_the_targets_units(regression_csv, tmp_path):
+    assert cli.main(["train", "--data", str(regression_csv), "--epochs", "10", "--hidden", "16",
+                     "--out", "reg", "--lr", "3e-3", "-q"]) == 0
+    ref = np.array([float(r["prediction"]) for r in _cli_predictions("reg", regression_csv,
+                                                                      tmp_path)])
+    rows = read_csv(regression_csv)
+    x = np.array([[float(r[c]) for c in "abc"] for r in rows], np.float32)
+    truth = np.array([float(r["price"]) for r in rows])
+    model = ember.load_model("reg")
+    got = model.predict(x)
+    assert got.shape == (len(x), 1)
+    np.testing.assert_allclose(got[:, 0], ref, rtol=1e-6)
+    trainer = ember.load_trainer("reg")
+    np.testing.assert_allclose(trainer.predict(x), ref, rtol=1e-6)
+    # the run's arithmetic by hand, from config.json and the bare network
+    norm = json.loads(Path("reg/config.json").read_text())["data"]["normalization"]
+    z = ember.load_model("reg", preprocessing=False).predict(
+        (x - np.float32(norm["x_mean"])) / np.float32(norm["x_std"]))
+    np.testing.assert_allclose(got[:, 0], z[:, 0] * norm["y_std"][0] + norm["y_mean"][0],
+                               rtol=1e-6)
+    # evaluate's loss is the MSE in the target's units
+    mse = float(np.mean((ref - truth) ** 2))
+    assert trainer.evaluate(x, truth)["loss"] == pytest.approx(mse, rel=1e-4)
+    print(f"regression, first row: ember predict {ref[0]:.4f}, load_model {got[0, 0]:.4f}, "
+          f"bare network {z[0, 0]:.4f}")
+
+
+def test_load_model_of_a_run_with_labels_and_without_standardization(blobs_csv, tmp_path):
+    assert cli.main(["train", "--data", str(blobs_csv), "--epochs", "5", "--hidden", "8",
+                     "--no-standardize", "--out", "cls", "-q"]) == 0
+    ref = [int(r["prediction"]) for r in _cli_predictions("cls", blobs_csv, tmp_path)]
+    x = np.array([[float(r[f"f{i}"]) for i in range(4)] for r in read_csv(blobs_csv)],
+                 np.float32)
+    model = ember.load_model("cls")
+    assert model.standardize is None and model.classes == [1, 2, 3]
+    assert model.predict_labels(x).tolist() == ref  # labels 1, 2, 3, not indices 0, 1, 2
+    assert (np.asarray(model.classes)[ember.load_trainer("cls").predict(x)] == ref).all()
+
+
+def test_load_model_refuses_a_run_whose_config_cannot_be_applied(digits_run, tmp_path):
+    import shutil
+    run, _, _ = digits_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["data"]["normalization"]["x_std"] = cfg["data"]["normalization"]["x_std"][:10]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    for load in (ember.load_model, ember.load_trainer):
+        with pytest.raises(ember.CheckpointError, match=r"config\.json.*preprocessing=False"):
+            load(copy)
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(ember.CheckpointError, match=r"config\.json: unreadable.*"
+                                                    r"preprocessing=False"):
+        ember.load_model(copy / "checkpoints")
+    x, _ = ember.datasets.load_digits()
+    bare = ember.load_model(copy, preprocessing=False)  # the way out the message names
+    np.testing.assert_array_equal(bare.predict(x[:5]),
+                                  ember.load_model(run, preprocessing=False).predict(x[:5]))
+
+
+def test_fine_tuning_a_loaded_run_saves_a_model_that_loads_back(digits_run, tmp_path):
+    run, _, _ = digits_run
+    x, y = ember.datasets.load_digits()
+    trainer = ember.load_trainer(run)
+    trainer.fit(x[:200], y[:200], epochs=1, checkpoint_dir=tmp_path / "ft", verbose=0)
+    again = ember.load_model(tmp_path / "ft")  # not inside a run: the saved RunModel itself
+    assert isinstance(again, ember.preprocessing.RunModel)
+    np.testing.assert_array_equal(again.predict(x), trainer.model.predict(x))
+    assert (again.predict(x).argmax(1) == y).mean() > 0.9
+    # the same fine-tuning as the bare network's on the standardized features
+    norm = json.loads((run / "config.json").read_text())["data"]["normalization"]
+    bare = ember.load_trainer(run, preprocessing=False)
+    bare.fit((x[:200] - np.float32(norm["x_mean"])) / np.float32(norm["x_std"]), y[:200],
+             epochs=1, verbose=0)
+    for (name, a), (_, b) in zip(trainer.model.named_parameters(),
+                                 bare.model.named_parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------
+# CSV files as people have them (issue 16, item 11)
+
+
+def _iris_like(path, encoding="utf-8", label=lambda c: ["setosa", "versicolor", "virginica"][c]):
+    rng = np.random.default_rng(3)
+    centers = rng.normal(0, 4, (3, 4))
+    with open(path, "w", newline="", encoding=encoding) as f:
+        w = csv.writer(f)
+        w.writerow(["sepal_length", "sepal_width", "petal_length", "petal_width", "species"])
+        for i in range(150):
+            c = i % 3
+            w.writerow([f"{v:.4f}" for v in centers[c] + rng.normal(0, 0.3, 4)] + [label(c)])
+    return Path(path)
+
+
+def test_text_class_labels(tmp_path, capsys):
+    data = _iris_like("iris.csv")
+    assert cli.main(["train", "--data", "iris.csv", "--epochs", "20", "--hidden", "16",
+                     "--out", "iris", "-q"]) == 0
+    cfg = json.loads(Path("iris/config.json").read_text())
+    assert cfg["data"]["task"] == "classification" and cfg["data"]["task_inferred"]
+    assert cfg["data"]["classes"] == ["setosa", "versicolor", "virginica"]
+    rows = _cli_predictions("iris", data, tmp_path)
+    assert list(rows[0]) == ["prediction", "prob_setosa", "prob_versicolor", "prob_virginica"]
+    truth = [r["species"] for r in read_csv(data)]
+    assert np.mean([r["prediction"] == t for r, t in zip(rows, truth)]) >= 0.9
+    capsys.readouterr()
+    assert cli.main(["evaluate", "iris", "--data", "iris.csv", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] >= 0.9
+    assert cfg["data"]["classes"] == sorted(set(truth))  # as EmberClassifier's classes_
+    x = np.array([[float(v) for v in list(r.values())[:4]] for r in read_csv(data)], np.float32)
+    assert ember.load_model("iris").predict_labels(x).tolist() == \
+        [r["prediction"] for r in rows]
+    # a label the model does not know is named
+    write_csv("unseen.csv", list(read_csv(data)[0]), [list(read_csv(data)[0].values())[:4] +
+                                                      ["rosa"]])
+    assert cli.main(["evaluate", "iris", "--data", "unseen.csv"]) == 1
+    assert "label 'rosa'" in capsys.readouterr().err
+
+
+def test_text_targets_that_are_not_labels_are_refused_clearly(tmp_path, capsys):
+    _iris_like("iris.csv")
+    assert cli.main(["train", "--data", "iris.csv", "--task", "regression", "--out", "r"]) == 1
+    err = capsys.readouterr().err
+    assert "regression needs numeric targets" in err and "'setosa'" in err
+    # numbers with one typo: not silently hundreds of classes
+    _iris_like("typo.csv", label=lambda c: "12..5" if c == 2 else str(c + 0.5))
+    assert cli.main(["train", "--data", "typo.csv", "--out", "t"]) == 1
+    err = capsys.readouterr().err
+    assert "mixes numbers and text" in err and "'12..5'" in err and "--task classification" in err
+    assert not Path("r").exists() and not Path("t").exists()
+    assert cli.main(["train", "--data", "typo.csv", "--task", "classification", "--epochs", "2",
+                     "--out", "t", "-q"]) == 0
+    assert json.loads(Path("t/config.json").read_text())["data"]["classes"] == \
+        ["0.5", "1.5", "12..5"]
+    assert cli.main(["evaluate", "t", "--data", "typo.csv"]) == 0  # "0.5" stays a text label
+
+
+def test_utf8_byte_order_mark(tmp_path, blobs_csv, capsys):
+    # Excel's "CSV UTF-8" starts the file with a byte-order mark
+    Path("bom.csv").write_bytes(b"\xef\xbb\xbf" + blobs_csv.read_bytes())
+    assert cli.main(["train", "--data", "bom.csv", "--epochs", "5", "--hidden", "8",
+                     "--out", "bom", "-q"]) == 0
+    spec = json.loads(Path("bom/config.json").read_text())["data"]
+    assert spec["feature_names"] == ["f0", "f1", "f2", "f3"] and spec["target"] == "label"
+    # files with and without the mark are the same data to the run
+    a = _cli_predictions("bom", blobs_csv, tmp_path, "a.csv")
+    b = _cli_predictions("bom", "bom.csv", tmp_path, "b.csv")
+    assert a == b
+    # and the first column can be named as the target
+    assert cli.main(["train", "--data", "bom.csv", "--target", "f0", "--epochs", "1",
+                     "--out", "first", "-q"]) == 0
+    assert json.loads(Path("first/config.json").read_text())["data"]["target"] == "f0"
+
+
+def test_predict_into_a_closed_pipe_exits_quietly(digits_run, tmp_path):
+    # 'ember predict ... | head -1': the reader goes away; no "Broken pipe" error, no traceback
+    run, _, _ = digits_run
+    x, _ = ember.datasets.load_digits()
+    np.savez(tmp_path / "x.npz", x=np.concatenate([x] * 3))  # ~600 KB of CSV: > a pipe buffer
+    proc = subprocess.Popen([sys.executable, "-m", "ember", "predict", str(run), "--data",
+                             "x.npz"], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"prediction,prob_0")
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert err == ""

@@ -588,12 +588,17 @@ def load_checkpoint(path) -> dict:
     }
 
 
-def _model_from(ck: dict, device: Optional[str]):
+def _model_from(ck: dict, device: Optional[str], preprocessing: bool = True):
     from ember import nn
+    from ember import preprocessing as pre
     from ember.backend import cuda_available
     _check_state(ck, ("model",))
+    arch = ck["state"]["model"]
     try:
-        model = nn.from_config(ck["state"]["model"])
+        if isinstance(arch, dict) and arch.get("type") == "RunModel":  # saved by a fine-tune
+            model = pre.from_config(arch, nn.from_config)
+        else:
+            model = nn.from_config(arch)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ck['path'] / 'trainer.json'}: bad model architecture "
                               f"({exc})") from None
@@ -603,6 +608,13 @@ def _model_from(ck: dict, device: Optional[str]):
     except ValueError as exc:
         raise CheckpointError(f"{ck['path'] / 'model.safetensors'}: does not match the "
                               f"architecture in trainer.json: {exc}") from None
+    if not preprocessing:
+        if isinstance(model, pre.RunModel):
+            model = model.network
+    elif not isinstance(model, pre.RunModel):
+        run = _run_config(ck["path"])
+        if run is not None:
+            model = _run_model(model, *run)
     if device is None:
         device = ck["state"].get("device", "cpu")
         if device == "cuda" and not cuda_available():
@@ -610,22 +622,106 @@ def _model_from(ck: dict, device: Optional[str]):
     return model.to(device).eval()
 
 
-def load_model(path, device: Optional[str] = None):
+_BARE = ("pass preprocessing=False to load the bare network (it expects standardized features "
+         "and, for regression, gives standardized targets)")
+
+
+def _run_config(ckpt: Path) -> Optional[tuple[Path, dict]]:
+    """``(config.json path, its contents)`` of the ``ember train`` run that holds checkpoint
+    ``ckpt`` (``<run>/checkpoints/<ckpt>``), or None when the checkpoint is not in such a run.
+    A config.json there that cannot be read, or of a run format this ember does not know, is
+    refused (CheckpointError) rather than ignored: the model would silently predict without the
+    run's standardization."""
+    from ember.cli import RUN_FORMAT, RUN_FORMAT_VERSION
+    folder = ckpt.parent
+    path = folder.parent / "config.json"
+    if folder.name != "checkpoints" or not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc}), so the run's standardization cannot "
+                              f"be applied to {ckpt}; {_BARE}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        return None  # not an ember run's configuration: a plain checkpoint folder
+    if cfg.get("format_version") != RUN_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: run format version {cfg.get('format_version')!r} is not "
+                              f"supported by this ember (it reads {RUN_FORMAT_VERSION}), so the "
+                              f"run's standardization cannot be applied; {_BARE}")
+    return path, cfg
+
+
+def _run_model(network, path: Path, cfg: dict):
+    """``network`` inside a :class:`ember.preprocessing.RunModel` with the run's feature
+    standardization, target scaling (regression) and class labels (classification)."""
+    from ember.preprocessing import Rescale, RunModel, Standardize
+    data = cfg.get("data")
+    try:
+        if not isinstance(data, dict):
+            raise ValueError("it has no 'data' object")
+        norm = data.get("normalization") or {}
+        if not isinstance(norm, dict):
+            raise ValueError(f"'normalization' should be an object, got {norm!r:.80}")
+        task = data.get("task")
+        if task not in ("classification", "regression"):
+            raise ValueError(f"unknown task {task!r}")
+        standardize = (Standardize(norm["x_mean"], norm["x_std"])
+                       if "x_mean" in norm or "x_std" in norm else None)
+        rescale = (Rescale(norm["y_std"], norm["y_mean"])
+                   if task == "regression" and ("y_mean" in norm or "y_std" in norm) else None)
+        classes = data.get("classes") if task == "classification" else None
+        if task == "classification" and not isinstance(classes, list):
+            raise ValueError(f"a classification run needs a list of classes, got {classes!r:.80}")
+        return RunModel(network, standardize, rescale, classes)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: the run's normalization lacks {exc}; {_BARE}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot apply the run's preprocessing ({exc}); "
+                              f"{_BARE}") from None
+
+
+def load_model(path, device: Optional[str] = None, *, preprocessing: bool = True):
     """Rebuild the model saved in a checkpoint (architecture from trainer.json), in eval mode,
-    on ``device`` (default: where it was saved, or the CPU when that GPU is absent)."""
-    return _model_from(load_checkpoint(_as_path(path, "load_model: path")), device)
+    on ``device`` (default: where it was saved, or the CPU when that GPU is absent).
+
+    ``path`` is a checkpoint directory, a folder holding a ``latest`` pointer, the pointer
+    itself, or a run directory written by ``ember train`` (or its ``checkpoints/`` folder, or a
+    checkpoint in it). For such a run the result is an :class:`ember.preprocessing.RunModel`:
+    the trained network behind the run's feature standardization and, for regression, in front
+    of the target's rescaling (both read from the run's config.json), with the run's class
+    labels in ``model.classes``. It takes the raw features, and ``model.predict(x)`` gives what
+    ``ember predict`` prints: the values (regression), or logits whose argmax indexes
+    ``model.classes`` (``model.predict_labels(x)`` gives the labels). Otherwise it is the model
+    as saved (e.g. an :class:`ember.nn.MLP`).
+
+    ``preprocessing=False`` returns the bare network instead (for a run: ``model.network``),
+    which expects standardized features.
+
+    Raises:
+        CheckpointError: no checkpoint, a corrupt one, or a run whose config.json cannot be
+            applied (the message says so; ``preprocessing=False`` still loads the network).
+    """
+    return _model_from(load_checkpoint(_as_path(path, "load_model: path")), device,
+                       preprocessing)
 
 
-def load_trainer(path, device: Optional[str] = None):
+def load_trainer(path, device: Optional[str] = None, *, preprocessing: bool = True):
     """A :class:`ember.Trainer` with the saved model, loss and optimizer state, ready for
-    ``predict``/``evaluate`` or further training (fine-tuning)."""
+    ``predict``/``evaluate`` or further training (fine-tuning).
+
+    The model is :func:`load_model`'s: for a run written by ``ember train`` a
+    :class:`ember.preprocessing.RunModel`, so ``predict``, ``predict_proba`` and ``evaluate``
+    take the raw features and agree with ``ember predict`` (classification: class indices into
+    ``trainer.model.classes``; regression: values in the target's units, and ``evaluate``'s loss
+    is the MSE in those units). ``preprocessing=False`` gives a trainer of the bare network.
+    """
     from ember.losses import get_loss
     from ember.optim import get_optimizer
     from ember.trainer import Trainer
     ck = load_checkpoint(_as_path(path, "load_trainer: path"))
     st = _check_state(ck, ("model", "loss", "optimizer", "optimizer_step", "history", "epoch",
                            "global_step"), ("metrics", "fit_params", "optimizer_skipped_steps"))
-    model = _model_from(ck, device)
+    model = _model_from(ck, device, preprocessing)
     hp = dict(st["optimizer"])
     name = hp.pop("optimizer").lower()
     where = ck["path"] / "trainer.json"

@@ -2,7 +2,8 @@
 
     ember train                          # an MLP on the bundled digits, into runs/<timestamp>/
     ember train --data my.csv --target label --hidden 128,64 --epochs 30 --out runs/mine
-    ember train --resume                 # continue the newest interrupted run under runs/
+    ember train --resume runs/mine       # continue an interrupted run (or: the original
+                                         # command with --resume appended)
     ember evaluate runs/mine --data test.csv
     ember predict runs/mine --data new.csv --out preds.csv
     ember info                           # version, backends, ISA, devices, threads
@@ -17,6 +18,14 @@
     curves.png      train vs validation loss (and accuracy) per epoch
     summary.json    parameters vs hyperparameters, final train/validation/test metrics, the
                     diagnosis, data description, timings, ember version, device
+
+From Python, ``ember.load_model(run_dir)`` (or ``load_trainer``) gives the run's model behind
+the run's standardization (an ``ember.preprocessing.RunModel``): on the raw features it predicts
+what ``ember predict`` prints.
+
+CSV files: a header row, then one row per sample; feature cells are numbers, the target may be
+numbers or text class labels (``setosa``); a UTF-8 byte-order mark (Excel's "CSV UTF-8") is
+ignored. ``ember predict ... | head`` stops quietly when the reader goes away.
 
 Errors in what the user gave (a missing file, a bad option value, a run directory that is not
 ember's) print one line ``ember: error: ...`` on stderr and exit with 2 (usage) or 1 (other),
@@ -260,9 +269,11 @@ def _build_parser() -> _Parser:
                    help="do not standardize features (by default each feature is centred and "
                    "scaled by the training split's mean and standard deviation)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR", default=argparse.SUPPRESS,
-                   help="continue an interrupted run in DIR (default: the newest run under "
-                   "runs/) from its latest checkpoint, with the configuration in its "
-                   "config.json")
+                   help="continue an interrupted run from its latest checkpoint, with the "
+                   "configuration in its config.json: the run in DIR, else the one named by "
+                   "--out (so appending --resume to the original command works), else the only "
+                   "interrupted run under runs/ started with the options given. Options that "
+                   "differ from the run's are refused; a finished run is left as it is")
     t.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
                    help="read options from a TOML file; command-line flags override it")
     t.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
@@ -395,9 +406,96 @@ def _config_options(path: str) -> dict:
 # resume, evaluate and predict, so they all see the data the same way
 
 
-def _load_file(path: str, target: Optional[str], require_target: bool = True):
+def _is_number_text(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_csv(path: str, target: Optional[str], require_target: bool = True,
+              text_labels: bool = False):
+    """``(x float32, y or None, feature names)`` from a CSV file with a header row, as
+    :func:`ember.datasets.load_csv` reads it, and also:
+
+    - a UTF-8 byte-order mark (what Excel's "CSV UTF-8" writes) is not part of the first
+      column's name;
+    - the target column may hold text (class labels such as ``setosa``): ``y`` is then an array
+      of ``str``; a target that is all numbers is int64 (all integers) or float32 as before, or,
+      with ``text_labels``, kept as the text of each cell (to match a run's text classes).
+
+    Feature cells must be numbers (the error names the row and column). Rows are numbered as in
+    the file (the header is row 1)."""
+    from ember.datasets import _missing
+    _missing(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(i, r) for i, r in enumerate(csv.reader(f), 1)
+                    if any(cell.strip() for cell in r)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text CSV file ({exc.reason}; save it as UTF-8)") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+    if len(rows) < 2:
+        raise ValueError(f"{path}: expected a header row and at least one data row")
+    header = [h.strip() for h in rows[0][1]]
+    if target is None and require_target:
+        target = header[-1]
+    if not require_target and target not in header:
+        t = -1  # features only
+    elif target not in header:
+        raise ValueError(f"{path}: target column {target!r} not found (columns: "
+                         f"{', '.join(header)})")
+    else:
+        t = header.index(target)
+    feats = [h for i, h in enumerate(header) if i != t]
+    if not feats:
+        raise ValueError(f"{path}: no feature columns besides the target {target!r}")
+    x = np.empty((len(rows) - 1, len(feats)), dtype=np.float64)
+    labels: list[str] = []
+    for r, (line, row) in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise ValueError(f"{path}: row {line} has {len(row)} cells, the header has "
+                             f"{len(header)}")
+        j = 0
+        for c, cell in enumerate(row):
+            if c == t:
+                label = cell.strip()
+                if not label:
+                    raise ValueError(f"{path}: row {line}, column {header[c]!r}: the target "
+                                     "is empty")
+                labels.append(label)
+                continue
+            try:
+                x[r, j] = float(cell)
+            except ValueError:
+                raise ValueError(f"{path}: row {line}, column {header[c]!r}: {cell!r} is not a "
+                                 "number") from None
+            j += 1
+    y = None
+    if t >= 0:
+        text = [v for v in labels if not _is_number_text(v)]
+        if text or text_labels:
+            y = np.array(labels, dtype=str)
+        else:
+            yv = np.array([float(v) for v in labels])
+            y = (yv.astype(np.int64) if np.all(np.isfinite(yv)) and np.all(yv == np.round(yv))
+                 else yv.astype(np.float32))
+    return x.astype(np.float32), y, feats
+
+
+def _first_text(y: np.ndarray, target: Optional[str]) -> str:
+    """Where the first non-number of a text target is, for messages."""
+    i = next(i for i, v in enumerate(y.tolist()) if not _is_number_text(str(v)))
+    where = f"column {target!r}" if target else "y"
+    return f"{where}, data row {i + 1}: {y[i].item()!r}"
+
+
+def _load_file(path: str, target: Optional[str], require_target: bool = True,
+               text_labels: bool = False):
     """Returns ``(x, y or None, feature_names or None)`` from a CSV or NPZ file."""
-    from ember.datasets import load_csv, load_npz
+    from ember.datasets import load_npz
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
         if target is not None:
@@ -405,7 +503,8 @@ def _load_file(path: str, target: Optional[str], require_target: bool = True):
         x, y = load_npz(path, require_y=require_target)
         names = None
     elif ext in (".csv", ".txt", ".tsv"):
-        x, y, names = load_csv(path, target, require_target=require_target)
+        x, y, names = _read_csv(path, target, require_target=require_target,
+                                text_labels=text_labels)
     else:
         from ember.datasets import _missing
         _missing(path)
@@ -506,6 +605,12 @@ def _prepare_training(opts: dict) -> tuple[dict, dict]:
     y = np.asarray(y)
     if y.dtype.kind not in "biufUS":
         raise ValueError(f"{source}: y must be numeric or text labels, got dtype {y.dtype}")
+    if y.dtype.kind in "US" and opts["task"] is None and \
+            any(_is_number_text(str(v)) for v in y.tolist()):
+        # numbers with some text: as often a typo in a numeric column as class labels
+        raise ValueError(f"{source}: the target mixes numbers and text "
+                         f"({_first_text(y, opts.get('target'))}); pass --task classification "
+                         "to take every value as a class label, or correct the file")
     task = opts["task"] or _infer_task(y)
     spec: dict[str, Any] = {
         "source": source, "sha256": digest, "description": description,
@@ -532,7 +637,8 @@ def _prepare_training(opts: dict) -> tuple[dict, dict]:
         strat = yi
     else:
         if y.dtype.kind in "US":
-            raise ValueError(f"{source}: regression needs numeric targets, got text labels")
+            raise ValueError(f"{source}: regression needs numeric targets, the target holds "
+                             f"text ({_first_text(y, opts.get('target'))})")
         y = y.astype(np.float32)
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{source}: the target holds NaN or Inf")
@@ -572,7 +678,7 @@ def _prepare_training(opts: dict) -> tuple[dict, dict]:
 
 
 def _csv_target(path: str) -> str:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for row in csv.reader(f):
             if any(c.strip() for c in row):
                 return row[-1].strip()
@@ -688,11 +794,85 @@ def _is_run(d: Path) -> bool:
         return False
 
 
-def _newest_run(root: Path = Path("runs")) -> Path:
-    runs = [d for d in root.iterdir() if d.is_dir() and _is_run(d)] if root.is_dir() else []
-    if not runs:
-        raise FileNotFoundError(f"no ember run to resume under {root}/ (name one: --resume DIR)")
-    return max(runs, key=lambda d: (d / "config.json").stat().st_mtime)
+def _given_options(ns: dict) -> dict:
+    """The train options the user gave (--config file, then the command line), converted."""
+    given = _config_options(ns["config"]) if "config" in ns else {}
+    given.update({k: v for k, v in ns.items() if k in TRAIN_OPTIONS})
+    given.pop("quiet", None)
+    return given
+
+
+def _same_path(a, b) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _differing(given: dict, cfg: dict) -> list[str]:
+    """The options in ``given`` (but --out) whose values differ from the run's config.json, as
+    ``"--lr 0.1 (the run's: 0.001)"``."""
+    saved, spec = cfg["options"], cfg["data"]
+    out = []
+    for key, value in given.items():
+        if key == "out":
+            continue
+        if key == "data":
+            source = spec.get("source")
+            same = (source == DIGITS if value in (None, DIGITS) else
+                    source not in (None, DIGITS) and _same_path(value, source))
+            was = source
+        else:
+            was = saved.get(key)
+            same = value == was
+        if not same:
+            flag = "--no-standardize" if key == "standardize" else "--" + key.replace("_", "-")
+            shown = "" if key == "standardize" else " " + (
+                ",".join(map(str, value)) if isinstance(value, list) else str(value))
+            out.append(f"{flag}{shown} (the run's: {was})")
+    return out
+
+
+def _interrupted_runs(root: Path = Path("runs")) -> list[Path]:
+    """The runs under ``root`` that have not finished (no summary.json), newest first."""
+    runs = [d for d in root.iterdir() if d.is_dir() and _is_run(d) and
+            not (d / "summary.json").is_file()] if root.is_dir() else []
+    return sorted(runs, key=lambda d: (d / "config.json").stat().st_mtime, reverse=True)
+
+
+def _run_to_resume(ns: dict) -> tuple[Path, dict]:
+    """The run ``ember train --resume`` continues, and its config.json: the run named by
+    ``--resume DIR`` or by ``--out DIR`` (the original command with --resume appended); without
+    either, the one interrupted run under runs/ whose options match those given. Never another:
+    options that differ from the run's config.json are refused by name."""
+    given = _given_options(ns)
+    out = given.get("out")
+    if ns["resume"]:
+        if out is not None and not _same_path(out, ns["resume"]):
+            raise UsageError(f"--resume {ns['resume']} and --out {out} name different runs; "
+                             "name the run to continue once")
+        run_dir, cfg = _load_run(ns["resume"])
+    elif out is not None:
+        if not Path(out).expanduser().exists():
+            raise FileNotFoundError(f"--out {out}: there is no run there to resume (drop "
+                                    "--resume to start it)")
+        run_dir, cfg = _load_run(out)
+    else:
+        runs = _interrupted_runs()
+        if not runs:
+            raise FileNotFoundError("no interrupted ember run under runs/ to resume (finished "
+                                    "runs are left as they are); name the run: --resume DIR")
+        matching = [d for d in runs if not _differing(given, _load_run(str(d))[1])]
+        if not matching:
+            raise UsageError("no interrupted run under runs/ was started with these options ("
+                             + ", ".join(str(d) for d in runs) + "); name the run: --resume DIR")
+        if len(matching) > 1:
+            raise UsageError("several interrupted runs under runs/ match: " +
+                             ", ".join(str(d) for d in matching) + "; name one: --resume DIR")
+        run_dir, cfg = _load_run(str(matching[0]))
+    diff = _differing(given, cfg)
+    if diff:
+        raise UsageError(f"--resume: {run_dir} was started with other options: "
+                         f"{'; '.join(diff)}. A resumed run keeps the configuration in its "
+                         "config.json: drop those options, or start a new run (another --out)")
+    return run_dir, cfg
 
 
 def _new_run_dir(out: Optional[str]) -> Path:
@@ -743,14 +923,12 @@ def cmd_train(ns: dict) -> int:
     t_start = time.perf_counter()
     resuming = "resume" in ns
     if resuming:
-        extra = sorted(k for k in ns if k in TRAIN_OPTIONS and k != "quiet") + \
-            (["config"] if "config" in ns else [])
-        if extra:
-            raise UsageError("--resume continues a run with the options in its config.json; "
-                             "do not combine it with " +
-                             ", ".join("--" + k.replace("_", "-") for k in extra))
-        run_dir = Path(ns["resume"]).expanduser() if ns["resume"] else _newest_run()
-        run_dir, cfg = _load_run(str(run_dir))
+        run_dir, cfg = _run_to_resume(ns)
+        if (run_dir / "summary.json").is_file():
+            _say(ns.get("quiet", False),
+                 f"ember: the run in {run_dir} has finished (it has its summary.json): nothing "
+                 "to resume, nothing was changed")
+            return 0
         opts = dict(cfg["options"])
         opts["quiet"] = ns.get("quiet", False)
         spec_saved = cfg["data"]
@@ -804,7 +982,8 @@ def cmd_train(ns: dict) -> int:
         saved = (f"its checkpoints hold {done} finished epochs" if done else
                  "no epoch had finished, so it will start over")
         print(f"\nember: interrupted; the run in {run_dir} is resumable ({saved}). Continue "
-              f"it with: ember train --resume {run_dir}", file=sys.stderr, flush=True)
+              f"it with: ember train --resume {run_dir} (or the same command with --resume)",
+              file=sys.stderr, flush=True)
         return 130
     t_train = time.perf_counter() - t0
 
@@ -892,7 +1071,10 @@ def _eval_data(cfg: dict, ns: dict, require_target: bool):
     target = ns.get("target") or spec.get("target")
     if path.lower().endswith(".npz"):
         target = None
-    x, y, names = _load_file(path, target, require_target=require_target)
+    text_classes = spec["task"] == "classification" and \
+        any(isinstance(c, str) for c in spec["classes"])
+    x, y, names = _load_file(path, target, require_target=require_target,
+                             text_labels=text_classes)
     if spec.get("feature_names") and names is not None and names != spec["feature_names"]:
         missing = [n for n in spec["feature_names"] if n not in names]
         extra = [n for n in names if n not in spec["feature_names"]]
@@ -932,7 +1114,10 @@ def _run_trainer(run_dir: Path, device: str):
         raise ValueError(f"{run_dir}: the run has no checkpoint yet (it was interrupted "
                          "before its first epoch ended); resume it with 'ember train --resume "
                          f"{run_dir}'")
-    return load_trainer(ckpt, device=resolve_training_device(device))
+    # The bare network: the command line applies the run's standardization itself (one code
+    # path with training), and evaluate reports the loss of the standardized target as training
+    # did. load_trainer's default (a RunModel taking raw features) gives the same predictions.
+    return load_trainer(ckpt, device=resolve_training_device(device), preprocessing=False)
 
 
 def cmd_evaluate(ns: dict) -> int:
@@ -1069,6 +1254,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"ember: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the ``ember`` console script and ``python -m ember``. Returns the exit
     status: 0 success, 1 an error in the data, files or environment, 2 a usage error, 130
@@ -1081,7 +1278,15 @@ def main(argv: Optional[list] = None) -> int:
             return int(exc.code or 0)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return ns.pop("func")(ns)
+            status = ns.pop("func")(ns)
+        sys.stdout.flush()  # here, so that a closed pipe is reported below, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader of our output went away ('ember predict ... | head'): stop quietly, as the
+        # Python documentation recommends (signal module, "Note on SIGPIPE"): point stdout at
+        # /dev/null so that the interpreter's final flush does not fail again, and exit 1.
+        _silence_stdout()
+        return 1
     except UsageError as exc:
         print(f"ember: error: {_error_text(exc)}", file=sys.stderr)
         return 2
