@@ -48,6 +48,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ember.datasets import is_number_text, load_csv
+
 __all__ = ["main"]
 
 RUN_FORMAT = "ember-run"
@@ -406,88 +408,15 @@ def _config_options(path: str) -> dict:
 # resume, evaluate and predict, so they all see the data the same way
 
 
-def _is_number_text(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
 def _read_csv(path: str, target: Optional[str], require_target: bool = True,
               text_labels: bool = False):
-    """``(x float32, y or None, feature names)`` from a CSV file with a header row, as
-    :func:`ember.datasets.load_csv` reads it, and also:
-
-    - a UTF-8 byte-order mark (what Excel's "CSV UTF-8" writes) is not part of the first
-      column's name;
-    - the target column may hold text (class labels such as ``setosa``): ``y`` is then an array
-      of ``str``; a target that is all numbers is int64 (all integers) or float32 as before, or,
-      with ``text_labels``, kept as the text of each cell (to match a run's text classes).
-
-    Feature cells must be numbers (the error names the row and column). Rows are numbered as in
-    the file (the header is row 1)."""
-    from ember.datasets import _missing
-    _missing(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [(i, r) for i, r in enumerate(csv.reader(f), 1)
-                    if any(cell.strip() for cell in r)]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a text CSV file ({exc.reason}; save it as UTF-8)") from None
-    except csv.Error as exc:
-        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
-    if len(rows) < 2:
-        raise ValueError(f"{path}: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0][1]]
-    if target is None and require_target:
-        target = header[-1]
-    if not require_target and target not in header:
-        t = -1  # features only
-    elif target not in header:
-        raise ValueError(f"{path}: target column {target!r} not found (columns: "
-                         f"{', '.join(header)})")
-    else:
-        t = header.index(target)
-    feats = [h for i, h in enumerate(header) if i != t]
-    if not feats:
-        raise ValueError(f"{path}: no feature columns besides the target {target!r}")
-    x = np.empty((len(rows) - 1, len(feats)), dtype=np.float64)
-    labels: list[str] = []
-    for r, (line, row) in enumerate(rows[1:]):
-        if len(row) != len(header):
-            raise ValueError(f"{path}: row {line} has {len(row)} cells, the header has "
-                             f"{len(header)}")
-        j = 0
-        for c, cell in enumerate(row):
-            if c == t:
-                label = cell.strip()
-                if not label:
-                    raise ValueError(f"{path}: row {line}, column {header[c]!r}: the target "
-                                     "is empty")
-                labels.append(label)
-                continue
-            try:
-                x[r, j] = float(cell)
-            except ValueError:
-                raise ValueError(f"{path}: row {line}, column {header[c]!r}: {cell!r} is not a "
-                                 "number") from None
-            j += 1
-    y = None
-    if t >= 0:
-        text = [v for v in labels if not _is_number_text(v)]
-        if text or text_labels:
-            y = np.array(labels, dtype=str)
-        else:
-            yv = np.array([float(v) for v in labels])
-            y = (yv.astype(np.int64) if np.all(np.isfinite(yv)) and np.all(yv == np.round(yv))
-                 else yv.astype(np.float32))
-    return x.astype(np.float32), y, feats
+    """``(x float32, y or None, feature names)``: :func:`ember.datasets.load_csv`."""
+    return load_csv(path, target, require_target=require_target, text_labels=text_labels)
 
 
 def _first_text(y: np.ndarray, target: Optional[str]) -> str:
     """Where the first non-number of a text target is, for messages."""
-    i = next(i for i, v in enumerate(y.tolist()) if not _is_number_text(str(v)))
+    i = next(i for i, v in enumerate(y.tolist()) if not is_number_text(str(v)))
     where = f"column {target!r}" if target else "y"
     return f"{where}, data row {i + 1}: {y[i].item()!r}"
 
@@ -606,7 +535,7 @@ def _prepare_training(opts: dict) -> tuple[dict, dict]:
     if y.dtype.kind not in "biufUS":
         raise ValueError(f"{source}: y must be numeric or text labels, got dtype {y.dtype}")
     if y.dtype.kind in "US" and opts["task"] is None and \
-            any(_is_number_text(str(v)) for v in y.tolist()):
+            any(is_number_text(str(v)) for v in y.tolist()):
         # numbers with some text: as often a typo in a numeric column as class labels
         raise ValueError(f"{source}: the target mixes numbers and text "
                          f"({_first_text(y, opts.get('target'))}); pass --task classification "
@@ -731,10 +660,12 @@ def _make_trainer(opts: dict, spec: dict, checkpoint_dir: Path):
                                        restore_best_weights=True))
     callbacks.append(ModelCheckpoint(checkpoint_dir, save_best=has_val, keep_last=2))
     classify = spec["task"] == "classification"
-    return Trainer(model, loss="cross_entropy" if classify else "mse",
-                   optimizer=opts["optimizer"], lr=opts["lr"],
-                   metrics=("accuracy",) if classify else (), callbacks=callbacks,
-                   device=opts["device"], **kw)
+    trainer = Trainer(model, loss="cross_entropy" if classify else "mse",
+                      optimizer=opts["optimizer"], lr=opts["lr"],
+                      metrics=("accuracy",) if classify else (), callbacks=callbacks,
+                      device=opts["device"], **kw)
+    trainer.resume_hint = False  # on Ctrl-C the CLI says how to resume: `ember train --resume`
+    return trainer
 
 
 def _metrics(trainer, spec: dict, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:

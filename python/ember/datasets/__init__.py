@@ -36,27 +36,43 @@ def _missing(path) -> None:
         raise IsADirectoryError(f"data path is a directory, expected a .csv or .npz file: {path}")
 
 
-def load_csv(path, target: Optional[str] = None, require_target: bool = True):
+def is_number_text(s: str) -> bool:
+    """Whether the text of a CSV cell reads as a number."""
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_csv(path, target: Optional[str] = None, require_target: bool = True,
+             text_labels: bool = False):
     """Read a CSV file with a header row; ``target`` names the label column (default: last).
 
-    Returns ``(x float32, y, feature_names)``; ``y`` is int64 when every target value is an
-    integer, float32 otherwise. With ``require_target=False`` a file without the ``target``
-    column is read as features only (``y`` is None), e.g. for prediction.
+    Returns ``(x float32, y, feature_names)``. ``y`` is int64 when every target value is an
+    integer, float32 when they are all numbers, and an array of ``str`` when any is text (class
+    labels such as ``setosa``; ``text_labels=True`` keeps the text of every cell, e.g. to match
+    a run's text classes). With ``require_target=False`` a file without the ``target`` column
+    is read as features only (``y`` is None), e.g. for prediction. A UTF-8 byte-order mark
+    (what Excel's "CSV UTF-8" writes) is not part of the first column's name. Rows are numbered
+    as in the file (the header is row 1).
 
     Raises:
         FileNotFoundError: no such file. ValueError: empty file, no header, unknown target column,
-            ragged rows, or a non-numeric feature cell (row and column named).
+            ragged rows, an empty target, or a non-numeric feature cell (row and column named).
     """
     _missing(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(i, r) for i, r in enumerate(csv.reader(f), 1)
+                    if any(cell.strip() for cell in r)]
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a text CSV file ({exc.reason})") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
+        raise ValueError(f"{path}: not a text CSV file ({exc.reason}; save it as UTF-8)") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
     if len(rows) < 2:
         raise ValueError(f"{path}: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     if target is None and require_target:
         target = header[-1]
     if not require_target and target not in header:
@@ -70,29 +86,34 @@ def load_csv(path, target: Optional[str] = None, require_target: bool = True):
     if not feats:
         raise ValueError(f"{path}: no feature columns besides the target {target!r}")
     x = np.empty((len(rows) - 1, len(feats)), dtype=np.float64)
-    yv = np.empty(len(rows) - 1, dtype=np.float64)
-    for r, row in enumerate(rows[1:]):
+    labels: list[str] = []
+    for r, (line, row) in enumerate(rows[1:]):
         if len(row) != len(header):
-            raise ValueError(f"{path}: row {r + 2} has {len(row)} cells, the header has "
+            raise ValueError(f"{path}: row {line} has {len(row)} cells, the header has "
                              f"{len(header)}")
         j = 0
         for c, cell in enumerate(row):
-            try:
-                v = float(cell)
-            except ValueError:
-                raise ValueError(f"{path}: row {r + 2}, column {header[c]!r}: {cell!r} is not a "
-                                 "number") from None
             if c == t:
-                yv[r] = v
-            else:
-                x[r, j] = v
-                j += 1
-    if t < 0:
-        y = None
-    elif np.all(np.isfinite(yv)) and np.all(yv == np.round(yv)):
-        y = yv.astype(np.int64)
-    else:
-        y = yv.astype(np.float32)
+                label = cell.strip()
+                if not label:
+                    raise ValueError(f"{path}: row {line}, column {header[c]!r}: the target "
+                                     "is empty")
+                labels.append(label)
+                continue
+            try:
+                x[r, j] = float(cell)
+            except ValueError:
+                raise ValueError(f"{path}: row {line}, column {header[c]!r}: {cell!r} is not a "
+                                 "number") from None
+            j += 1
+    y = None
+    if t >= 0:
+        if text_labels or any(not is_number_text(v) for v in labels):
+            y = np.array(labels, dtype=str)
+        else:
+            yv = np.array([float(v) for v in labels])
+            y = (yv.astype(np.int64) if np.all(np.isfinite(yv)) and np.all(yv == np.round(yv))
+                 else yv.astype(np.float32))
     return x.astype(np.float32), y, feats
 
 
