@@ -284,3 +284,97 @@ def test_stratified_split_of_large_classes_is_unchanged():
     counts = np.bincount(y)
     assert np.array_equal(np.bincount(yv, minlength=10),
                           [int(round(int(c) * 0.2)) for c in counts])
+
+
+# -- the PyTorch-style loop: `for xb, yb in loader` ------------------------------------------
+
+def _loader_data(n=10):
+    x = (np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32))
+    return x, np.arange(n)
+
+
+def test_iterating_the_loader_reshuffles_every_epoch():
+    # Each `for` over the loader is the next epoch (it used to replay epoch 0 every time).
+    x, y = _loader_data()
+    loader = DataLoader(x, y, batch_size=4, seed=0)
+    assert loader.epoch == 0
+    seen = []
+    for _ in range(3):
+        seen.append(np.concatenate([yb for _, yb in loader]))
+    for epoch, got in enumerate(seen):
+        np.testing.assert_array_equal(got, loader.order(epoch))
+        np.testing.assert_array_equal(np.sort(got), y)
+    assert not np.array_equal(seen[0], seen[1])
+    assert loader.epoch == 3
+    # set_epoch picks the epoch of the next loop, as DistributedSampler.set_epoch does
+    loader.set_epoch(7)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in loader]), loader.order(7))
+    assert loader.epoch == 8
+    # a loop left early still moves on
+    for _ in loader:
+        break
+    assert loader.epoch == 9
+    # batches(epoch) does not touch the counter
+    list(loader.batches(2))
+    assert loader.epoch == 9
+    # without shuffling every epoch is in order
+    plain = DataLoader(x, y, batch_size=4, shuffle=False)
+    for _ in range(2):
+        np.testing.assert_array_equal(np.concatenate([yb for _, yb in plain]), y)
+
+
+def test_batches_kept_by_the_caller_stay_valid():
+    # list(loader) used to hold one reused buffer per batch size: y [[3,5,9,0],[3,5,9,0],[8,1]]
+    x, y = _loader_data()
+    loader = DataLoader(x, y, batch_size=4, seed=0)
+    order = loader.order(0)
+    for kept in (list(loader), list(loader.batches(0))):
+        assert [len(yb) for _, yb in kept] == [4, 4, 2]
+        for b, (xb, yb) in enumerate(kept):
+            np.testing.assert_array_equal(yb, order[4 * b:4 * b + 4])
+            np.testing.assert_array_equal(xb, x[order[4 * b:4 * b + 4]])
+        assert kept[0][0] is not kept[1][0] and kept[0][1] is not kept[1][1]
+    # the same rows, bit for bit, as the reused buffers give (what Trainer.fit uses)
+    fast = DataLoader(x, y, batch_size=4, seed=0, reuse_buffers=True)
+    fresh = DataLoader(x, y, batch_size=4, seed=0)
+    for (xa, ya), (xb, yb) in zip(fast.batches(3), fresh.batches(3)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_reuse_buffers_keeps_one_buffer_per_batch_size():
+    x, y = _loader_data(12)
+    loader = DataLoader(x, y, batch_size=4, seed=0, reuse_buffers=True)
+    got = [(xb, yb) for xb, yb in loader.batches(0)]
+    assert got[0][0] is got[1][0] is got[2][0] and got[0][1] is got[2][1]
+    assert loader.reuse_buffers and not DataLoader(x, y).reuse_buffers
+
+
+@pytest.mark.parametrize("bad", [None, 1, "yes"])
+def test_reuse_buffers_must_be_a_bool(bad):
+    x, y = _loader_data()
+    with pytest.raises(ValueError, match="reuse_buffers must be True or False"):
+        DataLoader(x, y, reuse_buffers=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True, None])
+def test_set_epoch_names_a_bad_epoch(bad):
+    x, y = _loader_data()
+    loader = DataLoader(x, y)
+    with pytest.raises(ValueError, match="set_epoch: epoch must be an integer >= 0"):
+        loader.set_epoch(bad)
+    assert loader.epoch == 0
+
+
+def test_load_csv_reads_text_labels_and_a_utf8_byte_order_mark(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which became part of the first
+    column's name; text class labels were refused ("'setosa' is not a number")."""
+    p = tmp_path / "iris.csv"
+    p.write_bytes("\ufeffsepal,petal,species\n5.1,1.4,setosa\n7.0,4.7,versicolor\n".encode())
+    x, y, names = load_csv(p)
+    assert names == ["sepal", "petal"]
+    assert y.tolist() == ["setosa", "versicolor"] and y.dtype.kind == "U"
+    np.testing.assert_array_equal(x, np.array([[5.1, 1.4], [7.0, 4.7]], np.float32))
+    with pytest.raises(ValueError, match=r"row 3, column 'petal': 'x' is not a number"):
+        p.write_text("sepal,petal,species\n5.1,1.4,a\n7.0,x,b\n")
+        load_csv(p)

@@ -2,11 +2,27 @@
 // x86-64-v3 (AVX2/FMA) and x86-64-v4 (AVX-512); this file picks the best one the processor and OS
 // support, once, and forwards each call. EMBER_ISA=base|v3|v4 in the environment overrides it.
 #include <omp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#endif
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <mutex>
+#include <system_error>
+#include <thread>
 
 #include "ember/cpu.h"
+#include "ember/pool.h"
 
 namespace ember::cpu::base {
 #include "ember/cpu_kernels.inc"
@@ -73,8 +89,6 @@ bool set_isa(const char* name) {
   return true;
 }
 
-void set_num_threads(int n) { omp_set_num_threads(n); }
-int get_num_threads() { return omp_get_max_threads(); }
 
 #if EMBER_X86
 #define EMBER_DISPATCH(fn, ...)                          \
@@ -127,5 +141,339 @@ void dropout_backward(int64_t n, const float* g, float* gi, float p, uint64_t se
 MlpStepResult mlp_train_step(const MlpStepArgs& a) { EMBER_DISPATCH(mlp_train_step, a) }
 StepResult sgd_step(const SgdArgs& a) { EMBER_DISPATCH(sgd_step, a) }
 StepResult adam_step(const AdamArgs& a) { EMBER_DISPATCH(adam_step, a) }
+
+}  // namespace ember::cpu
+
+// ---- the thread pool (ember/pool.h) --------------------------------------------------------
+//
+// Why not OpenMP: libgomp's idle workers (and a thread waiting at a region's end) spin for
+// GOMP_SPINCOUNT iterations (300K by default, milliseconds) before they sleep, and a region
+// cannot end before every thread of its team has run its share. On a machine whose cores are
+// shared with another busy process, a fit's steps (hundreds of small regions a second) then
+// wait for descheduled threads and burn the cores the other process needs: two 2-thread digits
+// fits at once on 2 cores took 6-50x their time alone (issue 16). Here the calling thread claims
+// tasks too, so a region never waits for a thread that has not started; spinning is short and
+// yields to other runnable threads; and when workers keep turning up late, calls run on the
+// calling thread alone for a while (the team sized to the cores actually free).
+namespace ember::cpu {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+inline int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void futex_wait(std::atomic<uint32_t>* word, uint32_t expected) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+#else
+  (void)word;
+  (void)expected;
+  sched_yield();
+#endif
+}
+
+void futex_wake(std::atomic<uint32_t>* word, int count) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, count, nullptr,
+          nullptr, 0);
+#else
+  (void)word;
+  (void)count;
+#endif
+}
+
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  if (end == v || *end != '\0') return fallback;
+  return std::clamp<int64_t>(x, lo, hi);
+}
+
+// How long an idle worker (or a caller waiting for workers) spins before it sleeps. A training
+// step's parallel calls come microseconds apart, so workers spin through a fit; a worker woken
+// from sleep takes 50-150 us to arrive on this VM (the caller does not wait for it: it runs the
+// unclaimed tasks itself). EMBER_POOL_SPIN_US overrides it (0: sleep at once).
+const int64_t kSpinNs = env_int("EMBER_POOL_SPIN_US", 200, 0, 1000000) * 1000;
+// A gap this long between two looks at the clock in a spin loop means the thread was
+// descheduled: another thread wanted this core. The spinner then sleeps instead.
+constexpr int64_t kPreemptedNs = 50000;
+// A spinning thread offers its core to other runnable threads (sched_yield) this often.
+constexpr int64_t kYieldNs = 20000;
+// EMBER_POOL_ADAPT=0 turns off the contention back-off below (for measurements).
+const bool kAdapt = env_int("EMBER_POOL_ADAPT", 1, 0, 1) != 0;
+// Contention back-off: when 2 of 16 consecutive parallel calls find a worker late (spinning,
+// yet it claimed nothing; or preempted while it spun; or the caller waited on it for much longer
+// than its own share took), calls run on the calling thread alone for kBackoffNs, doubling while
+// the contention lasts (up to kMaxBackoffNs), back to kBackoffNs after 16 calls without one.
+constexpr int kWindow = 16, kBadInWindow = 2;
+constexpr int64_t kBackoffNs = 4000000, kMaxBackoffNs = 64000000;
+constexpr int64_t kLateWaitNs = 200000;
+
+thread_local bool t_in_task = false;
+
+struct Pool {
+  // The current call: region id (32 bits) | tasks (16) | next unclaimed task (16), one word so
+  // that a claim is one compare-and-swap that fails once the call is over.
+  std::atomic<uint64_t> word{0};
+  std::atomic<uint32_t> gen{0};        // the region id; idle workers wait on it (futex)
+  std::atomic<uint32_t> remaining{0};  // tasks not yet finished; the caller waits on it (futex)
+  std::atomic<uint32_t> caller_waiting{0};
+  std::atomic<int> sleepers{0};        // workers asleep on gen
+  std::atomic<uint32_t> preempted{0};  // worker spins that found themselves descheduled
+  std::atomic<uint32_t> worker_claims{0};
+  std::atomic<bool> busy{false};       // a call is in progress (a second caller runs serially)
+  std::atomic<int> threads{1};
+  TaskFn fn = nullptr;
+  void* ctx = nullptr;
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  // Owned by the caller holding busy:
+  int workers = 0;
+  uint32_t region = 0;
+  int64_t serial_until = 0, backoff = kBackoffNs;
+  int window_calls = 0, window_bad = 0;
+  uint64_t stat_parallel = 0, stat_serial = 0, stat_bad = 0, stat_backoffs = 0;
+
+  bool claim(uint32_t g, int& task) {
+    uint64_t w = word.load(std::memory_order_acquire);
+    for (;;) {
+      if (uint32_t(w >> 32) != g) return false;
+      const int tasks = int((w >> 16) & 0xffff), next = int(w & 0xffff);
+      if (next >= tasks) return false;
+      if (word.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel,
+                                     std::memory_order_acquire)) {
+        task = next;
+        return true;
+      }
+    }
+  }
+
+  void run(int task) {
+    t_in_task = true;
+    try {
+      fn(ctx, task);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+    t_in_task = false;
+    if (remaining.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        caller_waiting.load(std::memory_order_seq_cst)) {
+      futex_wake(&remaining, 1);
+    }
+  }
+
+  // Spins until done() (true) or for kSpinNs / until preempted (false). Yields now and then.
+  template <class Done>
+  bool spin(Done done, bool count_preemption) {
+    const int64_t start = now_ns();
+    int64_t last = start, yielded = start;
+    for (unsigned i = 1;; ++i) {
+      if (done()) return true;
+      cpu_relax();
+      if (i % 32 == 0) {
+        const int64_t t = now_ns();
+        if (t - last > kPreemptedNs) {
+          if (count_preemption) preempted.fetch_add(1, std::memory_order_relaxed);
+          return false;
+        }
+        if (t - start >= kSpinNs) return false;
+        if (t - yielded >= kYieldNs) {
+          sched_yield();
+          yielded = now_ns();
+          if (yielded - t > kPreemptedNs) {  // other threads ran meanwhile: cores are busy
+            if (count_preemption) preempted.fetch_add(1, std::memory_order_relaxed);
+            return done();
+          }
+          last = yielded;
+        } else {
+          last = t;
+        }
+      }
+    }
+  }
+
+  uint32_t wait_region(uint32_t seen) {
+    uint32_t g = seen;
+    if (spin([&] { return (g = gen.load(std::memory_order_acquire)) != seen; }, true)) return g;
+    sleepers.fetch_add(1, std::memory_order_seq_cst);
+    while ((g = gen.load(std::memory_order_seq_cst)) == seen) futex_wait(&gen, seen);
+    sleepers.fetch_sub(1, std::memory_order_seq_cst);
+    return g;
+  }
+
+  void wait_done() {
+    if (spin([&] { return remaining.load(std::memory_order_acquire) == 0; }, false)) return;
+    caller_waiting.store(1, std::memory_order_seq_cst);
+    uint32_t r;
+    while ((r = remaining.load(std::memory_order_seq_cst)) != 0) futex_wait(&remaining, r);
+    caller_waiting.store(0, std::memory_order_relaxed);
+  }
+
+  static void worker_main(Pool* p, uint32_t seen) {
+    for (;;) {
+      const uint32_t g = p->wait_region(seen);
+      seen = g;
+      int task;
+      while (p->claim(g, task)) {
+        p->worker_claims.fetch_add(1, std::memory_order_relaxed);
+        p->run(task);
+      }
+    }
+  }
+
+  void ensure_workers(int n) {
+    while (workers < n) {
+      try {
+        std::thread(worker_main, this, gen.load(std::memory_order_relaxed)).detach();
+      } catch (const std::system_error&) {
+        return;  // no more threads: the callers' own threads run the rest of the tasks
+      }
+      ++workers;
+    }
+  }
+
+  // The back-off's bookkeeping after a parallel call.
+  void record(bool bad, int64_t now) {
+    if (bad) ++window_bad, ++stat_bad;
+    if (window_bad >= kBadInWindow) {
+      ++stat_backoffs;
+      serial_until = now + backoff;
+      backoff = std::min(backoff * 2, kMaxBackoffNs);
+      window_calls = window_bad = 0;
+      return;
+    }
+    if (++window_calls == kWindow) {
+      if (window_bad == 0) backoff = kBackoffNs;
+      window_calls = window_bad = 0;
+    }
+  }
+};
+
+// Immortal (workers may outlive static destructors at exit); a fork's child gets a new one.
+Pool* g_pool = nullptr;
+
+int initial_threads() { return std::max(1, omp_get_max_threads()); }
+
+void reset_after_fork() {
+  const int threads = g_pool ? g_pool->threads.load() : initial_threads();
+  g_pool = new Pool;
+  g_pool->threads.store(threads);
+}
+
+// EMBER_POOL_STATS=1: at exit, print to stderr how many parallel calls ran on the pool and how
+// many on the calling thread alone (the back-off), with the late-worker count.
+void print_stats() {
+  const Pool* p = g_pool;
+  std::fprintf(stderr,
+               "ember pool: %llu calls on the pool, %llu alone (back-off), %llu late, "
+               "%llu back-offs, %u worker claims, %u preempted spins\n",
+               (unsigned long long)p->stat_parallel, (unsigned long long)p->stat_serial,
+               (unsigned long long)p->stat_bad, (unsigned long long)p->stat_backoffs,
+               p->worker_claims.load(), p->preempted.load());
+}
+
+Pool* pool() {
+  static Pool* p = [] {
+    g_pool = new Pool;
+    g_pool->threads.store(initial_threads());
+    pthread_atfork(nullptr, nullptr, reset_after_fork);
+    if (env_int("EMBER_POOL_STATS", 0, 0, 1)) std::atexit(print_stats);
+    return g_pool;
+  }();
+  (void)p;
+  return g_pool;
+}
+
+void run_serially(int tasks, TaskFn fn, void* ctx) {
+  const bool outer = t_in_task;
+  t_in_task = true;
+  std::exception_ptr error;
+  for (int t = 0; t < tasks; ++t) {
+    try {
+      fn(ctx, t);
+    } catch (...) {
+      if (!error) error = std::current_exception();
+    }
+  }
+  t_in_task = outer;
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+void parallel_run(int tasks, TaskFn fn, void* ctx) {
+  if (tasks <= 0) return;
+  Pool* p = pool();
+  const int threads = std::min(p->threads.load(std::memory_order_relaxed), 65535);
+  if (tasks == 1 || threads <= 1 || t_in_task || tasks > 65535 ||
+      p->busy.exchange(true, std::memory_order_acquire)) {
+    run_serially(tasks, fn, ctx);
+    return;
+  }
+  struct Release {
+    Pool* p;
+    ~Release() { p->busy.store(false, std::memory_order_release); }
+  } release{p};
+  const int64_t t0 = now_ns();
+  if (t0 < p->serial_until) {
+    ++p->stat_serial;
+    run_serially(tasks, fn, ctx);
+    return;
+  }
+  ++p->stat_parallel;
+  const int helpers = std::min(threads, tasks) - 1;
+  p->ensure_workers(helpers);
+  p->fn = fn;
+  p->ctx = ctx;
+  p->remaining.store(uint32_t(tasks), std::memory_order_relaxed);
+  const uint32_t g = ++p->region;
+  const uint32_t claims0 = p->worker_claims.load(std::memory_order_relaxed);
+  const uint32_t preempted0 = p->preempted.load(std::memory_order_relaxed);
+  p->word.store(uint64_t(g) << 32 | uint64_t(tasks) << 16, std::memory_order_release);
+  p->gen.store(g, std::memory_order_seq_cst);
+  const int asleep = p->sleepers.load(std::memory_order_seq_cst);
+  if (asleep > 0) futex_wake(&p->gen, std::min(asleep, helpers));
+  int task;
+  while (p->claim(g, task)) p->run(task);
+  const int64_t t1 = now_ns();
+  p->wait_done();
+  if (kAdapt) {
+    const int64_t t2 = now_ns();
+    const bool idle_worker_late = asleep == 0 &&
+                                  p->worker_claims.load(std::memory_order_relaxed) == claims0;
+    const bool long_wait = t2 - t1 > kLateWaitNs && t2 - t1 > t1 - t0;
+    const bool preempted = p->preempted.load(std::memory_order_relaxed) != preempted0;
+    p->record(idle_worker_late || long_wait || preempted, t2);
+  }
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(p->error_mutex);
+    std::swap(error, p->error);
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+int pool_threads() { return pool()->threads.load(std::memory_order_relaxed); }
+bool pool_in_task() { return t_in_task; }
+
+void set_num_threads(int n) {
+  pool()->threads.store(std::max(1, n), std::memory_order_relaxed);
+  omp_set_num_threads(n);
+}
+int get_num_threads() { return pool_threads(); }
 
 }  // namespace ember::cpu

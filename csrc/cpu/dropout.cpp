@@ -2,7 +2,7 @@
 // word from Philox4x32-10 at global index offset + i (the stream is defined in ember/philox.h), so
 // the backward pass (and any later run, on any thread count or backend) regenerates it exactly.
 // Forward and backward are the same map: y = keep ? x * scale : 0.
-#include <omp.h>
+#include "ember/pool.h"
 
 #include <algorithm>
 
@@ -65,10 +65,11 @@ void dropout_forward(int64_t n, const float* x, float* y, float p, uint64_t seed
   // p == 1 keeps nothing (threshold 2^24 > any r >> 8); the scale is then never used.
   const Mask m{seed, dropout_threshold(p), p < 1.0f ? 1.0f / (1.0f - p) : 0.0f};
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t c = 0; c < nchunks; ++c) {
-    apply_range(c * kChunk, std::min(n, (c + 1) * kChunk), x, y, offset, m);
-  }
+parallel_for(nchunks, n >= kParallelMin, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      apply_range(c * kChunk, std::min(n, (c + 1) * kChunk), x, y, offset, m);
+    }
+  });
 }
 
 void dropout_backward(int64_t n, const float* grad_out, float* grad_in, float p, uint64_t seed,

@@ -2,7 +2,7 @@
 // Split over threads in the row blocks the GEMM that reads the batch next uses for its rows (units
 // of 8), so each core gathers the rows it then multiplies: a batch gathered on one core and read
 // by two cost a 200 x 64 -> 100 forward GEMM 6 us more than its 20 (2 cores, measured).
-#include <omp.h>
+#include "ember/pool.h"
 
 #include <algorithm>
 #include <cstring>
@@ -21,12 +21,12 @@ void gather_rows(int64_t rows, int64_t cols, const float* x, const int64_t* inde
     const int64_t r1 = std::min(rows, units * (id + 1) / nt * kUnit);
     for (int64_t r = r0; r < r1; ++r) std::memcpy(out + r * cols, x + index[r] * cols, row_bytes);
   };
-  if (int64_t(row_bytes) * rows < kParallelBytes || omp_get_max_threads() == 1) {
+  const int nt = pool_threads();
+  if (int64_t(row_bytes) * rows < kParallelBytes || nt == 1) {
     run(1, 0);
     return;
   }
-#pragma omp parallel
-  run(omp_get_num_threads(), omp_get_thread_num());
+  parallel_tasks(nt, [&](int id) { run(nt, id); });
 }
 
 }  // namespace ember::cpu::EMBER_ISA

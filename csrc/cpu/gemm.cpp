@@ -12,10 +12,9 @@
 // depend only on k; threads split M and N (never K), so results are bit-identical run to run and
 // for any thread count. Edge tiles run the same kernel (with fewer rows, or on a padded copy of a
 // narrow tile), so they do the same arithmetic as interior tiles.
-#include <omp.h>
-
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -28,6 +27,7 @@
 
 #include "activation_math.h"
 #include "ember/common.h"
+#include "ember/pool.h"
 
 namespace ember::cpu::EMBER_ISA {
 
@@ -54,11 +54,12 @@ constexpr int kNR = kVL * kNV;
 // (512 KiB), which stays in L2. K up to 512 is one block: no partial sums through C.
 constexpr int64_t kKC = 512;
 constexpr int64_t kNC = 256;
-// Below this many multiply-adds a problem runs on the calling thread. A fork/join of a warm
-// (spinning) pool costs ~1 us on Zen 4 with GOMP, ~40K multiply-adds of one core's work, so in a
-// training loop splitting pays from ~64K on (200x64x100 on 2 cores: 30 -> 19.5 us); but a call
-// after the pool has gone to sleep pays 50-150 us to wake it (measured after 10 ms idle), so
-// problems that would save under ~2 us stay on one thread.
+// Below this many multiply-adds a problem runs on the calling thread. A parallel call on the warm
+// (spinning) pool costs ~1 us on Zen 4 (measured with GOMP; ember's own pool, ember/pool.h, is
+// no slower), ~40K multiply-adds of one core's work, so in a training loop splitting pays from
+// ~64K on (200x64x100 on 2 cores: 30 -> 19.5 us); a worker asleep after an idle spell takes
+// 50-150 us to arrive (the caller runs its share meanwhile), so problems that would save under
+// ~2 us stay on one thread.
 constexpr int64_t kParallelWork = int64_t(1) << 17;
 // linear_backward runs dX and dW side by side, one thread each, below this many multiply-adds
 // each (a 2-way split of each pays two fork/joins and packs B twice), and at any size when the
@@ -342,7 +343,8 @@ void pack_rows(const float* src, int64_t ld, int cols, int64_t kc, float* dst, i
 }
 
 // Per-thread packing buffers: 64-byte aligned, grown when a larger problem comes, kept for the
-// life of the thread (OpenMP keeps its pool), so calls after warm-up never allocate.
+// life of the thread (the pool's workers live as long as the process), so calls after warm-up
+// never allocate.
 struct Buffer {
   float* p = nullptr;
   size_t cap = 0;  // floats
@@ -617,8 +619,7 @@ bool gemm_narrow(const GemmArgs& g, const DAct& d, int threads) {
   if (threads <= 1) {
     run(1, 0);
   } else {
-#pragma omp parallel num_threads(threads)
-    run(omp_get_num_threads(), omp_get_thread_num());
+    parallel_tasks(threads, [&](int id) { run(threads, id); });
   }
   return true;
 }
@@ -695,24 +696,20 @@ void gemm_dact(const GemmArgs& g, const DAct& d) {
   };
   const int64_t work = g.m * g.n * std::max<int64_t>(g.k, 1);
   // Inside a parallel region (linear_backward's two GEMMs side by side) a GEMM is one thread's.
-  const int threads = work >= kParallelWork && !omp_in_parallel() ? omp_get_max_threads() : 1;
+  const int threads = work >= kParallelWork && !pool_in_task() ? pool_threads() : 1;
   if (use_narrow(g)) {
     if (!gemm_narrow(g, d, threads)) throw std::bad_alloc();
     return;
   }
-  bool ok = true;
+  std::atomic<bool> ok{true};
   if (threads <= 1) {
     ok = run(1, 0);
   } else {
-#pragma omp parallel num_threads(threads)
-    {
-      if (!run(omp_get_num_threads(), omp_get_thread_num())) {
-#pragma omp atomic write
-        ok = false;
-      }
-    }
+    parallel_tasks(threads, [&](int id) {
+      if (!run(threads, id)) ok.store(false, std::memory_order_relaxed);
+    });
   }
-  if (!ok) throw std::bad_alloc();
+  if (!ok.load()) throw std::bad_alloc();
 }
 
 }  // namespace
@@ -742,24 +739,21 @@ void linear_backward(const LinearBackwardArgs& a) {
                                             a.input_act_param}
                                      : DAct{};
   gw.beta = a.accumulate ? 1.0f : 0.0f;
-  // Both GEMMs small: side by side, one thread each (one fork/join instead of two, and no
+  // Both GEMMs small: side by side, one thread each (one parallel call instead of two, and no
   // duplicated packing). Each computes the same bits either way.
   const int64_t work = a.batch * a.in_features * a.out_features;  // multiply-adds of each
-  const int threads = omp_get_max_threads();
+  const int threads = pool_threads();
   if (a.grad_input && a.grad_weight && (work < kTaskParallelWork || threads == 2) && threads >= 2 &&
-      !omp_in_parallel()) {
-    bool failed = false;
-#pragma omp parallel num_threads(2)
-    {
-      try {
-        if (omp_get_thread_num() == 0) gemm_dact(gx, dx_act);
-        if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1) gemm(gw);
-      } catch (...) {  // only std::bad_alloc (packing buffers); rethrown outside the region
-#pragma omp atomic write
-        failed = true;
+      !pool_in_task()) {
+    // Two tasks; inside a task a GEMM runs on its thread. A std::bad_alloc (packing buffers) is
+    // rethrown by parallel_tasks.
+    parallel_tasks(2, [&](int id) {
+      if (id == 0) {
+        gemm_dact(gx, dx_act);
+      } else {
+        gemm(gw);
       }
-    }
-    if (failed) throw std::bad_alloc();
+    });
     return;
   }
   if (a.grad_input) gemm_dact(gx, dx_act);

@@ -3,7 +3,9 @@
 // Every loss is reduced deterministically: rows (elements for mse) are cut into a fixed number of
 // chunks that depend only on the sizes; each chunk is summed in order, in float64, and the chunk
 // sums are added in order. The result has the same bits whatever the thread count.
-#include <omp.h>
+#include <atomic>
+
+#include "ember/pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,11 +33,12 @@ template <class F>
 double chunked_sum(int64_t n, int64_t align, bool parallel, F f) {
   const int64_t chunk = ((n + kChunks - 1) / kChunks + align - 1) / align * align;
   double partial[kChunks];
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int c = 0; c < kChunks; ++c) {
-    const int64_t lo = std::min<int64_t>(n, c * chunk), hi = std::min<int64_t>(n, lo + chunk);
-    partial[c] = lo < hi ? f(lo, hi) : 0.0;
-  }
+parallel_for(kChunks, parallel, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = std::min<int64_t>(n, c * chunk), hi = std::min<int64_t>(n, lo + chunk);
+      partial[c] = lo < hi ? f(lo, hi) : 0.0;
+    }
+  });
   double total = 0.0;
   for (int c = 0; c < kChunks; ++c) total += partial[c];
   return total;
@@ -327,15 +330,19 @@ inline int64_t row_argmax(const float* x, int64_t n) {
 }  // namespace
 
 void argmax_rows(int64_t rows, int64_t cols, const float* x, int64_t* out) {
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) out[r] = row_argmax(x + r * cols, cols);
+parallel_for(rows, rows * cols >= kParallelMin, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) out[r] = row_argmax(x + r * cols, cols);
+  });
 }
 
 int64_t count_correct(int64_t rows, int64_t cols, const float* logits, const int64_t* labels) {
-  int64_t correct = 0;
-#pragma omp parallel for schedule(static) reduction(+ : correct) if (rows * cols >= kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) correct += row_argmax(logits + r * cols, cols) == labels[r];
-  return correct;
+  std::atomic<int64_t> correct{0};
+  parallel_for(rows, rows * cols >= kParallelMin, [&](int64_t r0, int64_t r1) {
+    int64_t c = 0;
+    for (int64_t r = r0; r < r1; ++r) c += row_argmax(logits + r * cols, cols) == labels[r];
+    correct.fetch_add(c, std::memory_order_relaxed);
+  });
+  return correct.load();
 }
 
 }  // namespace ember::cpu::EMBER_ISA

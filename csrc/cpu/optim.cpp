@@ -8,7 +8,7 @@
 // Parallel work is split into fixed-size chunks counted from each tensor's start, and a thread
 // always processes whole chunks with the same loop, so every element is computed by the same code
 // (vector body or scalar tail, same alignment) whatever the thread count: bit-identical results.
-#include <omp.h>
+#include "ember/pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -43,9 +43,9 @@ void for_each_range(int64_t count, const int64_t* sizes, F&& f) {
     for (int64_t t = 0; t < count; ++t) f(t, int64_t(0), sizes[t]);
     return;
   }
-#pragma omp parallel
-  {
-    const int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+  const int64_t nth = pool_threads();
+  parallel_tasks(int(nth), [&](int task) {
+    const int64_t me = task;
     const int64_t c0 = chunks * me / nth, c1 = chunks * (me + 1) / nth;
     int64_t first = 0;  // global index of tensor t's first chunk
     for (int64_t t = 0; t < count && first < c1; ++t) {
@@ -54,7 +54,7 @@ void for_each_range(int64_t count, const int64_t* sizes, F&& f) {
       if (lo < hi) f(t, (lo - first) * kChunk, std::min(n, (hi - first) * kChunk));
       first += nc;
     }
-  }
+  });
 }
 
 // The global norm and the factor gradients are multiplied by: -1 for maximize (exact), times the

@@ -1,6 +1,6 @@
 // Deterministic reductions: the order of every floating-point addition depends only on the sizes,
 // never on the thread count or scheduling, so the same inputs always give the same bits.
-#include <omp.h>
+#include "ember/pool.h"
 
 #include <algorithm>
 
@@ -36,11 +36,12 @@ double chunked_sum(const float* x, int64_t n, F f) {
   if (n < kParallelMin) return lane_sum(x, n, f);
   double partial[kChunks];
   const int64_t chunk = ((n + kChunks - 1) / kChunks + 7) / 8 * 8;
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < kChunks; ++c) {
-    const int64_t lo = std::min<int64_t>(n, c * chunk), hi = std::min<int64_t>(n, lo + chunk);
-    partial[c] = lane_sum(x + lo, hi - lo, f);
-  }
+parallel_for(kChunks, true, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t lo = std::min<int64_t>(n, c * chunk), hi = std::min<int64_t>(n, lo + chunk);
+      partial[c] = lane_sum(x + lo, hi - lo, f);
+    }
+  });
   double total = 0.0;
   for (int c = 0; c < kChunks; ++c) total += partial[c];
   return total;
@@ -53,21 +54,22 @@ void column_sum(int64_t rows, int64_t cols, const float* x, float* out, bool acc
   // the number of threads. Blocks of 64 columns keep the float64 accumulators in registers/L1.
   constexpr int64_t kBlock = 64;
   const int64_t nblocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin && nblocks > 1)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t c0 = b * kBlock, w = std::min(kBlock, cols - c0);
-    double acc[kBlock];
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = x + r * cols + c0;
-      for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(row[j]);
+  parallel_for(nblocks, rows * cols >= kParallelMin && nblocks > 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * kBlock, w = std::min(kBlock, cols - c0);
+      double acc[kBlock];
+      for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = x + r * cols + c0;
+        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(row[j]);
+      }
+      float* o = out + c0;
+      for (int64_t j = 0; j < w; ++j) {
+        o[j] = accumulate ? static_cast<float>(static_cast<double>(o[j]) + acc[j])
+                          : static_cast<float>(acc[j]);
+      }
     }
-    float* o = out + c0;
-    for (int64_t j = 0; j < w; ++j) {
-      o[j] = accumulate ? static_cast<float>(static_cast<double>(o[j]) + acc[j])
-                        : static_cast<float>(acc[j]);
-    }
-  }
+  });
 }
 
 double sum(int64_t n, const float* x) {

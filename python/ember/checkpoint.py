@@ -218,9 +218,9 @@ def data_digest(x, y) -> str:
 def _trainer_state(trainer, callbacks, finished: Optional[str]) -> dict:
     from ember import __version__
     from ember.nn import Dropout
-    dropout = {str(i): {"seed": layer.seed, "counter": layer.counter}
-               for i, layer in enumerate(getattr(trainer.model, "layers", []))
-               if isinstance(layer, Dropout)}
+    # by module name: a Sequential's layer index ("2"), a custom module's attribute ("drop")
+    dropout = {name: {"seed": layer.seed, "counter": layer.counter}
+               for name, layer in trainer.model.named_modules() if isinstance(layer, Dropout)}
     return {
         "format_version": FORMAT_VERSION,
         "ember_version": __version__,
@@ -863,7 +863,7 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
         raise CheckpointError(f"{here / 'trainer.json'}: saved with optimizer {saved_opt}, the "
                               f"trainer uses {type(trainer.optimizer).__name__}")
     fp = st.get("fit_params", {})
-    for key in ("batch_size", "seed", "shuffle", "n_train"):
+    for key in ("batch_size", "seed", "shuffle", "n_train", "accumulate_steps"):
         if key in fp and fp[key] != trainer.fit_params.get(key):
             raise CheckpointError(
                 f"{here / 'trainer.json'}: the run was saved with {key}={fp[key]!r} but "
@@ -875,11 +875,11 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
             f"{here / 'trainer.json'}: the run was trained on other data (same number of samples, "
             f"different values); an exact resume needs the same data and batching")
     from ember.nn import Dropout
-    layers = getattr(trainer.model, "layers", [])
+    modules = dict(trainer.model.named_modules())
     dropout = []
     for idx, d in st["rng"]["dropout"].items():
         try:
-            layer = layers[int(idx)]
+            layer = modules[idx]
             seed, counter = int(d["seed"]), int(d["counter"])
         except (IndexError, KeyError, TypeError, ValueError):
             raise CheckpointError(f"{here / 'trainer.json'}: bad dropout state for layer "

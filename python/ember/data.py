@@ -3,10 +3,15 @@
 :class:`DataLoader` shuffles with a generator seeded by ``(seed, epoch)``: the order of epoch ``e``
 is a pure function of the two, so a run resumed in the middle of an epoch sees the same batches
 as one never interrupted, and ``batches(epoch, start=k)`` jumps to batch ``k`` in O(1).
-Batches are gathered with NumPy fancy indexing into buffers reused between steps (no per-sample
-Python work). CuPy arrays (GPU training) are batched on the device the same way: the epoch's order
-is still computed with NumPy (same seed, same order as on the CPU), copied to the device once per
-epoch, and batches are gathered with ``cupy.take`` into reused device buffers.
+Iterating the loader (``for xb, yb in loader``) goes through one epoch per loop, the next
+epoch's order each time (an epoch counter, ``loader.epoch``, which ``set_epoch`` sets, as on
+PyTorch's DistributedSampler). Batches are gathered with NumPy fancy indexing (no per-sample
+Python work) into new arrays, which stay valid however long they are kept; with
+``reuse_buffers=True`` (what ``Trainer.fit`` uses) they go to buffers reused from batch to
+batch instead, each valid until the next batch is drawn. CuPy arrays (GPU training) are batched
+on the device the same way: the epoch's order is still computed with NumPy (same seed, same
+order as on the CPU), copied to the device once per epoch, and batches are gathered with
+``cupy.take``.
 
 Example:
     >>> import numpy as np
@@ -15,6 +20,9 @@ Example:
     >>> loader = DataLoader(x, y, batch_size=4, shuffle=True, seed=0)
     >>> [xb.shape[0] for xb, yb in loader.batches(epoch=0)]
     [4, 4, 2]
+    >>> first, second = [yb for _, yb in loader], [yb for _, yb in loader]  # epochs 0 and 1
+    >>> bool((np.concatenate(first) == loader.order(0)).all()), loader.epoch
+    (True, 2)
 """
 from __future__ import annotations
 
@@ -126,18 +134,32 @@ class DataLoader:
         shuffle: shuffle each epoch (order a pure function of ``(seed, epoch)``).
         drop_last: drop the last incomplete batch.
         seed: shuffling seed (an integer >= 0).
+        reuse_buffers: False (the default): every batch is a new pair of arrays, valid for as
+            long as it is kept (``list(loader)`` holds the epoch). True: batches go to buffers
+            reused from batch to batch (one per batch size; no allocation per step), each
+            valid only until the next batch is drawn — what ``Trainer.fit`` uses.
 
-    The arrays yielded are reused buffers, valid until the next batch is drawn.
+    ``for xb, yb in loader`` runs the epoch ``loader.epoch`` and advances it, so each loop
+    over the loader sees the next epoch's order; ``set_epoch(e)`` picks the epoch the next
+    loop runs. ``batches(epoch, start)`` gives any epoch (from any batch) without touching the
+    counter.
 
     Raises:
         TypeError: ``x`` or ``y`` is not a NumPy or CuPy array (lists are not batched: convert
             them with ``numpy.asarray``, or use :func:`check_xy`).
-        ValueError: bad ``batch_size`` or ``seed``, empty data, ``x`` and ``y`` of different
-            lengths or devices, or ``drop_last`` with fewer samples than ``batch_size``.
+        ValueError: bad ``batch_size``, ``seed`` or ``reuse_buffers``, empty data, ``x`` and
+            ``y`` of different lengths or devices, or ``drop_last`` with fewer samples than
+            ``batch_size``.
     """
 
+    reuse_buffers = False
+    epoch = 0
+
     def __init__(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0):
+                 drop_last: bool = False, seed: int = 0, reuse_buffers: bool = False):
+        if not isinstance(reuse_buffers, (bool, np.bool_)):
+            raise ValueError(f"DataLoader: reuse_buffers must be True or False, got "
+                             f"{reuse_buffers!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
                 batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got "
@@ -169,6 +191,9 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.reuse_buffers = bool(reuse_buffers)
+        #: the epoch the next ``for ... in loader`` runs (see set_epoch)
+        self.epoch = 0
         self._bufs: dict = {}
         self._prefetched = None  # (epoch, order on the batches' device, event or None)
         # The array module batches are gathered with: chosen once, here, from x's device.
@@ -216,6 +241,14 @@ class DataLoader:
         idx = self.order(epoch)
         return idx if self._xp is np else self._xp.asarray(idx)  # one host-to-device copy
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``for ... in loader`` run epoch ``epoch`` (as PyTorch's
+        ``DistributedSampler.set_epoch``); each loop then advances the counter by one."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"DataLoader.set_epoch: epoch must be an integer >= 0, got "
+                             f"{epoch!r}")
+        self.epoch = int(epoch)
+
     def _buffer(self, key, arr, rows):
         # One buffer per batch size (a fit has at most two): a batch of a given size always lands
         # at the same address, which a training step replayed as a CUDA graph relies on.
@@ -228,13 +261,14 @@ class DataLoader:
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple]:
         """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on
-        (``0 <= start <= len(self)``; checked here, before the first batch is drawn)."""
+        (``0 <= start <= len(self)``; checked here, before the first batch is drawn). New
+        arrays, or reused buffers with ``reuse_buffers`` (see the class)."""
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"DataLoader.batches: epoch must be an integer >= 0, got {epoch!r}")
         if not _is_int(start) or not 0 <= start <= len(self):
             raise ValueError(f"DataLoader.batches: start must be an integer in [0, {len(self)}] "
                              f"(the batches per epoch), got {start!r}")
-        return self._batches(epoch, int(start))
+        return self._batches(int(epoch), int(start))
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple]:
         xp = self._xp
@@ -249,19 +283,24 @@ class DataLoader:
         # threads that multiply the batch next (see ember.ops.gather_rows).
         fast = (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and
                 x.flags.c_contiguous and x.flags.aligned and x.size > 0)
+        reuse = self.reuse_buffers
+        y = self.y
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
-            out = self._buffer("x", x, len(sel))
+            out = self._buffer("x", x, len(sel)) if reuse else None
             xb = (ops._cpu.gather_rows(x, sel, out) if fast else
                   xp.take(x, sel, axis=0, out=out, **kw))
-            if self.y is None:
+            if y is None:
                 yield xb, None
             else:
-                yield xb, xp.take(self.y, sel, axis=0, out=self._buffer("y", self.y, len(sel)),
-                                  **kw)
+                yield xb, xp.take(y, sel, axis=0,
+                                  out=self._buffer("y", y, len(sel)) if reuse else None, **kw)
 
     def __iter__(self):
-        return self.batches(0)
+        """One epoch: ``loader.epoch``'s batches; the counter moves on to the next epoch."""
+        epoch = self.epoch
+        self.epoch = epoch + 1
+        return self._batches(epoch, 0)
 
 
 def train_val_split(x, y, fraction: float = 0.2, seed: int = 0, stratify: bool = True):

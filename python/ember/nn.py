@@ -31,7 +31,8 @@ from ember import ops
 
 __all__ = [
     "Parameter", "Module", "Linear", "Activation", "ReLU", "LeakyReLU", "GELU", "Tanh", "Sigmoid",
-    "SiLU", "Identity", "Dropout", "Sequential", "MLP", "from_config",
+    "SiLU", "Identity", "Dropout", "Sequential", "MLP", "from_config", "register_module",
+    "registered_modules",
 ]
 
 
@@ -100,21 +101,32 @@ def _state_array(name: str, arr, like):
 class Parameter:
     """A trainable array and its gradient buffer.
 
+    Gradients accumulate, as in PyTorch: each ``backward`` adds into ``grad`` until
+    ``zero_grad()`` (of the module or the optimizer) clears it. Clearing is free: it marks the
+    gradient as zero, the next backward writes it instead of adding to it, and reading ``grad``
+    before then gives zeros.
+
     Attributes:
         data: the values (float32, C-contiguous; NumPy on the CPU, CuPy on the GPU).
-        grad: the gradient from the last backward pass (same shape), or None before one.
+        grad: the gradient summed over the backward passes since the last ``zero_grad`` (same
+            shape), or None before the first.
         requires_grad: False freezes the parameter: optimizers leave it unchanged.
     """
 
-    __slots__ = ("_data", "_grad", "_requires_grad")
+    __slots__ = ("_data", "_grad", "_requires_grad", "_zero")
     #: Bumped whenever any Parameter's data, grad or requires_grad is reassigned, so that an
     #: optimizer can keep its list of tensors between steps and rebuild it only after a change.
     version = 0
+    #: Bumped by every zero_grad: an optimizer step that sees it changed zero-fills the
+    #: gradients cleared since (and not written by a backward pass), so it never reads stale ones.
+    zero_marks = 0
 
     def __init__(self, data, requires_grad: bool = True):
         self._data = data
         self._grad = None
         self._requires_grad = bool(requires_grad)
+        #: the gradient is logically zero (zero_grad): the next write overwrites it
+        self._zero = False
         Parameter.version += 1
 
     @property
@@ -128,12 +140,29 @@ class Parameter:
 
     @property
     def grad(self):
-        return self._grad
+        g = self._grad
+        if self._zero and g is not None:  # cleared by zero_grad and not written since
+            g[...] = 0
+            self._zero = False
+        return g
 
     @grad.setter
     def grad(self, value):
         self._grad = value
+        self._zero = False
         Parameter.version += 1
+
+    def add_grad(self, g) -> None:
+        """Add ``g`` into :attr:`grad` (creating it, or writing it when ``zero_grad`` cleared
+        it): what a custom module's ``backward`` calls for the parameters it owns."""
+        if self._grad is None:
+            xp = _xp(self._data)
+            self.grad = xp.array(g, dtype=np.float32, copy=True).reshape(self._data.shape)
+        elif self._zero:
+            self._grad[...] = g
+            self._zero = False
+        else:
+            self._grad += g
 
     @property
     def requires_grad(self) -> bool:
@@ -152,29 +181,121 @@ class Parameter:
     def size(self) -> int:
         return int(self._data.size)
 
+    def __setstate__(self, state):
+        # (a Parameter pickled by an ember without the _zero slot gets its default)
+        self._zero = False
+        for part in (state if isinstance(state, tuple) else (state,)):
+            for k, v in (part or {}).items():
+                setattr(self, k, v)
+
     def __repr__(self) -> str:
         frozen = "" if self._requires_grad else ", frozen"
         return f"Parameter(shape={self.shape}{frozen})"
 
 
+def _mark_zero(params) -> None:
+    """zero_grad for ``params`` (a list): mark their gradients cleared (see Parameter)."""
+    for p in params:
+        if p._grad is not None:
+            p._zero = True
+    Parameter.zero_marks += 1
+
+
+def _materialize_zeros(params) -> None:
+    """Zero-fill the gradients of ``params`` that zero_grad cleared and no backward wrote."""
+    for p in params:
+        if p._zero:
+            if p._grad is not None:
+                p._grad[...] = 0
+            p._zero = False
+
+
 class Module:
-    """Base class: ``forward``, ``backward``, parameters, modes, state dicts, devices."""
+    """Base class: ``forward``, ``backward``, parameters, modes, state dicts, devices.
+
+    A custom module is written as in PyTorch, plus a ``backward`` (ember has no autograd):
+
+    - Submodules and :class:`Parameter` objects held in attributes are registered by the
+      attribute (in the order they were set), as are lists or tuples of modules (``blocks.0``,
+      ``blocks.1``...): ``named_parameters()``, ``children()``, ``train()``/``eval()``,
+      ``zero_grad()``, ``to(device)``, ``state_dict()``/``load_state_dict()`` reach them, with
+      PyTorch's dotted names (``"fc1.weight"``), so the state dict loads into the equivalent
+      ``torch.nn.Module``. A module reached twice (shared weights) counts once.
+    - ``forward(x)`` keeps what ``backward`` needs (in training mode); ``backward(grad_out)``
+      returns the gradient wrt ``x`` and adds the parameters' gradients: a submodule's
+      ``backward`` does that for its own, a Parameter the module owns directly takes
+      ``param.add_grad(g)``. :class:`ember.Trainer` refuses a model without ``backward`` before
+      its first step.
+    - ``config()`` (needed only for checkpoints and :func:`ember.load_model`) returns JSON data
+      with a ``"type"`` key; register the class with :func:`register_module` and
+      :func:`from_config` rebuilds it: through ``cls.from_config(config)`` when the class has
+      that classmethod, else ``cls(**kwargs)`` with the config's other keys.
+    """
 
     training: bool = True
 
+    def __init__(self):  # nothing to set up; subclasses may call it, as in PyTorch
+        pass
+
     def forward(self, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.forward is not defined (a custom "
+                                  "ember.nn.Module implements forward(x))")
 
     def backward(self, grad_out):
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.backward is not defined: ember has no autograd, so a custom "
+            "ember.nn.Module implements backward(grad_out), returning the gradient wrt its "
+            "input (see ember.nn.Module)")
 
     def __call__(self, x):
         return self.forward(x)
 
+    # -- submodules ------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """``(attribute name, module)`` of the direct submodules, in the order they were set;
+        a list or tuple of modules gives ``name.0``, ``name.1``, ..."""
+        for name, v in getattr(self, "__dict__", {}).items():
+            if isinstance(v, Module):
+                yield name, v
+            elif isinstance(v, (list, tuple)) and v and all(isinstance(m, Module) for m in v):
+                for i, m in enumerate(v):
+                    yield f"{name}.{i}", m
+
+    def children(self) -> list["Module"]:
+        return [m for _, m in self.named_children()]
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """This module (name ``prefix``, ``""`` at the top) and every submodule below it, with
+        dotted names (``"body.0"``); each module once."""
+        seen: set = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            kids = [(f"{name}.{n}" if name else n, c) for n, c in m.named_children()]
+            stack.extend(reversed(kids))
+
+    def modules(self) -> list["Module"]:
+        return [m for _, m in self.named_modules()]
+
     # -- parameters ------------------------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """``(name, Parameter)`` pairs with PyTorch's names (``"0.weight"``, ``"0.bias"``, ...)."""
-        return iter(())
+        """``(name, Parameter)`` pairs with PyTorch's names (``"0.weight"``, ``"fc1.bias"``):
+        the Parameters held in this module's attributes, then its submodules' (each Parameter
+        once)."""
+        seen: set = set()
+        for name, v in list(getattr(self, "__dict__", {}).items()):
+            if isinstance(v, Parameter) and id(v) not in seen:
+                seen.add(id(v))
+                yield prefix + name, v
+        for name, child in list(self.named_children()):
+            for pname, p in child.named_parameters(f"{prefix}{name}."):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield pname, p
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -183,10 +304,19 @@ class Module:
         """Number of scalar parameters (only those not frozen when ``trainable_only``)."""
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Clear the gradients: the next backward writes them instead of adding to them.
+
+        Costs nothing per element (the gradients are marked, not filled: reading ``grad``
+        before the next backward gives zeros). ``set_to_none=True`` drops them instead, as in
+        PyTorch; the next backward then allocates new ones (and an optimizer rebuilds its plan).
+        """
         for p in self.parameters():
-            if p.grad is not None:
-                p.grad[...] = 0
+            if set_to_none:
+                p.grad = None
+            elif p._grad is not None:
+                p._zero = True
+        Parameter.zero_marks += 1
 
     def freeze(self) -> "Module":
         """Freeze every parameter of this module (fine-tuning); returns self."""
@@ -210,9 +340,6 @@ class Module:
     def eval(self) -> "Module":
         """Inference mode: dropout off, nothing kept for backward. Returns self."""
         return self.train(False)
-
-    def children(self) -> list["Module"]:
-        return []
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Any]":
@@ -309,14 +436,22 @@ class Module:
 
     # -- description -------------------------------------------------------------------------
     def config(self) -> dict:
-        """The architecture as plain JSON data (see :func:`from_config`)."""
-        raise NotImplementedError
+        """The architecture as plain JSON data with a ``"type"`` key (see :func:`from_config`
+        and :func:`register_module`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.config() is not defined: saving a custom module in a "
+            "checkpoint needs config() (JSON data with a 'type' key) and the class registered "
+            "with ember.nn.register_module (see ember.nn.Module)")
 
     def extra_repr(self) -> str:
         return ""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
+        kids = list(self.named_children()) if type(self).extra_repr is Module.extra_repr else []
+        if not kids:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        body = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in kids)
+        return f"{type(self).__name__}({body}\n)"
 
 
 class Linear(Module):
@@ -379,6 +514,9 @@ class Linear(Module):
         if self.bias is not None:
             yield prefix + "bias", self.bias
 
+    def named_children(self):  # a leaf (no attribute scan: train/eval walk the tree per fit)
+        return iter(())
+
     def _act_from_output(self) -> bool:
         """Whether act'(z) can be read off the output y = act(z): relu, and leaky_relu with a
         slope >= 0, have y > 0 exactly when z > 0, so backward evaluates act' at y (the same
@@ -440,22 +578,26 @@ class Linear(Module):
             return TypeError(f"{where}: {name} must be float32, got {dtype}")
         return None
 
-    def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None):
+    def backward(self, grad_out, need_grad_input: bool = True, grad_input=None, workspace=None,
+                 accumulate: Optional[bool] = None):
+        """The gradient wrt the input (None unless ``need_grad_input``); the weight and bias
+        gradients are added into ``grad`` (PyTorch's rule: they accumulate until ``zero_grad``;
+        a cleared or missing gradient is written, which costs nothing extra: the kernel's GEMM
+        takes beta 0 or 1). ``accumulate`` True/False forces adding/writing (the Trainer writes
+        the first micro-batch of each step)."""
         x = self._x
         if x is None:
             raise RuntimeError("Linear.backward called before a forward pass in training mode")
         w, bias = self.weight, self.bias
-        if w._grad is None:
-            xp = _xp(w._data)
-            w.grad = xp.zeros_like(w._data)
-            if bias is not None:
-                bias.grad = xp.zeros_like(bias._data)
+        if accumulate is None or w._grad is None or w._zero or \
+                (bias is not None and (bias._grad is None or bias._zero)):
+            accumulate = self._accumulate(accumulate)
         k = (ops._cpu if type(grad_out) is np.ndarray
              else _kernels(grad_out, "Linear.backward", "grad_out"))
         try:
             gi, _, _ = k.linear_backward(
                 grad_out, x, w._data, self._z, self.activation, self.negative_slope,
-                need_grad_input, bias is not None, False, grad_input, w._grad,
+                need_grad_input, bias is not None, accumulate, grad_input, w._grad,
                 None if bias is None else bias._grad, workspace, "fp32")
         except (TypeError, ValueError):
             err = self._array_error(grad_out, "grad_out", x.shape[0], self.out_features)
@@ -463,6 +605,21 @@ class Linear(Module):
                 raise
             raise err from None
         return gi
+
+    def _accumulate(self, requested: Optional[bool]) -> bool:
+        """Whether the kernel adds into the gradients (else it writes them): creates missing
+        ones; with ``requested`` None, adds unless every gradient is cleared (zero_grad)."""
+        params = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        for p in params:
+            if p._grad is None:
+                p.grad = _xp(p._data).zeros_like(p._data)
+                p._zero = True  # new: zeros, written rather than added to
+        if requested is False or (requested is None and all(p._zero for p in params)):
+            for p in params:
+                p._zero = False
+            return False
+        _materialize_zeros(params)  # a cleared one next to one with a gradient: add into 0
+        return True
 
     def config(self) -> dict:
         return {"type": "Linear", "in_features": self.in_features,
@@ -499,6 +656,9 @@ class Activation(Module):
 
     def config(self) -> dict:
         return {"type": type(self).__name__}
+
+    def named_children(self):  # a leaf
+        return iter(())
 
     def _clear_buffers(self) -> None:
         self._z = None
@@ -599,6 +759,9 @@ class Dropout(Module):
     def config(self) -> dict:
         return {"type": "Dropout", "p": self.p, "seed": self.seed}
 
+    def named_children(self):  # a leaf
+        return iter(())
+
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
@@ -610,9 +773,18 @@ class Sequential(Module):
     """Layers applied in order; a ``Linear`` directly followed by an activation runs fused.
 
     Parameter names are PyTorch's: the index of the layer, then ``weight`` / ``bias``.
-    In training mode, outputs live in buffers reused from step to step (valid until the next
-    forward); in eval mode every forward returns fresh arrays.
+    ``forward`` returns a new array each call (as does ``backward(..., need_input_grad=True)``):
+    a result stays valid after the next call. The activations in between live in buffers reused
+    from step to step. :class:`ember.Trainer` also reuses the output's buffers (it calls
+    ``forward`` once a step and is done with the result before the next).
     """
+
+    #: Set by the Trainer during a fit: the output (and input gradient) go to reused buffers
+    #: too, each valid until the next call.
+    _reuse_buffers = False
+    #: Set by the Trainer during a fit: False writes the Linear layers' gradients, True adds to
+    #: them, whatever zero_grad did (None: PyTorch's rule, see Linear.backward).
+    _accumulate_override: Optional[bool] = None
 
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
@@ -645,9 +817,26 @@ class Sequential(Module):
     def _build_plan(self):
         """Steps ``(layer, fused_activation_layer or None)``; fused activations are skipped."""
         plan = []
-        for i, layer in enumerate(self.layers):
+        layers = self.layers
+        for i, layer in enumerate(layers):
             if isinstance(layer, Linear):
                 layer._label = f"Linear (layer {i})"
+
+        def ember_op(layer):  # ember's own layer that returns a new array (not its input)
+            return (type(layer).__module__ == __name__ and isinstance(layer, (Linear, Activation))
+                    and not isinstance(layer, Identity))
+
+        def passes_on(layer):  # may hand its input (or gradient) on unchanged
+            return type(layer) is Dropout or type(layer) is Identity
+
+        def reaches_out(j, step):
+            """Whether an array handed to layer j (walking by step) may come out of the model:
+            through layers that may pass it on, or any module not ember's own."""
+            while 0 <= j < len(layers) and passes_on(layers[j]):
+                j += step
+            return not (0 <= j < len(layers) and ember_op(layers[j]))
+
+        escapes = []
         i = 0
         while i < len(self.layers):
             layer = self.layers[i]
@@ -658,27 +847,29 @@ class Sequential(Module):
                 layer.negative_slope = nxt.negative_slope
                 # Its output may stand in for the pre-activation only when the next layer is one
                 # of ember's own (they never modify their input). Before a user's module, or as
-                # the model's output (which the caller may change in place), z is kept.
-                # A Dropout may hand its input on unchanged (p = 0, eval): look past it.
-                j = i + 2
-                while j < len(self.layers) and type(self.layers[j]) is Dropout:
-                    j += 1
-                consumer = self.layers[j] if j < len(self.layers) else None
-                layer._output_internal = (
-                    consumer is not None and type(consumer).__module__ == __name__ and
-                    isinstance(consumer, (Linear, Activation)))
+                # the model's output (which the caller may change in place), z is kept. A
+                # Dropout (p = 0, eval) or an Identity may hand it on unchanged: look past them.
+                layer._output_internal = not reaches_out(i + 2, 1)
                 plan.append((layer, nxt))
+                escapes.append((reaches_out(i + 2, 1), reaches_out(i - 1, -1)))
                 i += 2
             else:
                 if isinstance(layer, Linear):
                     layer.activation = "identity"
                     layer._output_internal = False
                 plan.append((layer, None))
+                escapes.append((reaches_out(i + 1, 1), reaches_out(i - 1, -1)))
                 i += 1
+        # per plan step: (its output, its input gradient) may be what forward/backward return
+        self._escapes = escapes
         return plan
 
     def children(self) -> list[Module]:
         return list(self.layers)
+
+    def named_children(self):
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
 
     def named_parameters(self, prefix: str = ""):
         for i, layer in enumerate(self.layers):
@@ -694,10 +885,13 @@ class Sequential(Module):
     def forward(self, x):
         training = self.training
         batch = x.shape[0] if getattr(x, "ndim", 0) == 2 else None
+        reuse = self._reuse_buffers
+        escapes = self._escapes
         for idx, (layer, _) in enumerate(self._plan):
             if training and batch is not None and isinstance(layer, Linear):
                 shape = (batch, layer.out_features)
-                out = self._buf(("y", idx), shape, x)
+                # the output goes to a new array when it may be what the caller gets
+                out = self._buf(("y", idx), shape, x) if reuse or not escapes[idx][0] else None
                 pre = (self._buf(("z", idx), shape, x)
                        if layer.activation != "identity" and not layer._act_from_output()
                        else None)
@@ -713,15 +907,19 @@ class Sequential(Module):
         and ``need_input_grad`` is False (training never needs it, so it is not computed).
         """
         g = grad_out
+        reuse, acc = self._reuse_buffers, self._accumulate_override
+        escapes = self._escapes
         for idx in range(len(self._plan) - 1, -1, -1):
             layer, _ = self._plan[idx]
             if isinstance(layer, Linear):
                 need_gi = idx > 0 or need_input_grad
                 x = layer._x
-                gi = self._buf(("gx", idx), x.shape, x) if need_gi and x is not None else None
+                gi = (self._buf(("gx", idx), x.shape, x)
+                      if need_gi and x is not None and (reuse or not escapes[idx][1]) else None)
                 ws = (self._buf(("ws", idx), g.shape, g)
                       if layer.activation != "identity" else None)
-                g = layer.backward(g, need_grad_input=need_gi, grad_input=gi, workspace=ws)
+                g = layer.backward(g, need_grad_input=need_gi, grad_input=gi, workspace=ws,
+                                   accumulate=acc)
             else:
                 g = layer.backward(g)
         return g
@@ -731,7 +929,14 @@ class Sequential(Module):
         # or a pickle (copy.deepcopy, joblib) gets none and makes its own on demand.
         state = self.__dict__.copy()
         state["_buffers"] = {}
+        state.pop("_reuse_buffers", None)  # a fit's settings, not the model's
+        state.pop("_accumulate_override", None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_escapes" not in state:  # pickled by an ember before it kept them
+            self._plan = self._build_plan()
 
     # -- the training fast path -------------------------------------------------------------
     def _fused_step_ok(self, loss) -> bool:
@@ -974,8 +1179,65 @@ class MLP(Sequential):
         super().__init__(*layers)
 
 
+_BUILTIN_TYPES = ("Sequential", "Linear", "Dropout", "LeakyReLU", "GELU", "Identity", "ReLU",
+                  "Tanh", "Sigmoid", "SiLU")
+_REGISTRY: dict = {}
+
+
+def register_module(cls=None, *, name: Optional[str] = None):
+    """Register a custom :class:`Module` class so that :func:`from_config` (and so checkpoints,
+    :func:`ember.load_model` and resume) can rebuild it; usable as a decorator::
+
+        @ember.nn.register_module
+        class Residual(ember.nn.Module):
+            def __init__(self, width):
+                self.width = width
+                self.fc = ember.nn.Linear(width, width)
+            def config(self):
+                return {"type": "Residual", "width": self.width}
+            ...
+
+    The contract: ``config()`` returns JSON data (dicts, lists, strings, numbers) whose
+    ``"type"`` is the registered name (``name``, default the class's name); the class takes it
+    back through a ``from_config(config)`` classmethod when it has one (e.g. to rebuild the
+    submodules from their own configs with :func:`from_config`), else as ``cls(**kwargs)``
+    with the config's other keys. Weights are not part of the config: they come from the
+    state dict. Registering a class again under its name (a re-run notebook cell) replaces it.
+
+    Raises:
+        TypeError: ``cls`` is not a Module subclass.
+        ValueError: ``name`` is not a non-empty string, is one of ember's own layer types, or
+            is taken by another class.
+    """
+    def register(c):
+        if not (isinstance(c, type) and issubclass(c, Module)):
+            raise TypeError(f"register_module: cls must be a subclass of ember.nn.Module, got "
+                            f"{c!r}")
+        key = c.__name__ if name is None else name
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"register_module: name must be a non-empty string, got {key!r}")
+        if key in _BUILTIN_TYPES:
+            raise ValueError(f"register_module: {key!r} is one of ember's own layer types; "
+                             "register the class under another name (name=...)")
+        old = _REGISTRY.get(key)
+        if old is not None and old is not c and \
+                (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__):
+            raise ValueError(f"register_module: the name {key!r} is taken by "
+                             f"{old.__module__}.{old.__qualname__}")
+        _REGISTRY[key] = c
+        return c
+
+    return register if cls is None else register(cls)
+
+
+def registered_modules() -> dict:
+    """The registered custom module classes by name (see :func:`register_module`)."""
+    return dict(_REGISTRY)
+
+
 def from_config(config: dict) -> Module:
-    """Rebuild a model from :meth:`Module.config` output (weights are not included)."""
+    """Rebuild a model from :meth:`Module.config` output (weights are not included): ember's
+    own layers, and the classes registered with :func:`register_module`."""
     try:
         kind = config["type"]
     except (TypeError, KeyError):
@@ -1005,4 +1267,71 @@ def from_config(config: dict) -> Module:
     classes = {"Identity": Identity, "ReLU": ReLU, "Tanh": Tanh, "Sigmoid": Sigmoid, "SiLU": SiLU}
     if kind in classes:
         return classes[kind]()
-    raise ValueError(f"from_config: unknown layer type {kind!r}")
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ValueError(f"from_config: unknown layer type {kind!r} (a custom module's class "
+                         "must be registered with ember.nn.register_module)")
+    if hasattr(cls, "from_config"):
+        model = cls.from_config(config)
+    else:
+        kwargs = {k: v for k, v in config.items() if k != "type"}
+        try:
+            model = cls(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"from_config: {kind}(**{kwargs!r}) failed ({exc}); give the class "
+                             "a from_config(config) classmethod, or make config() return its "
+                             "constructor's arguments") from None
+    if not isinstance(model, Module):
+        raise ValueError(f"from_config: {kind} built a {type(model).__name__}, not an "
+                         "ember.nn.Module")
+    return model
+
+
+def _check_trainable(model: Module, checkpointing: bool) -> None:
+    """For Trainer.fit, before any step: a model that cannot train (no forward or backward),
+    or, when checkpoints are written, whose architecture cannot be saved (no usable config()),
+    is refused with a TypeError naming what is missing."""
+    for name, hint in (("forward", "forward(x)"), ("backward", "backward(grad_out)")):
+        if getattr(type(model), name) is getattr(Module, name):
+            raise TypeError(f"fit: the model ({type(model).__name__}) does not define {name}: "
+                            f"ember has no autograd, so a custom ember.nn.Module implements "
+                            f"{hint} (see ember.nn.Module)")
+    if not checkpointing:
+        return
+    why = _config_problem(model)
+    if why is not None:
+        raise TypeError(f"fit: checkpoints save the model's architecture, and {why}")
+    unknown = sorted(set(_unregistered_types(model.config())))
+    if unknown:
+        import warnings
+        warnings.warn(f"fit: the model's type {', '.join(map(repr, unknown))} "
+                      f"{'is' if len(unknown) == 1 else 'are'} not registered with "
+                      "ember.nn.register_module: its checkpoints resume, but ember.load_model "
+                      "cannot rebuild it until it is", stacklevel=4)
+
+
+def _unregistered_types(cfg) -> Iterator[str]:
+    """The layer types in ``cfg`` (a Sequential's layers included) from_config cannot build."""
+    kind = cfg.get("type") if isinstance(cfg, dict) else None
+    if kind == "Sequential":
+        for layer in cfg.get("layers", ()):
+            yield from _unregistered_types(layer)
+    elif kind not in _BUILTIN_TYPES and kind not in _REGISTRY:
+        yield str(kind)
+
+
+def _config_problem(model: Module) -> Optional[str]:
+    """Why ``model``'s architecture cannot be saved in a checkpoint (and rebuilt), or None."""
+    import json
+    try:
+        cfg = model.config()
+    except NotImplementedError as exc:
+        return str(exc)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("type"), str):
+        return (f"{type(model).__name__}.config() must return a dict with a 'type' string, got "
+                f"{cfg!r}"[:300])
+    try:
+        json.dumps(cfg, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return f"{type(model).__name__}.config() must return JSON data ({exc})"
+    return None

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ember import ops
-from ember.nn import Module, Parameter
+from ember.nn import Module, Parameter, _materialize_zeros
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
 
@@ -40,6 +40,7 @@ class Optimizer:
     """Base class: holds named parameters, the step count and per-parameter state arrays."""
 
     _state_keys: tuple = ()
+    _zero_marks = -1  # the Parameter.zero_marks the last step saw (see step)
 
     def __init__(self, params, lr: float, max_grad_norm: Optional[float] = None):
         if isinstance(params, Module):
@@ -57,6 +58,7 @@ class Optimizer:
         self.last_grad_norm = float("nan")
         self.state: dict[str, dict[str, Any]] = {}
         self._lists = None
+        self._zero_marks = Parameter.zero_marks
 
     @property
     def params(self):
@@ -117,7 +119,14 @@ class Optimizer:
         return lists[4]
 
     def step(self) -> tuple[float, bool]:
-        """Update all trainable parameters. Returns ``(grad_norm, skipped)``."""
+        """Update all trainable parameters from their gradients (summed over the backward
+        passes since the last ``zero_grad``, as in PyTorch; the step does not clear them).
+        Returns ``(grad_norm, skipped)``."""
+        if Parameter.zero_marks != self._zero_marks:
+            # zero_grad ran since the last step: a gradient it cleared that no backward wrote
+            # since is zero (the plan reads the arrays, not Parameter.grad)
+            self._zero_marks = Parameter.zero_marks
+            _materialize_zeros(p for _, p in self.named_params)
         ps, gs, states = self._active()
         if not ps:
             return 0.0, False
@@ -146,10 +155,15 @@ class Optimizer:
         return tuple((k, tuple(v) if isinstance(v, list) else v)
                      for k, v in self.hyperparameters().items() if k != "lr")
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Clear the gradients of the optimized parameters (see :meth:`ember.nn.Module.zero_grad`:
+        free, the next backward writes them)."""
         for p in self.params:
-            if p.grad is not None:
-                p.grad[...] = 0
+            if set_to_none:
+                p.grad = None
+            elif p._grad is not None:
+                p._zero = True
+        Parameter.zero_marks += 1
 
     def hyperparameters(self) -> dict:
         return {"optimizer": type(self).__name__, "lr": self.lr,

@@ -292,7 +292,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, seed: int = 0, shuffle: bool = True,
-            verbose: int = 1, checkpoint_dir=None, resume=None) -> History:
+            verbose: int = 1, checkpoint_dir=None, resume=None,
+            accumulate_steps: int = 1) -> History:
         """Train for ``epochs`` passes over ``(x, y)``.
 
         Args:
@@ -306,24 +307,38 @@ class Trainer:
             verbose: 0 silent, 1 progress and the end-of-training report.
             checkpoint_dir: directory for checkpoints (see :mod:`ember.checkpoint`).
             resume: ``"latest"`` or a checkpoint path to continue an interrupted run.
+            accumulate_steps: micro-batches of ``batch_size`` per optimizer step (>= 1): their
+                gradients are summed, each scaled so that the step's gradient is the one of the
+                batch of all their samples (the mean over the group's samples, weighted as the
+                loss weights them; the sum for ``reduction="sum"``). Groups do not cross epochs:
+                the last of an epoch takes the micro-batches left (fewer, the last possibly
+                short): an epoch has ``ceil(batches / accumulate_steps)`` steps.
+                ``global_step``, the optimizer's step count, per-batch callbacks (their
+                ``loss`` is the step's), ``every_n_steps`` checkpoints and schedules count
+                optimizer steps. 1 (the default): one step per batch.
 
         Returns:
             The :class:`History` (also ``trainer.history``).
 
         Raises:
             ValueError: bad data or hyperparameters, before any training step.
+            TypeError: a model without ``backward`` (or, with checkpoints, ``config``), before
+                any training step.
         """
         try:
             return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
-                             shuffle, verbose, checkpoint_dir, resume)
+                             shuffle, verbose, checkpoint_dir, resume, accumulate_steps)
         finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
             from ember.checkpoint import ModelCheckpoint
             for cb in getattr(self, "_checkpoint_callbacks", None) or ():
                 if isinstance(cb, ModelCheckpoint):
                     cb._unlock()
+            # the fit's step settings (see _fit) are not the model's
+            self.model.__dict__.pop("_reuse_buffers", None)
+            self.model.__dict__.pop("_accumulate_override", None)
 
     def _fit(self, x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle,
-             verbose, checkpoint_dir, resume) -> History:
+             verbose, checkpoint_dir, resume, accumulate_steps=1) -> History:
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"fit: epochs must be a positive integer, got {epochs!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
@@ -344,9 +359,18 @@ class Trainer:
         if not isinstance(verbose, (int, np.integer)) or verbose < 0:
             raise ValueError(f"fit: verbose must be 0 (silent) or 1 (progress and report), got "
                              f"{verbose!r}")
+        if isinstance(accumulate_steps, (bool, np.bool_)) or \
+                not isinstance(accumulate_steps, numbers.Integral) or accumulate_steps < 1:
+            raise ValueError(f"fit: accumulate_steps must be a positive integer (micro-batches "
+                             f"per optimizer step), got {accumulate_steps!r}")
+        accumulate_steps = int(accumulate_steps)
         if y is None:
             raise ValueError("fit: y is required (class indices for classification, targets "
                              "for regression)")
+        from ember.checkpoint import ModelCheckpoint
+        from ember.nn import _check_trainable
+        _check_trainable(self.model, checkpoint_dir is not None or resume is not None or any(
+            isinstance(c, ModelCheckpoint) for c in self.user_callbacks))
         x, y = self._prepare(x, y, "fit")
         if validation_split:
             try:
@@ -369,6 +393,7 @@ class Trainer:
         self._data_digest = data_digest(x, y) if checkpointing else None
         # Validated on the host; on the GPU the data moves to the device once, here, and batches
         # are gathered there (DataLoader follows the arrays' device).
+        y_host = y  # (accumulate_steps > 1 with class weights reads the labels' weights)
         x, y = self._to_device(x, y)
         if validation is not None:
             validation = self._to_device(*validation)
@@ -376,14 +401,18 @@ class Trainer:
         self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
                            "validation_split": float(validation_split), "seed": int(seed),
                            "shuffle": bool(shuffle), "n_train": int(len(x)),
-                           "n_val": 0 if validation is None else int(len(validation[0]))}
+                           "n_val": 0 if validation is None else int(len(validation[0])),
+                           "accumulate_steps": accumulate_steps}
         if self.task == "regression":  # the scale a regression fit is judged on (R², report)
             self.fit_params["target_variance"] = _mean_variance(y)
             if validation is not None:
                 self.fit_params["val_target_variance"] = _mean_variance(validation[1])
-        loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        # The loop is done with each batch before drawing the next: reused buffers.
+        loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            reuse_buffers=True)
         self.epochs = int(epochs)
-        self.steps_per_epoch = len(loader)
+        accum = accumulate_steps
+        self.steps_per_epoch = -(-len(loader) // accum)  # optimizer steps (accum batches each)
         self.stop_training = False
         self.stop_reason = None
         self.restored_epoch = None
@@ -426,9 +455,32 @@ class Trainer:
         # call per batch for forward, loss and backward (the same bits; see
         # Sequential._fused_train_step); anything else goes layer by layer.
         fused = (self.device == "cpu" and self._fused and isinstance(model, Sequential) and
-                 model._fused_step_ok(loss_fn))
+                 model._fused_step_ok(loss_fn) and accum == 1)
+        # Gradients: each step's first micro-batch writes them, the others add to them. A
+        # Sequential of ember's own layers is told so (its Linear layers write or add, as the
+        # fused step and a captured CUDA graph do); any other model gets zero_grad (which only
+        # marks the gradients) before each step. The Trainer's forward calls are done with their
+        # output before the next: a Sequential's outputs go to reused buffers.
+        from ember import nn
+        plain = (isinstance(model, Sequential) and type(model).backward is Sequential.backward
+                 and all(type(layer).__module__ == nn.__name__ and
+                         not isinstance(layer, Sequential) for layer in model.layers))
+        params = model.parameters()
+        if isinstance(model, Sequential) and type(model).forward is Sequential.forward:
+            model._reuse_buffers = True
+        if plain:
+            model._accumulate_override = False
+            for p in params:  # every step writes every gradient: a zero_grad mark is moot
+                p._zero = False
+        mean = getattr(loss_fn, "reduction", "mean") != "sum"
+        class_weight = getattr(loss_fn, "weight", None) if mean and accum > 1 else None
+        if class_weight is not None:  # a step's mean divides by its samples' summed weights
+            class_weight = np.asarray(class_weight.get() if hasattr(class_weight, "get")
+                                      else class_weight, dtype=np.float64)
         runner = None
-        if self.device == "cuda":
+        if self.device == "cuda" and accum > 1:
+            self.step_path = "step by step (accumulate_steps > 1)"
+        elif self.device == "cuda":
             from ember import _cuda_graph
             why = _cuda_graph.graph_ok(self, cbs)
             self.step_path = "cuda graphs" if why is None else f"step by step ({why})"
@@ -461,11 +513,64 @@ class Trainer:
                     except Exception:  # noqa: BLE001 - the first error is the one to see
                         pass
                     raise
-            batches = () if runner is not None else loader.batches(epoch, start)
+            if accum > 1:  # steps of accum micro-batches (start counts steps)
+                bs, nb = loader.batch_size, len(loader)
+                micro = loader.batches(epoch, start * accum)
+                order = loader.order(epoch) if class_weight is not None else None
+                for s in range(start, self.steps_per_epoch):
+                    if cbs.wants_batch_begin:
+                        cbs.on_batch_begin(s, batch_logs)
+                    first, last = s * accum, min(s * accum + accum, nb)
+                    sizes = [min(bs, loader.n - b * bs) for b in range(first, last)]
+                    # what each micro-batch's mean divides by; scaled by its share of the
+                    # step's total, the summed gradients are the mean over all their samples
+                    denoms = [float(m) for m in sizes]
+                    if order is not None:
+                        w = class_weight[y_host[order[first * bs:first * bs + sum(sizes)]]]
+                        ends = np.cumsum([0] + sizes)
+                        denoms = [float(w[a:e].sum()) for a, e in zip(ends[:-1], ends[1:])]
+                    total = sum(denoms)
+                    step_loss, step_n = 0.0, 0
+                    for j, (xb, yb) in zip(range(last - first), micro):
+                        n = xb.shape[0]
+                        if plain:
+                            model._accumulate_override = j > 0
+                        elif j == 0:
+                            nn._mark_zero(params)
+                        out = model.forward(xb)
+                        loss = loss_fn.forward(out, yb)
+                        if classify:
+                            acc[1] += count_correct(out, yb) * n
+                        g = loss_fn.backward()
+                        if mean and denoms[j] != total:
+                            g = g * np.float32(denoms[j] / total if total else 0.0)
+                        model.backward(g)
+                        step_loss += loss * denoms[j] if mean else loss
+                        step_n += n
+                    # the step's loss is the one of the batch of all its samples (and so is
+                    # the epoch's average: the same as a fit with batches that large)
+                    step_loss = step_loss / total if mean and total else step_loss
+                    norm, was_skipped = opt.step()
+                    self.global_step += 1
+                    acc[0] += step_loss * step_n
+                    acc[2] += step_n
+                    acc[3] += norm
+                    acc[4] += 1
+                    acc[5] += was_skipped
+                    self.batch_in_epoch = s + 1
+                    if cbs.wants_batch_end:
+                        batch_logs = {"loss": step_loss, "grad_norm": norm,
+                                      "skipped": was_skipped, "epoch": epoch, "size": step_n}
+                        cbs.on_batch_end(s, batch_logs)
+                    if self.stop_training:
+                        break
+            batches = () if runner is not None or accum > 1 else loader.batches(epoch, start)
             for b, (xb, yb) in enumerate(batches, start):
                 if cbs.wants_batch_begin:
                     cbs.on_batch_begin(b, batch_logs)
                 n = xb.shape[0]
+                if not plain:
+                    nn._mark_zero(params)
                 if fused:
                     loss, correct = model._fused_train_step(xb, yb, loss_fn, classify)
                     if classify:
