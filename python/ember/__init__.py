@@ -12,10 +12,10 @@ Example:
 from ember.errors import CheckpointError, CudaError  # first: ember._cuda looks CudaError up
 from ember import backend, ops
 from ember.backend import cuda_available, get_num_threads, info, set_num_threads
-from ember import callbacks, data, datasets, losses, nn, optim, schedules
+from ember import callbacks, data, datasets, losses, nn, optim, preprocessing, schedules
 from ember.trainer import History, Trainer
 from ember import checkpoint
-from ember.checkpoint import load_model, load_trainer
+from ember.checkpoint import load_model, load_trainer, save_model
 
 __version__ = "0.1.0"
 
@@ -23,5 +23,5 @@ __all__ = [
     "__version__", "backend", "ops", "info", "set_num_threads", "get_num_threads",
     "cuda_available", "CudaError", "CheckpointError", "nn", "losses", "optim", "schedules",
     "data", "datasets", "callbacks", "Trainer", "History", "checkpoint", "load_model",
-    "load_trainer",
+    "load_trainer", "save_model", "preprocessing",
 ]

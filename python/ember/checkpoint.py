@@ -52,7 +52,7 @@ import numpy as np
 from ember.callbacks import Callback, _Monitor
 from ember.errors import CheckpointError
 
-__all__ = ["FORMAT_VERSION", "ModelCheckpoint", "save_checkpoint", "load_checkpoint",
+__all__ = ["FORMAT_VERSION", "ModelCheckpoint", "save_checkpoint", "save_model", "load_checkpoint",
            "load_model", "load_trainer", "resolve_checkpoint", "list_checkpoints"]
 
 FORMAT_VERSION = 1
@@ -283,6 +283,71 @@ def save_checkpoint(trainer, directory, callbacks=(), name: Optional[str] = None
         raise CheckpointError(f"save_checkpoint: parameter {bad!r} holds NaN or Inf; such a "
                               f"checkpoint could not be loaded, so none is written")
     return _write_checkpoint(trainer, directory, callbacks, name, finished)
+
+
+def save_model(model, path) -> Path:
+    """Save ``model`` (architecture and weights) as a checkpoint directory at ``path``, which
+    :func:`load_model` reads back (also ``model.save(path)``); returns the path.
+
+    The directory holds ``model.safetensors`` (PyTorch names), ``trainer.json`` (the
+    architecture) and a SHA-256 manifest; it is written next to ``path`` and renamed into
+    place, so an existing save at ``path`` is replaced whole or not at all.
+
+    Raises:
+        TypeError: ``model`` is not an ember Module, or has no ``config()`` (register custom
+            layers with :func:`ember.nn.register_module`).
+        ValueError: ``path`` is a file, or a folder holding anything but an earlier save.
+        CheckpointError: a parameter holds NaN or Inf (such a save could not be loaded).
+    """
+    from ember import __version__
+    from ember.nn import Module
+    if not isinstance(model, Module):
+        raise TypeError(f"save_model: model must be an ember.nn.Module, got "
+                        f"{type(model).__name__}")
+    path = _as_path(path, "save_model: path")
+    try:
+        arch = model.config()
+    except NotImplementedError:
+        raise TypeError(f"save_model: {type(model).__name__} has no config(), so its "
+                        "architecture cannot be saved; give it one (see "
+                        "ember.nn.register_module)") from None
+    bad = _non_finite_parameter(model)
+    if bad is not None:
+        raise CheckpointError(f"save_model: parameter {bad!r} holds NaN or Inf; such a save "
+                              "could not be loaded, so none is written")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_model: path {str(path)!r} is a file; give a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / _MANIFEST).is_file():
+        raise ValueError(f"save_model: {str(path)!r} already holds other files; save into a "
+                         "new or empty directory (or over an earlier save)")
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files = {"model.safetensors": _write_file(tmp / "model.safetensors",
+                                                  _safetensors_chunks(model.state_dict())),
+                 "optimizer.safetensors": _write_file(tmp / "optimizer.safetensors",
+                                                      _safetensors_chunks({}))}
+        state = {"format_version": FORMAT_VERSION, "ember_version": __version__,
+                 "saved_by": "save_model", "model": arch, "device": model.device}
+        files["trainer.json"] = _write_file(
+            tmp / "trainer.json", json.dumps(state, indent=1, default=_json_default).encode())
+        _write_file(tmp / _MANIFEST,
+                    "".join(f"{h}  {f}\n" for f, h in sorted(files.items())).encode())
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = parent / f"{_TMP_PREFIX}old-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(parent)
+    return path
 
 
 def _write_checkpoint(trainer, directory: Path, callbacks, name: Optional[str],
@@ -769,8 +834,10 @@ def _restore_optimizer(trainer, ck: dict) -> None:
 
 
 class _Resume:
-    def __init__(self, finished: Optional[str]):
+    def __init__(self, finished: Optional[str], message: Optional[str] = None):
         self.finished = finished
+        #: what fit prints (verbose) after restoring: where the run continues
+        self.message = message
 
 
 def _configured(trainer) -> dict:
@@ -919,8 +986,19 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
     for key, arr in ck["callbacks"].items():
         ckey, _, name = key.partition("/")
         cb_arrays.setdefault(ckey, {})[name] = arr
+    # A callback's state is found by its place and type ("2:LRScheduler"); when the list
+    # changed around it (a callback added or dropped before it on resume), by its type and its
+    # rank among the callbacks of that type, so it still continues the run.
+    of_type: dict[str, list] = {}
+    for key in list(saved_cbs) + [k for k in cb_arrays if k not in saved_cbs]:
+        of_type.setdefault(key.partition(":")[2], []).append(key)
+    rank: dict[str, int] = {}
     for i, cb in enumerate(callbacks):
         key = _callback_key(i, cb)
+        name = type(cb).__name__
+        n = rank[name] = rank.get(name, -1) + 1
+        if key not in saved_cbs and key not in cb_arrays and n < len(of_type.get(name, ())):
+            key = of_type[name][n]
         try:
             if key in saved_cbs:
                 cb.load_state_dict(saved_cbs[key])
@@ -933,7 +1011,10 @@ def attach_checkpointing(trainer, checkpoint_dir, resume, callbacks: list) -> _R
         return _Resume(f"the run stopped early ({st['stop_reason']})")
     if trainer.epoch >= trainer.epochs:
         return _Resume(f"the run already completed {trainer.epoch} of {trainer.epochs} epochs")
-    return _Resume(None)
+    batch = trainer._start_batch
+    where = f"batch {batch + 1} of {trainer.steps_per_epoch}" if batch else "its start"
+    return _Resume(None, f"ember: resumed {here} at epoch {trainer.epoch + 1} of "
+                         f"{trainer.epochs} ({where}), step {trainer.global_step}")
 
 
 def _describe(cfg) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import numbers
+import sys
 import time
 import warnings
 from typing import Any, Optional, Sequence
@@ -328,6 +329,11 @@ class Trainer:
         try:
             return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
                              shuffle, verbose, checkpoint_dir, resume, accumulate_steps)
+        except KeyboardInterrupt:  # Ctrl-C: say how to continue the run, then stop as asked
+            hint = self._resume_hint() if self.resume_hint else None
+            if hint:
+                print(hint, file=sys.stderr, flush=True)
+            raise
         finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
             from ember.checkpoint import ModelCheckpoint
             for cb in getattr(self, "_checkpoint_callbacks", None) or ():
@@ -336,6 +342,27 @@ class Trainer:
             # the fit's step settings (see _fit) are not the model's
             self.model.__dict__.pop("_reuse_buffers", None)
             self.model.__dict__.pop("_accumulate_override", None)
+
+    #: Print how to resume when a fit with checkpoints is interrupted (Ctrl-C); a program
+    #: with its own message (``ember train``) turns it off.
+    resume_hint = True
+
+    def _resume_hint(self) -> Optional[str]:
+        """After an interrupted fit that wrote checkpoints: where the run stands and the call
+        that continues it. None when the fit had no checkpoints."""
+        from ember.checkpoint import ModelCheckpoint
+        saving = [c for c in getattr(self, "_checkpoint_callbacks", None) or ()
+                  if isinstance(c, ModelCheckpoint)]
+        if not saving:
+            return None
+        cb = saving[0]
+        done = (f"the newest checkpoint is {cb.last_saved}" if cb.last_saved is not None else
+                f"no checkpoint was written in this fit yet; {cb.directory} holds what was "
+                "saved before")
+        return (f"ember: training interrupted at epoch {self.epoch + 1} of {self.epochs}, step "
+                f"{self.global_step}; {done}. To continue exactly where it was saved, call fit "
+                f"again with the same data and arguments and checkpoint_dir="
+                f"{str(cb.directory)!r}, resume='latest'")
 
     def _fit(self, x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle,
              verbose, checkpoint_dir, resume, accumulate_steps=1) -> History:
@@ -442,6 +469,8 @@ class Trainer:
             if verbose:
                 print(f"ember: {ckpt.finished}; nothing more to train.")
             return self.history
+        if ckpt is not None and ckpt.message and verbose:
+            print(ckpt.message)
 
         # The loop is the same on both devices. On the GPU, a plain Linear stack with
         # cross-entropy or MSE and SGD/Adam(W) replays each step as a CUDA graph that leaves the
