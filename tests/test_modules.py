@@ -354,3 +354,30 @@ def test_register_module_checks_its_arguments():
     with pytest.raises(ValueError, match=r"NeedsArgs\(\*\*\{\}\) failed"):
         nn.from_config({"type": "test_modules.NeedsArgs"})
     assert nn.from_config({"type": "test_modules.NeedsArgs", "width": 3}).width == 3
+
+
+def test_a_sequential_holding_a_custom_module_trains_as_the_manual_loop():
+    from ember.data import DataLoader
+    from ember.losses import CrossEntropy
+    from ember.optim import SGD
+
+    def make():
+        return nn.Sequential(nn.Linear(64, 32, seed=1), nn.ReLU(),
+                             Residual(nn.Linear(32, 32, seed=2)), nn.Linear(32, 10, seed=3))
+    x, y = _digits()
+    manual = make()
+    opt, loss = SGD(manual, lr=0.05, momentum=0.9), CrossEntropy()
+    loader = DataLoader(x.astype(np.float32), y, batch_size=16, seed=2)
+    for _ in range(2):
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss.forward(manual.forward(xb), yb)
+            manual.backward(loss.backward())
+            opt.step()
+    fitted = make()
+    t = Trainer(fitted, optimizer="sgd", lr=0.05, momentum=0.9)
+    t.fit(x, y, epochs=2, batch_size=16, seed=2, verbose=0)
+    assert t.step_path == "layer by layer"
+    for k, w in manual.state_dict().items():
+        np.testing.assert_array_equal(fitted.state_dict()[k], w, err_msg=k)
+    assert "2.fc.weight" in fitted.state_dict()
