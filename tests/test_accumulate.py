@@ -314,3 +314,31 @@ def test_more_micro_batches_a_step_than_an_epoch_has():
     t = Trainer(nn.MLP([6, 8, 3]), optimizer="sgd", lr=0.1)
     t.fit(x, y, epochs=2, batch_size=8, accumulate_steps=10, verbose=0)
     assert t.steps_per_epoch == 1 and t.global_step == 2
+
+
+def test_a_weight_shared_by_two_layers_gets_both_gradients_in_fit():
+    # tied weights: the step's gradient is the sum of both uses (it was the last one written)
+    torch = pytest.importorskip("torch")
+    x, y = _data("classification", n=48)
+    lin, lin2 = nn.Linear(6, 6, seed=1), nn.Linear(6, 6)
+    lin2.weight, lin2.bias = lin.weight, lin.bias  # two layers, one weight
+    model = nn.Sequential(lin, nn.Tanh(), lin2, nn.Tanh(), nn.Linear(6, 3, seed=2))
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "4.weight",
+                                                        "4.bias"]
+    tm = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Identity(),
+                             torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    tm[2] = tm[0]
+    tm.load_state_dict({k: torch.from_numpy(v.astype(np.float64))
+                        for k, v in model.state_dict().items()}, strict=False)
+    opt = torch.optim.SGD(tm.parameters(), lr=0.1)
+    order = DataLoader(x, y, batch_size=16, seed=1).order(0)
+    tx, ty = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y)
+    for i in range(0, 48, 16):
+        idx = torch.from_numpy(order[i:i + 16])
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(tm(tx[idx]), ty[idx]).backward()
+        opt.step()
+    Trainer(model, optimizer="sgd", lr=0.1).fit(x, y, epochs=1, batch_size=16, seed=1,
+                                                verbose=0)
+    check_op(lin.weight.data, tm[0].weight.detach().numpy(), 1e-5, "tied weight")
+    check_op(model[4].weight.data, tm[4].weight.detach().numpy(), 1e-5, "head")

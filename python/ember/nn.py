@@ -872,8 +872,12 @@ class Sequential(Module):
             yield str(i), layer
 
     def named_parameters(self, prefix: str = ""):
+        seen: set = set()  # a layer used twice (tied weights) counts once, as in PyTorch
         for i, layer in enumerate(self.layers):
-            yield from layer.named_parameters(f"{prefix}{i}.")
+            for name, p in layer.named_parameters(f"{prefix}{i}."):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield name, p
 
     def _buf(self, key, shape, like):
         buf = self._buffers.get(key)

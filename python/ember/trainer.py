@@ -483,18 +483,21 @@ class Trainer:
         # On the CPU a plain Sequential/MLP with softmax cross-entropy trains through one kernel
         # call per batch for forward, loss and backward (the same bits; see
         # Sequential._fused_train_step); anything else goes layer by layer.
-        fused = (self.device == "cpu" and self._fused and isinstance(model, Sequential) and
-                 model._fused_step_ok(loss_fn) and accum == 1)
         # Gradients: each step's first micro-batch writes them, the others add to them. A
-        # Sequential of ember's own layers is told so (its Linear layers write or add, as the
-        # fused step and a captured CUDA graph do); any other model gets zero_grad (which only
-        # marks the gradients) before each step. The Trainer's forward calls are done with their
-        # output before the next: a Sequential's outputs go to reused buffers.
+        # Sequential of ember's own layers (no parameter shared by two of them) is told so (its
+        # Linear layers write or add, as the fused step and a captured CUDA graph do); any other
+        # model gets zero_grad (which only marks the gradients) before each step. The Trainer's
+        # forward calls are done with their output before the next: a Sequential's outputs go
+        # to reused buffers.
         from ember import nn
+        params = model.parameters()
         plain = (isinstance(model, Sequential) and type(model).backward is Sequential.backward
                  and all(type(layer).__module__ == nn.__name__ and
-                         not isinstance(layer, Sequential) for layer in model.layers))
-        params = model.parameters()
+                         not isinstance(layer, Sequential) for layer in model.layers) and
+                 sum(1 for layer in model.layers for _ in layer.named_parameters()) ==
+                 len(params))
+        fused = (self.device == "cpu" and self._fused and plain and
+                 model._fused_step_ok(loss_fn) and accum == 1)
         if isinstance(model, Sequential) and type(model).forward is Sequential.forward:
             model._reuse_buffers = True
         if plain:
