@@ -515,6 +515,8 @@ class Trainer:
         elif self.device == "cuda":
             from ember import _cuda_graph
             why = _cuda_graph.graph_ok(self, cbs)
+            if why is None and not plain:  # (a captured step writes each gradient once)
+                why = "a parameter is shared by two layers"
             self.step_path = "cuda graphs" if why is None else f"step by step ({why})"
             if why is None:
                 runner = _cuda_graph.GraphRunner(self, classify)
