@@ -2,6 +2,7 @@
 
     python bench/bench_contention.py [--window 3] [--rounds 3] [--threads 2]
                                      [--ember-path python] [--ember-path build/ab/<sha>/python]
+                                     [--wait-idle 30] [--only "ember alone" ...]
 
 The fit is issue 16's "digits 8-epoch fit": ember.Trainer(MLP([64, 256, 256, 10]), Adam lr
 1e-3).fit(digits x, y, epochs=8, batch_size=32), all 1797 samples. Every job runs in its own
@@ -34,6 +35,29 @@ import sys
 import time
 
 EPOCHS, BATCH, SIZES = 8, 32, [64, 256, 256, 10]
+
+
+def wait_idle(limit: float) -> bool:
+    """Waits (up to ``limit`` seconds) until the machine has been >= 95 % idle for two 0.5 s
+    looks at /proc/stat: other people's jobs on this shared VM would otherwise land in the
+    middle of a measurement. Returns whether it got there."""
+    if limit <= 0:
+        return True
+
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    t_end, ok = time.time() + limit, 0
+    while time.time() < t_end:
+        i0, t0 = snap()
+        time.sleep(0.5)
+        i1, t1 = snap()
+        ok = ok + 1 if (i1 - i0) / max(1, t1 - t0) >= 0.95 else 0
+        if ok >= 2:
+            return True
+    return False
 
 
 # ---- child processes ------------------------------------------------------------------------
@@ -145,6 +169,8 @@ def main() -> None:
     ap.add_argument("--ember-path", action="append",
                     help="python/ directory of an ember build (repeatable; default: PYTHONPATH)")
     ap.add_argument("--only", nargs="*", help="scenario names to run (default: all)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for the machine to be idle")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -177,6 +203,7 @@ def main() -> None:
     for r in range(args.rounds):
         k = r % len(scenarios)
         for name, jobs in scenarios[k:] + scenarios[:k]:
+            wait_idle(args.wait_idle)
             res = run_scenario(jobs, args.threads, args.window)
             if not res[0]:
                 print(f"  round {r + 1} {name}: no job finished inside the window", flush=True)

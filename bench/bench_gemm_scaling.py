@@ -1,7 +1,7 @@
 """GEMM thread scaling, ember vs NumPy (OpenBLAS): each side in its own process, interleaved.
 
-    PYTHONPATH=python python bench/bench_gemm_scaling.py [--rounds 6] [--seconds 1.5]
-                                                         [--cases 1024,1024,1024 128,256,784]
+    PYTHONPATH=python python bench/bench_gemm_scaling.py [--rounds 6] [--seconds 1.5] [--pair]
+                       [--cases 1024,1024,1024 128,256,784] [--wait-idle 30]
 
 A case is m,n,k: C (m x n) = A (m x k) B (k x n), row-major float32 (128,256,784 is the
 README's 128x784 . 784x256). Every round runs, for each case and thread count (1, 2), one child
@@ -26,6 +26,29 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+def wait_idle(limit: float) -> bool:
+    """Waits (up to ``limit`` seconds) until the machine has been >= 95 % idle for two 0.5 s
+    looks at /proc/stat: other people's jobs on this shared VM would otherwise land in the
+    middle of a measurement. Returns whether it got there."""
+    if limit <= 0:
+        return True
+
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    t_end, ok = time.time() + limit, 0
+    while time.time() < t_end:
+        i0, t0 = snap()
+        time.sleep(0.5)
+        i1, t1 = snap()
+        ok = ok + 1 if (i1 - i0) / max(1, t1 - t0) >= 0.95 else 0
+        if ok >= 2:
+            return True
+    return False
 
 
 def child(lib: str, threads: int, m: int, n: int, k: int, seconds: float, cpu: int | None,
@@ -98,6 +121,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--cases", nargs="+", default=["1024,1024,1024", "128,256,784"])
     ap.add_argument("--pair", action="store_true")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for the machine to be idle")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
@@ -117,6 +142,7 @@ def main() -> None:
         order = keys if r % 2 == 0 else keys[::-1]
         for key in order:
             case, lib, t = key
+            wait_idle(args.wait_idle)
             if t == "pair":
                 start = time.time() + 2.0  # after both children have imported and warmed up
                 ps = [spawn(lib, 1, case, args.seconds, cpu=i, start=start) for i in (0, 1)]

@@ -214,13 +214,17 @@ constexpr int64_t kPreemptedNs = 50000;
 constexpr int64_t kYieldNs = 20000;
 // EMBER_POOL_ADAPT=0 turns off the contention back-off below (for measurements).
 const bool kAdapt = env_int("EMBER_POOL_ADAPT", 1, 0, 1) != 0;
-// Contention back-off: when 2 of 16 consecutive parallel calls find a worker late (spinning,
-// yet it claimed nothing; or preempted while it spun; or the caller waited on it for much longer
-// than its own share took), calls run on the calling thread alone for kBackoffNs, doubling while
-// the contention lasts (up to kMaxBackoffNs), back to kBackoffNs after 16 calls without one.
-constexpr int kWindow = 16, kBadInWindow = 2;
-constexpr int64_t kBackoffNs = 4000000, kMaxBackoffNs = 64000000;
-constexpr int64_t kLateWaitNs = 200000;
+// Contention back-off: when 3 of 16 consecutive parallel calls find a worker late, calls run on
+// the calling thread alone for kBackoffNs, doubling while the contention lasts (up to
+// kMaxBackoffNs), back to kBackoffNs after 16 calls without one. Late: a spinning worker claimed
+// nothing although the caller's tasks took over kLateIdleNs (a running spinner arrives within
+// ~1 us, or after a yield, a few); or a worker's spin found itself preempted; or the caller
+// waited on a worker's task for over kLateWaitNs and longer than its own share took. (Without
+// the kLateIdleNs floor, workers a microsecond late for 1-2 us calls set it off on a quiet
+// machine: 20 % of a 200x100x64 GEMM loop's calls ran alone.)
+constexpr int kWindow = 16, kBadInWindow = 3;
+constexpr int64_t kBackoffNs = 2000000, kMaxBackoffNs = 64000000;
+constexpr int64_t kLateIdleNs = 20000, kLateWaitNs = 200000;
 
 thread_local bool t_in_task = false;
 
@@ -246,6 +250,7 @@ struct Pool {
   int64_t serial_until = 0, backoff = kBackoffNs;
   int window_calls = 0, window_bad = 0;
   uint64_t stat_parallel = 0, stat_serial = 0, stat_bad = 0, stat_backoffs = 0;
+  uint64_t stat_idle_late = 0, stat_long_wait = 0, stat_preempted = 0;
 
   bool claim(uint32_t g, int& task) {
     uint64_t w = word.load(std::memory_order_acquire);
@@ -380,10 +385,12 @@ void print_stats() {
   const Pool* p = g_pool;
   std::fprintf(stderr,
                "ember pool: %llu calls on the pool, %llu alone (back-off), %llu late, "
-               "%llu back-offs, %u worker claims, %u preempted spins\n",
+               "%llu back-offs, %u worker claims, %u preempted spins; late: %llu idle worker, %llu long "
+               "wait, %llu preempted\n",
                (unsigned long long)p->stat_parallel, (unsigned long long)p->stat_serial,
                (unsigned long long)p->stat_bad, (unsigned long long)p->stat_backoffs,
-               p->worker_claims.load(), p->preempted.load());
+               p->worker_claims.load(), p->preempted.load(), (unsigned long long)p->stat_idle_late,
+               (unsigned long long)p->stat_long_wait, (unsigned long long)p->stat_preempted);
 }
 
 Pool* pool() {
@@ -453,10 +460,13 @@ void parallel_run(int tasks, TaskFn fn, void* ctx) {
   p->wait_done();
   if (kAdapt) {
     const int64_t t2 = now_ns();
-    const bool idle_worker_late = asleep == 0 &&
+    const bool idle_worker_late = asleep == 0 && t1 - t0 > kLateIdleNs &&
                                   p->worker_claims.load(std::memory_order_relaxed) == claims0;
     const bool long_wait = t2 - t1 > kLateWaitNs && t2 - t1 > t1 - t0;
     const bool preempted = p->preempted.load(std::memory_order_relaxed) != preempted0;
+    p->stat_idle_late += idle_worker_late;
+    p->stat_long_wait += long_wait;
+    p->stat_preempted += preempted;
     p->record(idle_worker_late || long_wait || preempted, t2);
   }
   std::exception_ptr error;
