@@ -342,3 +342,43 @@ def test_a_weight_shared_by_two_layers_gets_both_gradients_in_fit():
                                                 verbose=0)
     check_op(lin.weight.data, tm[0].weight.detach().numpy(), 1e-5, "tied weight")
     check_op(model[4].weight.data, tm[4].weight.detach().numpy(), 1e-5, "head")
+
+
+def test_a_loop_without_zero_grad_is_warned_once():
+    """A hand-written loop from before gradients accumulated (no zero_grad) now sums every
+    step's gradients into the next: say so instead of training differently without a word."""
+    import warnings
+
+    from ember import nn as enn
+    from ember import optim as optim_module
+    from ember.optim import SGD
+    from ember.losses import CrossEntropy
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    model = enn.MLP([4, 5, 3])
+    loss, opt = CrossEntropy(), SGD(model, lr=0.1)
+    optim_module._carried_over_warned = False
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):  # zero_grad every step: no warning
+            opt.zero_grad()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            opt.step()
+        assert not seen
+        for _ in range(3):  # no zero_grad: the second backward adds to used gradients
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            opt.step()
+    assert len(seen) == 1 and "zero_grad()" in str(seen[0].message)
+    # accumulating on purpose (two backward passes, then one step) is not warned about
+    optim_module._carried_over_warned = False
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        opt.zero_grad()
+        for _ in range(2):
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+        opt.step()
+    assert not seen

@@ -160,3 +160,27 @@ def test_model_checkpoint_is_importable_from_callbacks():
     from ember.callbacks import ModelCheckpoint
     from ember.checkpoint import ModelCheckpoint as Same
     assert ModelCheckpoint is Same
+
+
+def test_module_save_and_hyperparameters_of_a_model_without_config(tmp_path):
+    x, y = _blobs()
+    m = nn.MLP([5, 4, 3])
+    m.save(tmp_path / "m")
+    back = ember.load_model(tmp_path / "m")
+    np.testing.assert_array_equal(back.predict(x), m.eval().predict(x))
+
+    class NoConfig(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+        def backward(self, g):
+            return self.fc.backward(g)
+
+    t = Trainer(NoConfig())
+    t.fit(x, y, epochs=1, verbose=0)
+    assert t.hyperparameters()["model"] is None  # (it raised NotImplementedError)
+    with pytest.raises(TypeError, match="has no config()"):
+        t.model.save(tmp_path / "n")

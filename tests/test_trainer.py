@@ -36,6 +36,7 @@ def test_low_level_loop_equals_trainer():
     loader = DataLoader(x, y, batch_size=17, shuffle=True, seed=5)
     for epoch in range(3):
         for xb, yb in loader.batches(epoch):
+            opt.zero_grad()  # gradients accumulate until cleared, as in PyTorch
             out = model.forward(xb)
             loss_fn.forward(out, yb)
             model.backward(loss_fn.backward())

@@ -120,6 +120,10 @@ class Parameter:
     #: Bumped by every zero_grad: an optimizer step that sees it changed zero-fills the
     #: gradients cleared since (and not written by a backward pass), so it never reads stale ones.
     zero_marks = 0
+    #: Bumped by every backward pass that adds to gradients (rather than writing cleared or
+    #: new ones): an optimizer step that sees it changed, with no zero_grad since its previous
+    #: step, steps on gradients carried over from that step (see Optimizer.step).
+    adds = 0
 
     def __init__(self, data, requires_grad: bool = True):
         self._data = data
@@ -162,6 +166,7 @@ class Parameter:
             self._grad[...] = g
             self._zero = False
         else:
+            Parameter.adds += 1
             self._grad += g
 
     @property
@@ -434,6 +439,12 @@ class Module:
         for child in self.children():
             child._clear_buffers()
 
+    def save(self, path):
+        """Save the architecture and weights as a directory that :func:`ember.load_model`
+        reads back (see :func:`ember.save_model`); returns its path."""
+        from ember.checkpoint import save_model
+        return save_model(self, path)
+
     # -- description -------------------------------------------------------------------------
     def config(self) -> dict:
         """The architecture as plain JSON data with a ``"type"`` key (see :func:`from_config`
@@ -619,6 +630,8 @@ class Linear(Module):
                 p._zero = False
             return False
         _materialize_zeros(params)  # a cleared one next to one with a gradient: add into 0
+        if requested is None:
+            Parameter.adds += 1
         return True
 
     def config(self) -> dict:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -36,11 +37,30 @@ def _check(name: str, value, low: float = 0.0, high: Optional[float] = None,
     return v
 
 
+_carried_over_warned = False
+
+
+def _warn_carried_over() -> None:
+    """Warn (once a process) that a step runs on gradients summed since before the previous
+    step: backward passes added to them with no zero_grad in between. Loops written for an ember
+    whose backward overwrote gradients lack the zero_grad that PyTorch's rule needs."""
+    global _carried_over_warned
+    if _carried_over_warned:
+        return
+    _carried_over_warned = True
+    warnings.warn("Optimizer.step: the gradients still hold those of the previous step (no "
+                  "zero_grad() since it, and backward passes added to them). Gradients "
+                  "accumulate until zero_grad(), as in PyTorch: call opt.zero_grad() (or "
+                  "model.zero_grad()) before each step's backward pass, unless you mean to "
+                  "carry them over", UserWarning, stacklevel=3)
+
+
 class Optimizer:
     """Base class: holds named parameters, the step count and per-parameter state arrays."""
 
     _state_keys: tuple = ()
     _zero_marks = -1  # the Parameter.zero_marks the last step saw (see step)
+    _marks_at_step = None  # (Parameter.zero_marks, Parameter.adds) at the last step
 
     def __init__(self, params, lr: float, max_grad_norm: Optional[float] = None):
         if isinstance(params, Module):
@@ -127,6 +147,10 @@ class Optimizer:
             # since is zero (the plan reads the arrays, not Parameter.grad)
             self._zero_marks = Parameter.zero_marks
             _materialize_zeros(p for _, p in self.named_params)
+        marks = (Parameter.zero_marks, Parameter.adds)
+        last, self._marks_at_step = self._marks_at_step, marks
+        if last is not None and last[0] == marks[0] and last[1] != marks[1]:
+            _warn_carried_over()
         ps, gs, states = self._active()
         if not ps:
             return 0.0, False

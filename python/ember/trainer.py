@@ -288,7 +288,14 @@ class Trainer:
         fit = {k: v for k, v in self.fit_params.items() if k not in _DATA_FACTS}
         return {**fit, **self.optimizer.hyperparameters(), "lr": self._chosen_lr(),
                 "loss": self.loss.config(), "device": self.device,
-                "model": self.model.config() if hasattr(self.model, "config") else None}
+                "model": self._architecture()}
+
+    def _architecture(self):
+        """The model's ``config()``, or None for a custom module without one."""
+        try:
+            return self.model.config()
+        except NotImplementedError:
+            return None
 
     # ---------------------------------------------------------------------------------------
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
