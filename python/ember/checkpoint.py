@@ -333,21 +333,32 @@ def save_model(model, path) -> Path:
                  "saved_by": "save_model", "model": arch, "device": model.device}
         files["trainer.json"] = _write_file(
             tmp / "trainer.json", json.dumps(state, indent=1, default=_json_default).encode())
-        _write_file(tmp / _MANIFEST,
-                    "".join(f"{h}  {f}\n" for f, h in sorted(files.items())).encode())
-        _fsync_dir(tmp)
+        _seal(tmp, files)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = parent / f"{_TMP_PREFIX}old-{path.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-        os.replace(tmp, path)
+    _move_into_place(tmp, path)
+    return path
+
+
+def _seal(tmp: Path, files: dict) -> None:
+    """Write the SHA-256 manifest of ``files`` (name -> digest) into ``tmp`` and fsync it."""
+    manifest = "".join(f"{h}  {f}\n" for f, h in sorted(files.items()))
+    _write_file(tmp / _MANIFEST, manifest.encode())
+    _fsync_dir(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the sealed directory ``tmp`` to ``final``; a ``final`` already there (the same
+    step saved again, a model saved over) is swapped out whole (see _recover_swap)."""
+    if final.exists():
+        old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
-    _fsync_dir(parent)
-    return path
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def _write_checkpoint(trainer, directory: Path, callbacks, name: Optional[str],
@@ -375,17 +386,8 @@ def _write_checkpoint(trainer, directory: Path, callbacks, name: Optional[str],
     files["trainer.json"] = _write_file(
         tmp / "trainer.json",
         json.dumps(state, indent=1, default=_json_default, allow_nan=True).encode())
-    manifest = "".join(f"{h}  {f}\n" for f, h in sorted(files.items()))
-    _write_file(tmp / _MANIFEST, manifest.encode())
-    _fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. the end-of-training save)
-        old = directory / f"{_TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(directory)
+    _seal(tmp, files)
+    _move_into_place(tmp, final)  # (the same step saved again: the end-of-training save)
     _replace_pointer(directory / "latest", name)
     return final
 
