@@ -116,3 +116,28 @@ def test_the_progress_line_prints_small_learning_rates_with_their_digits():
     line = out.getvalue()
     assert "lr=2e-05" in line, line
     assert "lr=0.0000" not in line
+
+
+def test_a_loss_that_exploded_then_collapsed_is_still_named_diverging():
+    """`ember train --lr 5`: the loss went 1.2e6, 2.7e3, 26, 2.6, 2.6 (the model collapsed to one
+    class), falling every epoch: the verdict was "underfitting ... try more epochs"."""
+    x, y = _digits()
+    t = ember.Trainer(MLP([64, 256, 256, 10]), optimizer="adam", lr=5.0)
+    _fit_quietly(t, x, y, epochs=5, validation_split=0.15)
+    h = t.history["loss"]
+    assert max(h) > 1e3  # it blew up
+    d = t.diagnosis()
+    assert d["fit"] == "diverging (learning rate too high)", (h, d)
+    assert "higher learning rate" not in t.report()
+
+
+def test_a_diverged_regression_is_named_not_told_to_raise_the_lr():
+    """Standardized targets, Adam at lr=5: the MSE reaches ~1e12 and falls back to ~1e6 while
+    falling every epoch; the verdict said "try ... a higher learning rate"."""
+    x, y = _regression(n=500)
+    y = (y - y.mean()) / y.std()
+    t = ember.Trainer(MLP([6, 64, 64, 1]), loss="mse", optimizer="adam", lr=5.0)
+    _fit_quietly(t, x, y, epochs=10)
+    d = t.diagnosis()
+    assert d["fit"] == "diverging (learning rate too high)", (t.history["loss"], d)
+    assert "higher learning rate" not in t.report()

@@ -134,7 +134,7 @@ class History:
 
 
 #: fit_params entries that describe the data rather than a choice (not hyperparameters).
-_DATA_FACTS = ("target_variance", "val_target_variance")
+_DATA_FACTS = ("target_variance", "val_target_variance", "target_mean_square")
 
 
 def _mean_variance(y) -> float:
@@ -439,6 +439,8 @@ class Trainer:
                            "accumulate_steps": accumulate_steps}
         if self.task == "regression":  # the scale a regression fit is judged on (R², report)
             self.fit_params["target_variance"] = _mean_variance(y)
+            self.fit_params["target_mean_square"] = float(
+                (y.reshape(len(y), -1).astype("float64") ** 2).mean())
             if validation is not None:
                 self.fit_params["val_target_variance"] = _mean_variance(validation[1])
         # The loop is done with each batch before drawing the next: reused buffers.
@@ -795,12 +797,33 @@ class Trainer:
         if not math.isfinite(last):
             return f"the training loss became {last}"
         base = self._loss_baseline()
-        # Cross-entropy starts near ln(classes): ending far above it means it blew up. (An MSE
-        # can start far above the targets' variance, when they are offset: that is slow, not
-        # diverging, and is judged by the rules below and by R².)
-        if base is not None and self.task == "classification" and last > 10.0 * base:
-            return (f"the training loss {last:.4g} is {last / base:.3g}x that of a uniform "
-                    f"guess ({base:.4g})")
+        # Cross-entropy starts near ln(classes): an epoch far above it means it blew up, even
+        # if it came back down (to a model that predicts one class: Adam at lr=5 on digits went
+        # 1.2e6, 2.7e3, 26, 2.6, 2.6 with the validation loss stuck at 4.5e3). (An MSE can start
+        # far above the targets' variance when they are offset: that is slow, not diverging,
+        # and is judged by the rules below and by R².)
+        if base is not None and self.task == "classification":
+            worst = max(losses)
+            if worst > 10.0 * base:
+                when = "" if worst == last else (
+                    f" at epoch {losses.index(worst) + 1} (it ended at {last:.4g})")
+                return (f"the training loss reached {worst:.4g}{when}, {worst / base:.3g}x that "
+                        f"of a uniform guess ({base:.4g})")
+            val = [v for v in self.history.history.get("val_loss", []) if v is not None]
+            if val and math.isfinite(val[-1]) and val[-1] > 10.0 * base:
+                return (f"the validation loss is {val[-1]:.4g}, {val[-1] / base:.3g}x that of a "
+                        f"uniform guess ({base:.4g})")
+        square = self.fit_params.get("target_mean_square")
+        if square is not None and self.loss.config().get("type") == "MSE":
+            # A network starts out predicting about 0 (outputs of order 1): an MSE far above
+            # both the targets' mean square and 1 came from steps that overshot.
+            bound = max(float(square), 1.0)
+            worst = max(losses)
+            if worst > 10.0 * bound:
+                when = "" if worst == last else (
+                    f" at epoch {losses.index(worst) + 1} (it ended at {last:.4g})")
+                return (f"the training loss (MSE) reached {worst:.4g}{when}, "
+                        f"{worst / bound:.3g}x that of predicting 0 ({bound:.4g})")
         if len(losses) >= 2 and (base is None or last > base):
             best = min(losses)
             if last > 2.0 * best:
@@ -838,7 +861,8 @@ class Trainer:
             out["fit"] = "diverging (learning rate too high)"
             out["notes"].append(
                 f"{diverging}: the steps overshoot the minimum. Lower the learning rate (try "
-                f"lr={lr / 10:.3g}, a tenth of {lr:.3g}) or clip gradients (max_grad_norm)")
+                f"lr={lr / 10:.3g}, a tenth of {lr:.3g}) or clip gradients (max_grad_norm); "
+                "if the loss was this high from the first steps, standardize the features")
         # "try a higher learning rate" only when the loss fell at every epoch, just too slowly.
         steady = all(b <= a for a, b in zip(losses, losses[1:]))
         slower = ("more epochs, a larger model or a higher learning rate" if steady else
