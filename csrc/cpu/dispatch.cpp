@@ -238,6 +238,7 @@ struct Pool {
   std::atomic<int> sleepers{0};        // workers asleep on gen
   std::atomic<uint32_t> preempted{0};  // worker spins that found themselves descheduled
   std::atomic<uint32_t> worker_claims{0};
+  std::atomic<uint32_t> worker_sleeps{0};
   std::atomic<bool> busy{false};       // a call is in progress (a second caller runs serially)
   std::atomic<int> threads{1};
   TaskFn fn = nullptr;
@@ -314,6 +315,7 @@ struct Pool {
   uint32_t wait_region(uint32_t seen) {
     uint32_t g = seen;
     if (spin([&] { return (g = gen.load(std::memory_order_acquire)) != seen; }, true)) return g;
+    worker_sleeps.fetch_add(1, std::memory_order_relaxed);
     sleepers.fetch_add(1, std::memory_order_seq_cst);
     while ((g = gen.load(std::memory_order_seq_cst)) == seen) futex_wait(&gen, seen);
     sleepers.fetch_sub(1, std::memory_order_seq_cst);
@@ -385,11 +387,13 @@ void print_stats() {
   const Pool* p = g_pool;
   std::fprintf(stderr,
                "ember pool: %llu calls on the pool, %llu alone (back-off), %llu late, "
-               "%llu back-offs, %u worker claims, %u preempted spins; late: %llu idle worker, %llu long "
+               "%llu back-offs, %u worker claims, %u worker sleeps, %u preempted spins; late: %llu idle "
+               "worker, %llu long "
                "wait, %llu preempted\n",
                (unsigned long long)p->stat_parallel, (unsigned long long)p->stat_serial,
                (unsigned long long)p->stat_bad, (unsigned long long)p->stat_backoffs,
-               p->worker_claims.load(), p->preempted.load(), (unsigned long long)p->stat_idle_late,
+               p->worker_claims.load(), p->worker_sleeps.load(), p->preempted.load(),
+               (unsigned long long)p->stat_idle_late,
                (unsigned long long)p->stat_long_wait, (unsigned long long)p->stat_preempted);
 }
 
