@@ -27,8 +27,8 @@ PYBIND11_MODULE(_cpu, m) {
         if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
         ember::cpu::set_num_threads(n);
       },
-      py::arg("n"), R"(Set the number of OpenMP threads used by every CPU kernel.)");
-  m.def("get_num_threads", &ember::cpu::get_num_threads, R"(Number of OpenMP threads CPU kernels use.)");
+      py::arg("n"), R"(Set the number of threads of ember's CPU thread pool (every CPU kernel uses it).)");
+  m.def("get_num_threads", &ember::cpu::get_num_threads, R"(Number of threads of ember's CPU thread pool.)");
 
   ember::bind::bind_gemm(m);
   ember::bind::bind_activation(m);
