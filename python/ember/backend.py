@@ -104,7 +104,7 @@ def cuda_training_available() -> tuple[bool, str]:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads every CPU kernel uses (one OpenMP pool).
+    """Set the number of threads every CPU kernel uses (ember's thread pool).
 
     Raises:
         ValueError: if ``n`` is not an integer in ``[1, max_num_threads()]``.
@@ -113,8 +113,7 @@ def set_num_threads(n: int) -> None:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
     limit = max_num_threads()
     if n > limit:
-        # OpenMP would try to start them at the next kernel call: libgomp aborts the process when
-        # thread creation fails (32768 here) or crashes outright (65536).
+        # More threads than this only add contention (and each is a real OS thread to start).
         raise ValueError(f"set_num_threads: n must be at most {limit} (4 threads per core of the "
                          f"{os.cpu_count() or 1} this machine has, or 256), got {n}")
     _cpu.set_num_threads(int(n))
