@@ -142,11 +142,11 @@ def test_first_linear_input_gradient_only_on_request():
     x = rng.standard_normal((3, 5)).astype(np.float32)
     g = rng.standard_normal((3, 2)).astype(np.float32)
     model.forward(x)
-    assert model.backward(g) is None  # training never needs d(loss)/d(input)
-    model.forward(x)
-    gx = model.backward(g, need_input_grad=True)
+    assert model.backward(g, need_input_grad=False) is None  # what a fit asks for
     _, _, ref_gx = _reference_mlp(model, x, "relu", g)
-    check_op(gx, ref_gx, 1e-5, "input grad")
+    for kw in ({"need_input_grad": True}, {}):  # by default, as every layer's backward does
+        model.forward(x)
+        check_op(model.backward(g, **kw), ref_gx, 1e-5, "input grad")
 
 
 def test_eval_mode_returns_fresh_arrays_and_no_dropout():
@@ -659,3 +659,34 @@ def test_parameters_pickled_without_the_zero_mark_load():
     r.__setstate__(st)
     np.testing.assert_array_equal(r.grad, 2.0)
     assert r.data.shape == (3,)
+
+
+def test_a_sequential_inside_a_custom_module_chains_its_backward():
+    """Sequential.backward returned None by default (no input gradient), so a custom module
+    holding a Sequential and chaining backward as layers do crashed in the next layer
+    ("grad_out must be a numpy.ndarray ..., got NoneType")."""
+    from ember import Trainer
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.drop = nn.Dropout(0.0)
+            self.body = nn.Sequential(nn.Linear(5, 8, seed=1), nn.ReLU())
+            self.head = nn.Linear(8, 3, seed=2)
+
+        def forward(self, x):
+            return self.head(self.body(self.drop(x)))
+
+        def backward(self, g):
+            return self.drop.backward(self.body.backward(self.head.backward(g)))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    net = Net()
+    ref = nn.Sequential(nn.Linear(5, 8, seed=1), nn.ReLU(), nn.Linear(8, 3, seed=2))
+    Trainer(net, optimizer="sgd", lr=0.1).fit(x, y, epochs=2, batch_size=8, verbose=0)
+    Trainer(ref, optimizer="sgd", lr=0.1).fit(x, y, epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_allclose(net.body.layers[0].weight.data, ref.layers[0].weight.data,
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(net.head.weight.data, ref.layers[2].weight.data, rtol=1e-6,
+                               atol=1e-7)

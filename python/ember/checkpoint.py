@@ -693,6 +693,10 @@ _BARE = ("pass preprocessing=False to load the bare network (it expects standard
          "and, for regression, gives standardized targets)")
 
 
+#: What `ember train` writes next to checkpoints/ (with config.json) at the end of a run.
+_RUN_OUTPUTS = ("history.csv", "summary.json", "curves.png")
+
+
 def _run_config(ckpt: Path) -> Optional[tuple[Path, dict]]:
     """``(config.json path, its contents)`` of the ``ember train`` run that holds checkpoint
     ``ckpt`` (``<run>/checkpoints/<ckpt>``), or None when the checkpoint is not in such a run.
@@ -702,7 +706,15 @@ def _run_config(ckpt: Path) -> Optional[tuple[Path, dict]]:
     from ember.cli import RUN_FORMAT, RUN_FORMAT_VERSION
     folder = ckpt.parent
     path = folder.parent / "config.json"
-    if folder.name != "checkpoints" or not path.is_file():
+    if folder.name != "checkpoints":
+        return None
+    if not path.is_file():
+        made = [n for n in _RUN_OUTPUTS if (folder.parent / n).exists()]
+        if made:  # an `ember train` run that lost its config.json: refuse, do not guess
+            raise CheckpointError(
+                f"{folder.parent} looks like an `ember train` run (it has {', '.join(made)}) "
+                f"but has no config.json, so the run's standardization of {ckpt} is unknown; "
+                f"{_BARE}")
         return None
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))

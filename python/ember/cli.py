@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -274,8 +275,9 @@ def _build_parser() -> _Parser:
                    help="continue an interrupted run from its latest checkpoint, with the "
                    "configuration in its config.json: the run in DIR, else the one named by "
                    "--out (so appending --resume to the original command works), else the only "
-                   "interrupted run under runs/ started with the options given. Options that "
-                   "differ from the run's are refused; a finished run is left as it is")
+                   "interrupted run that ember named itself under runs/ (no --out) started "
+                   "with exactly these options. Options that differ from the run's are "
+                   "refused; a finished run is left as it is")
     t.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
                    help="read options from a TOML file; command-line flags override it")
     t.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
@@ -283,7 +285,9 @@ def _build_parser() -> _Parser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score a trained run on a dataset",
-                       description="Loss and metrics of a run's model (its best weights) on a "
+                       description="Loss and metrics of a run's model (its latest checkpoint: for a "
+                       "finished run, its final weights, which are the best epoch's when early "
+                       "stopping restored them) on a "
                        "dataset. Without --data: the run's own test split (bundled digits, or "
                        "the run's data file if it is unchanged).")
     e.add_argument("run", metavar="RUN", help="a run directory written by 'ember train'")
@@ -771,8 +775,10 @@ def _interrupted_runs(root: Path = Path("runs")) -> list[Path]:
 def _run_to_resume(ns: dict) -> tuple[Path, dict]:
     """The run ``ember train --resume`` continues, and its config.json: the run named by
     ``--resume DIR`` or by ``--out DIR`` (the original command with --resume appended); without
-    either, the one interrupted run under runs/ whose options match those given. Never another:
-    options that differ from the run's config.json are refused by name."""
+    either, the one interrupted run that ember named itself under runs/ (its original command
+    had no --out) and that was started with exactly the options of this command, defaults
+    included. Never another: options that differ from the run's config.json are refused by
+    name."""
     given = _given_options(ns)
     out = given.get("out")
     if ns["resume"]:
@@ -786,14 +792,23 @@ def _run_to_resume(ns: dict) -> tuple[Path, dict]:
                                     "--resume to start it)")
         run_dir, cfg = _load_run(out)
     else:
-        runs = _interrupted_runs()
+        # The original command had no --out, so its run is one that `ember train` named itself
+        # (runs/<date>-<time>), started with exactly these options, defaults included. A run
+        # started with --out is continued only by naming it.
+        runs = [d for d in _interrupted_runs() if _AUTO_RUN_NAME.fullmatch(d.name)]
         if not runs:
-            raise FileNotFoundError("no interrupted ember run under runs/ to resume (finished "
-                                    "runs are left as they are); name the run: --resume DIR")
-        matching = [d for d in runs if not _differing(given, _load_run(str(d))[1])]
+            raise FileNotFoundError("no interrupted run that ember train named itself under "
+                                    "runs/ to resume (finished runs are left as they are; a run "
+                                    "started with --out DIR is continued with --resume DIR)")
+        # (an option left unset, such as --target, is whatever the run resolved it to)
+        effective = {k: v for k, v in _resolve_train_options(ns).items()
+                     if k in TRAIN_OPTIONS and k not in ("out", "quiet") and
+                     (v is not None or k == "data")}
+        matching = [d for d in runs if not _differing(effective, _load_run(str(d))[1])]
         if not matching:
             raise UsageError("no interrupted run under runs/ was started with these options ("
-                             + ", ".join(str(d) for d in runs) + "); name the run: --resume DIR")
+                             + ", ".join(str(d) for d in runs) + "); append --resume to the "
+                             "run's original command, or name the run: --resume DIR")
         if len(matching) > 1:
             raise UsageError("several interrupted runs under runs/ match: " +
                              ", ".join(str(d) for d in matching) + "; name one: --resume DIR")
@@ -804,6 +819,10 @@ def _run_to_resume(ns: dict) -> tuple[Path, dict]:
                          f"{'; '.join(diff)}. A resumed run keeps the configuration in its "
                          "config.json: drop those options, or start a new run (another --out)")
     return run_dir, cfg
+
+
+#: The names _new_run_dir gives the runs it names itself (no --out): runs/20261202-031500[-2].
+_AUTO_RUN_NAME = re.compile(r"\d{8}-\d{6}(-\d+)?")
 
 
 def _new_run_dir(out: Optional[str]) -> Path:
@@ -850,7 +869,48 @@ def _resolve_train_options(ns: dict) -> dict:
     return opts
 
 
+class _ClosedPipeGuard:
+    """sys.stdout for ``ember train``: when the reader of its output goes away (``ember train
+    | head``), stdout is silenced and the run goes on, so its files are still written (the
+    run is the command's product; the printed lines are a view of it)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_pipe = False
+
+    def _lost(self) -> None:
+        self.closed_pipe = True
+        _silence_stdout()
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lost()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_pipe:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...
+        return getattr(self._stream, name)
+
+
 def cmd_train(ns: dict) -> int:
+    stdout = sys.stdout
+    sys.stdout = _ClosedPipeGuard(stdout)
+    try:
+        return _train(ns)
+    finally:
+        sys.stdout = stdout
+
+
+def _train(ns: dict) -> int:
     t_start = time.perf_counter()
     resuming = "resume" in ns
     if resuming:

@@ -798,6 +798,8 @@ class Sequential(Module):
     #: Set by the Trainer during a fit: False writes the Linear layers' gradients, True adds to
     #: them, whatever zero_grad did (None: PyTorch's rule, see Linear.backward).
     _accumulate_override: Optional[bool] = None
+    #: Set by the Trainer on the model it fits, for the fit: its input gradient is never needed.
+    _fit_model = False
 
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
@@ -917,12 +919,17 @@ class Sequential(Module):
                 x = layer.forward(x)
         return x
 
-    def backward(self, grad_out, need_input_grad: bool = False):
+    def backward(self, grad_out, need_input_grad: Optional[bool] = None):
         """Backpropagate ``grad_out`` through every layer, storing parameter gradients.
 
-        Returns the gradient wrt the model's input, or None when the first layer is a Linear
-        and ``need_input_grad`` is False (training never needs it, so it is not computed).
+        Returns the gradient wrt the model's input, as every layer's ``backward`` does (so a
+        Sequential inside a custom module chains like a layer). ``need_input_grad=False``
+        skips it when the first layer is a Linear (None is returned): the model that
+        :class:`ember.Trainer` fits does that, since training never needs it. The default
+        (None) is False for that model during a fit, True otherwise.
         """
+        if need_input_grad is None:
+            need_input_grad = not self._fit_model
         g = grad_out
         reuse, acc = self._reuse_buffers, self._accumulate_override
         escapes = self._escapes
@@ -948,6 +955,7 @@ class Sequential(Module):
         state["_buffers"] = {}
         state.pop("_reuse_buffers", None)  # a fit's settings, not the model's
         state.pop("_accumulate_override", None)
+        state.pop("_fit_model", None)
         return state
 
     def __setstate__(self, state):

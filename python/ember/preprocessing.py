@@ -261,7 +261,7 @@ class RunModel(Sequential):
             out = self.rescale.forward(out)
         return out
 
-    def backward(self, grad_out, need_input_grad: bool = False):
+    def backward(self, grad_out, need_input_grad: Optional[bool] = None):
         """As :meth:`Sequential.backward`, through the rescale and the standardization."""
         g = grad_out
         if self.rescale is not None:

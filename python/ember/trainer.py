@@ -349,6 +349,7 @@ class Trainer:
             # the fit's step settings (see _fit) are not the model's
             self.model.__dict__.pop("_reuse_buffers", None)
             self.model.__dict__.pop("_accumulate_override", None)
+            self.model.__dict__.pop("_fit_model", None)
 
     #: Print how to resume when a fit with checkpoints is interrupted (Ctrl-C); a program
     #: with its own message (``ember train``) turns it off.
@@ -507,6 +508,8 @@ class Trainer:
                  len(params))
         fused = (self.device == "cpu" and self._fused and plain and
                  model._fused_step_ok(loss_fn) and accum == 1)
+        if isinstance(model, Sequential):
+            model._fit_model = True  # its backward skips the input gradient
         if isinstance(model, Sequential) and type(model).forward is Sequential.forward:
             model._reuse_buffers = True
         if plain:
