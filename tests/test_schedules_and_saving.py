@@ -53,6 +53,8 @@ def test_a_schedule_function_returning_a_bad_lr_is_named():
     with pytest.raises(TypeError, match="function of the epoch"):
         Trainer(nn.MLP([5, 8, 3]), lr_schedule="cosine")
     assert FunctionSchedule(lambda e: 0.1 * 0.5 ** e).learning_rate(2, 0, 0.1, 0.1) == 0.025
+    with pytest.raises(TypeError, match=r"takes no argument.*fn\(epoch\)"):
+        Trainer(nn.MLP([5, 8, 3]), lr_schedule=lambda: 0.1)
 
 
 def test_a_schedule_added_on_resume_counts_from_the_resume_point(tmp_path):
@@ -160,6 +162,7 @@ def test_model_checkpoint_is_importable_from_callbacks():
     from ember.callbacks import ModelCheckpoint
     from ember.checkpoint import ModelCheckpoint as Same
     assert ModelCheckpoint is Same
+    assert "ModelCheckpoint" in dir(ember.callbacks)
 
 
 def test_module_save_and_hyperparameters_of_a_model_without_config(tmp_path):

@@ -417,3 +417,7 @@ def __getattr__(name):
         from ember.checkpoint import ModelCheckpoint
         return ModelCheckpoint
     raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"ModelCheckpoint"})

@@ -109,8 +109,12 @@ class FunctionSchedule(Schedule):
     def __init__(self, fn):
         if not callable(fn):
             raise TypeError(f"FunctionSchedule: fn must be callable, got {type(fn).__name__}")
+        n = _positional_count(fn)
+        if n == 0:
+            raise TypeError(f"FunctionSchedule: {_fn_name(fn)} takes no argument; an lr schedule "
+                            "is called with the epoch: fn(epoch) or fn(epoch, lr)")
         self.fn = fn
-        self._takes_lr = _positional_count(fn) >= 2
+        self._takes_lr = n >= 2
 
     def factor(self, epoch, step):
         raise TypeError("FunctionSchedule gives the learning rate itself, not a factor: use "
