@@ -34,30 +34,9 @@ import subprocess
 import sys
 import time
 
+from ember.bench import wait_idle
+
 EPOCHS, BATCH, SIZES = 8, 32, [64, 256, 256, 10]
-
-
-def wait_idle(limit: float) -> bool:
-    """Waits (up to ``limit`` seconds) until the machine has been >= 95 % idle for two 0.5 s
-    looks at /proc/stat: other people's jobs on this shared VM would otherwise land in the
-    middle of a measurement. Returns whether it got there."""
-    if limit <= 0:
-        return True
-
-    def snap():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-
-    t_end, ok = time.time() + limit, 0
-    while time.time() < t_end:
-        i0, t0 = snap()
-        time.sleep(0.5)
-        i1, t1 = snap()
-        ok = ok + 1 if (i1 - i0) / max(1, t1 - t0) >= 0.95 else 0
-        if ok >= 2:
-            return True
-    return False
 
 
 # ---- child processes ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-__all__ = ["bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
+__all__ = ["wait_idle", "bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
            "blas_threads", "seconds_per_call", "core_check"]
 
 
@@ -40,6 +40,29 @@ def seconds_per_call(fn, min_time: float) -> float:
         if t >= min_time:
             return t / reps
         reps = max(reps * 2, int(reps * min_time / max(t, 1e-9) * 1.2) + 1)
+
+
+def wait_idle(limit: float) -> bool:
+    """Waits (up to ``limit`` seconds) until the machine has been >= 95 % idle for two 0.5 s
+    looks at /proc/stat: other people's jobs on this shared VM would otherwise land in the
+    middle of a measurement. Returns whether it got there."""
+    if limit <= 0:
+        return True
+
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    t_end, ok = time.time() + limit, 0
+    while time.time() < t_end:
+        i0, t0 = snap()
+        time.sleep(0.5)
+        i1, t1 = snap()
+        ok = ok + 1 if (i1 - i0) / max(1, t1 - t0) >= 0.95 else 0
+        if ok >= 2:
+            return True
+    return False
 
 
 def core_check(threads: int, seconds: float = 0.3) -> str:
