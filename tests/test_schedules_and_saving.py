@@ -187,3 +187,22 @@ def test_module_save_and_hyperparameters_of_a_model_without_config(tmp_path):
     assert t.hyperparameters()["model"] is None  # (it raised NotImplementedError)
     with pytest.raises(TypeError, match="has no config()"):
         t.model.save(tmp_path / "n")
+
+
+def test_callbacks_and_nn_import_nothing_above_them():
+    """ModelCheckpoint from ember.callbacks and Module.save must not make these lower layers
+    import ember.checkpoint or what is above it (an import cycle, even inside a function)."""
+    import ast
+    from pathlib import Path
+    root = Path(ember.__file__).parent
+    above = {"ember.checkpoint", "ember.trainer", "ember._cuda_graph", "ember.cli",
+             "ember.sklearn", "ember.preprocessing"}
+    for name in ("callbacks.py", "nn.py"):
+        used = set()
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ember"):
+                used |= ({node.module} if node.module != "ember" else
+                         {f"ember.{a.name}" for a in node.names})
+            elif isinstance(node, ast.Import):
+                used |= {a.name for a in node.names if a.name.startswith("ember")}
+        assert not used & above, (name, sorted(used & above))

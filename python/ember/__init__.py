@@ -16,6 +16,9 @@ from ember import callbacks, data, datasets, losses, nn, optim, preprocessing, s
 from ember.trainer import History, Trainer
 from ember import checkpoint
 from ember.checkpoint import load_model, load_trainer, save_model
+# ModelCheckpoint lives in ember.checkpoint (above ember.callbacks, which it builds on) and is
+# importable from ember.callbacks too, as in Keras: set here, so callbacks imports nothing above it.
+callbacks.ModelCheckpoint = checkpoint.ModelCheckpoint
 
 __version__ = "0.1.0"
 

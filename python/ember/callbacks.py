@@ -409,15 +409,3 @@ class GradientMonitor(Callback):
     def load_state_dict(self, state):
         self.flags = dict(state.get("flags", {}))
 
-
-def __getattr__(name):
-    # ModelCheckpoint lives in ember.checkpoint (which imports this module); it is importable
-    # from here too, as in Keras (``from ember.callbacks import ModelCheckpoint``).
-    if name == "ModelCheckpoint":
-        from ember.checkpoint import ModelCheckpoint
-        return ModelCheckpoint
-    raise AttributeError(f"module 'ember.callbacks' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | {"ModelCheckpoint"})

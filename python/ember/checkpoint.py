@@ -51,11 +51,15 @@ import numpy as np
 
 from ember.callbacks import Callback, _Monitor
 from ember.errors import CheckpointError
+from ember.nn import Module
 
 __all__ = ["FORMAT_VERSION", "ModelCheckpoint", "save_checkpoint", "save_model", "load_checkpoint",
            "load_model", "load_trainer", "resolve_checkpoint", "list_checkpoints"]
 
 FORMAT_VERSION = 1
+#: The config.json of a run directory written by ``ember train`` (read here by load_model).
+RUN_FORMAT = "ember-run"
+RUN_FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
@@ -300,7 +304,6 @@ def save_model(model, path) -> Path:
         CheckpointError: a parameter holds NaN or Inf (such a save could not be loaded).
     """
     from ember import __version__
-    from ember.nn import Module
     if not isinstance(model, Module):
         raise TypeError(f"save_model: model must be an ember.nn.Module, got "
                         f"{type(model).__name__}")
@@ -703,7 +706,6 @@ def _run_config(ckpt: Path) -> Optional[tuple[Path, dict]]:
     A config.json there that cannot be read, or of a run format this ember does not know, is
     refused (CheckpointError) rather than ignored: the model would silently predict without the
     run's standardization."""
-    from ember.cli import RUN_FORMAT, RUN_FORMAT_VERSION
     folder = ckpt.parent
     path = folder.parent / "config.json"
     if folder.name != "checkpoints":
@@ -1198,3 +1200,7 @@ class ModelCheckpoint(_Monitor):
     def load_state_dict(self, state):
         self.best = state.get("best")
         self.best_name = state.get("best_name")
+
+
+# Module.save(path) is save_model: registered here, as nn sits below this module.
+Module.saver = save_model

@@ -49,12 +49,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ember.checkpoint import RUN_FORMAT, RUN_FORMAT_VERSION
 from ember.datasets import is_number_text, load_csv
 
 __all__ = ["main"]
 
-RUN_FORMAT = "ember-run"
-RUN_FORMAT_VERSION = 1
 DIGITS = "digits"  # the --data value meaning the bundled dataset
 TASKS = ("classification", "regression")
 OPTIMIZERS = ("sgd", "adam", "adamw")

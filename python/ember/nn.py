@@ -439,11 +439,13 @@ class Module:
         for child in self.children():
             child._clear_buffers()
 
+    #: :func:`ember.save_model`, which ember.checkpoint (a layer above this one) sets here.
+    saver = None
+
     def save(self, path):
         """Save the architecture and weights as a directory that :func:`ember.load_model`
         reads back (see :func:`ember.save_model`); returns its path."""
-        from ember.checkpoint import save_model
-        return save_model(self, path)
+        return self.saver(path)
 
     # -- description -------------------------------------------------------------------------
     def config(self) -> dict:

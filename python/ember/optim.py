@@ -60,7 +60,8 @@ class Optimizer:
 
     _state_keys: tuple = ()
     _zero_marks = -1  # the Parameter.zero_marks the last step saw (see step)
-    _marks_at_step = None  # (Parameter.zero_marks, Parameter.adds) at the last step
+    _zero_marks_at_step = -1  # Parameter.zero_marks and .adds at the last step
+    _adds_at_step = -1
 
     def __init__(self, params, lr: float, max_grad_norm: Optional[float] = None):
         if isinstance(params, Module):
@@ -147,10 +148,10 @@ class Optimizer:
             # since is zero (the plan reads the arrays, not Parameter.grad)
             self._zero_marks = Parameter.zero_marks
             _materialize_zeros(p for _, p in self.named_params)
-        marks = (Parameter.zero_marks, Parameter.adds)
-        last, self._marks_at_step = self._marks_at_step, marks
-        if last is not None and last[0] == marks[0] and last[1] != marks[1]:
+        zero_marks, adds = Parameter.zero_marks, Parameter.adds
+        if zero_marks == self._zero_marks_at_step and adds != self._adds_at_step:
             _warn_carried_over()
+        self._zero_marks_at_step, self._adds_at_step = zero_marks, adds
         ps, gs, states = self._active()
         if not ps:
             return 0.0, False
