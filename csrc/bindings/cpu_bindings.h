@@ -9,6 +9,6 @@ void bind_loss(pybind11::module_& m);        // softmax_cross_entropy, mse, argm
 void bind_reduce(pybind11::module_& m);      // column_sum, sum, global_norm
 void bind_dropout(pybind11::module_& m);     // dropout_forward, dropout_backward
 void bind_optim(pybind11::module_& m);       // sgd_step, adam_step
-void bind_data(pybind11::module_& m);        // gather_rows
+void bind_gather(pybind11::module_& m);      // gather_rows
 void bind_mlp(pybind11::module_& m);         // MlpPlan (Sequential's training fast path)
 }  // namespace ember::bind

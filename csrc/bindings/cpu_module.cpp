@@ -36,6 +36,6 @@ PYBIND11_MODULE(_cpu, m) {
   ember::bind::bind_reduce(m);
   ember::bind::bind_dropout(m);
   ember::bind::bind_optim(m);
-  ember::bind::bind_data(m);
+  ember::bind::bind_gather(m);
   ember::bind::bind_mlp(m);
 }

@@ -45,5 +45,10 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("runtime_version", &ember::cuda::runtime_version, R"(CUDA runtime version (e.g. 13000).)");
   m.def("driver_version", &ember::cuda::driver_version, R"(Driver's CUDA version; 0 without a driver.)");
 
-  ember::bind::bind_cuda_kernels(m);
+  ember::bind::bind_cuda_gemm(m);
+  ember::bind::bind_cuda_activation(m);
+  ember::bind::bind_cuda_loss(m);
+  ember::bind::bind_cuda_reduce(m);
+  ember::bind::bind_cuda_dropout(m);
+  ember::bind::bind_cuda_optim(m);
 }

@@ -129,6 +129,12 @@ inline void no_shared_memory(const char* fn, const std::vector<const CudaArrayLi
   }
 }
 
+inline std::vector<int64_t> sizes_of(const CudaArrayList& l) {
+  std::vector<int64_t> s;
+  for (const CudaArray& a : l.arrays) s.push_back(a.size);
+  return s;
+}
+
 template <class T>
 std::vector<T> list_pointers(const CudaArrayList& l) {
   std::vector<T> out;

@@ -1,5 +1,5 @@
-// Bindings of the CUDA optimizer family: sgd_step, adam_step (AdamW: decoupled_weight_decay) and
-// global_norm on lists of CUDA arrays. Positional arguments as in ember._cpu, then
+// Bindings of the CUDA optimizer family: sgd_step, adam_step (AdamW: decoupled_weight_decay) on
+// lists of CUDA arrays. Positional arguments as in ember._cpu, then
 // `state`, `result`, `advance_step`, `stream`, `alloc`:
 //   state None (the CPU-compatible call): the binding writes {step, lr} into scratch with a tiny
 //     kernel, launches, then synchronises the stream to return (grad_norm, skipped) as Python values.
@@ -71,12 +71,6 @@ py::object run(const char* fn, StepIO& io, int64_t step, double lr, int64_t ws_w
   launch(state, nullptr, w);
   const std::vector<int64_t> r = read_words(w + 2, 2, stream);  // {norm bits, skipped}
   return py::make_tuple(as_double(r[0]), r[1] != 0);
-}
-
-std::vector<int64_t> sizes_of(const CudaArrayList& l) {
-  std::vector<int64_t> s;
-  for (const CudaArray& a : l.arrays) s.push_back(a.size);
-  return s;
 }
 
 // The tensor lists of one optimizer call, checked: [0] params (written), [1] grads (read),
@@ -215,20 +209,6 @@ class OptimPlan {
   OptimLists lists_;
 };
 
-double global_norm(py::handle arrays_obj, uintptr_t stream, const py::object& alloc) {
-  const char* fn = "global_norm";
-  const CudaArrayList l = cuda_array_list(fn, arrays_obj, "arrays", false, -1);
-  std::vector<const CudaArray*> arrays;
-  add_all(arrays, l);
-  device_phase(fn, arrays, stream);
-  const auto ptrs = list_pointers<const float*>(l);
-  const auto sizes = sizes_of(l);
-  const auto n = static_cast<int64_t>(ptrs.size());
-  const CudaArray ws = cuda_workspace(fn, cuda::optim_workspace_words(n, sizes.data()), alloc);
-  cuda::global_norm(n, ptrs.data(), sizes.data(), words(ws), reinterpret_cast<cuda::Stream>(stream));
-  return as_double(read_words(words(ws) + 2, 1, stream)[0]);
-}
-
 }  // namespace
 
 void bind_cuda_optim(py::module_& m) {
@@ -267,8 +247,6 @@ state None: returns (grad_norm, skipped) after a stream synchronisation. state g
         R"(One fused Adam/AdamW step over all params in place, in at most 2 launches (see ember.ops.adam_step).
 
 state / result as for sgd_step.)");
-  m.def("global_norm", &global_norm, py::arg("arrays"), py::arg("stream"), py::arg("alloc"),
-        R"(L2 norm of all elements of all arrays (double, deterministic; synchronises the stream).)");
 }
 
 }  // namespace ember::bind

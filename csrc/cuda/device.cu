@@ -49,4 +49,10 @@ int current_device() {
   return d;
 }
 
+void copy_to_host(void* host, const void* device, int64_t bytes, Stream stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  EMBER_CUDA_CHECK(cudaMemcpyAsync(host, device, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, s));
+  EMBER_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
 }  // namespace ember::cuda

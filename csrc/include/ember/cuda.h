@@ -89,12 +89,13 @@ void argmax_rows(int64_t rows, int64_t cols, const float* x, int64_t* out, Strea
 void count_correct(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
                    void* workspace, Stream stream);
 
-// ---- elementwise and reductions (elementwise.cu) -------------------------------------------------
+// ---- activations (activation.cu) ----------------------------------------------------------------
 // y may alias x; grad_in may alias grad_out (each element is read before it is written).
 void activation_forward(int64_t n, const float* x, float* y, Activation act, float param,
                         Stream stream);
 void activation_backward(int64_t n, const float* grad_out, const float* preact, float* grad_in,
                          Activation act, float param, Stream stream);
+// ---- reductions (reduce.cu; global_norm is in optim.cu) ------------------------------------------
 // Column sums in double, deterministic (per-chunk partials summed in a fixed order).
 int64_t column_sum_workspace_words(int64_t rows, int64_t cols);
 void column_sum(int64_t rows, int64_t cols, const float* x, float* out, bool accumulate,
@@ -102,7 +103,7 @@ void column_sum(int64_t rows, int64_t cols, const float* x, float* out, bool acc
 // Sum of n floats in double, deterministic; the result is workspace[0].
 int64_t sum_workspace_words(int64_t n);
 void sum(int64_t n, const float* x, double* workspace, Stream stream);
-// Copies `bytes` of device memory to the host after everything queued on `stream` (a stream
+// Copies (device.cu) `bytes` of device memory to the host after everything queued on `stream` (a stream
 // synchronisation: the one place the CPU-compatible signatures wait for the GPU).
 void copy_to_host(void* host, const void* device, int64_t bytes, Stream stream);
 

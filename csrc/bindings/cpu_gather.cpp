@@ -7,7 +7,7 @@
 
 namespace ember::bind {
 
-void bind_data(py::module_& m) {
+void bind_gather(py::module_& m) {
   m.def(
       "gather_rows",
       [](py::handle x_obj, py::handle index_obj, py::handle out_obj) {

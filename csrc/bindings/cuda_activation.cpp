@@ -1,6 +1,5 @@
-// Bindings of the CUDA elementwise family: activation_forward / activation_backward, column_sum
-// and sum on CUDA arrays (positional arguments as in ember._cpu, then `stream` and `alloc`).
-// sum returns a Python float: it synchronises the stream once, after the launches.
+// Bindings of the CUDA activation family: activation_forward / activation_backward on CUDA arrays
+// (positional arguments as in ember._cpu, then `stream` and `alloc`).
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -52,44 +51,15 @@ py::object activation_backward(py::handle grad_out_obj, py::handle preact_obj,
   return out.obj;
 }
 
-py::object column_sum(py::handle x_obj, py::handle out_obj, bool accumulate, uintptr_t stream,
-                      const py::object& alloc) {
-  const char* fn = "column_sum";
-  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, 2);
-  if (accumulate && out_obj.is_none()) throw py::value_error("column_sum: accumulate=True needs out");
-  const CudaArray out = cuda_out_arg(fn, out_obj, "out", {x.dim(1)}, alloc);
-  no_overlap(fn, out, x);
-  device_phase(fn, {&x, &out}, stream);
-  const CudaArray ws =
-      cuda_workspace(fn, cuda::column_sum_workspace_words(x.dim(0), x.dim(1)), alloc);
-  cuda::column_sum(x.dim(0), x.dim(1), x.cf32(), out.f32(), accumulate, words(ws),
-                   reinterpret_cast<cuda::Stream>(stream));
-  return out.obj;
-}
-
-double sum(py::handle x_obj, uintptr_t stream, const py::object& alloc) {
-  const char* fn = "sum";
-  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, -1);
-  device_phase(fn, {&x}, stream);
-  const CudaArray ws = cuda_workspace(fn, cuda::sum_workspace_words(x.size), alloc);
-  cuda::sum(x.size, x.cf32(), words(ws), reinterpret_cast<cuda::Stream>(stream));
-  return as_double(read_words(words(ws), 1, stream)[0]);
-}
-
 }  // namespace
 
-void bind_cuda_elementwise(py::module_& m) {
+void bind_cuda_activation(py::module_& m) {
   m.def("activation_forward", &activation_forward, py::arg("x"), py::arg("activation"),
         py::arg("negative_slope"), py::arg("out"), py::arg("stream"), py::arg("alloc"),
         R"(act(x) elementwise; out may be x (see ember.ops.activation_forward).)");
   m.def("activation_backward", &activation_backward, py::arg("grad_out"), py::arg("preact"),
         py::arg("activation"), py::arg("negative_slope"), py::arg("out"), py::arg("stream"),
         py::arg("alloc"), R"(grad_out * act'(preact); out may be grad_out (see ember.ops.activation_backward).)");
-  m.def("column_sum", &column_sum, py::arg("x"), py::arg("out"), py::arg("accumulate"),
-        py::arg("stream"), py::arg("alloc"),
-        R"(Column sums in double, deterministic (see ember.ops.column_sum).)");
-  m.def("sum", &sum, py::arg("x"), py::arg("stream"), py::arg("alloc"),
-        R"(Sum of all elements in double, deterministic; synchronises the stream (see ember.ops.sum).)");
 }
 
 }  // namespace ember::bind
