@@ -1,5 +1,5 @@
-// Bindings: activation_forward, activation_backward.
-#include "checks.h"
+// Bindings: activation_forward, activation_backward (contract: activation_args.h).
+#include "activation_args.h"
 #include "cpu_bindings.h"
 #include "ember/cpu.h"
 
@@ -9,19 +9,13 @@ void bind_activation(py::module_& m) {
   m.def(
       "activation_forward",
       [](py::handle x_obj, py::handle act_obj, py::handle slope_obj, py::handle out_obj) {
-        const char* fn = "activation_forward";
-        py::array x = array_arg(fn, x_obj, "x", DType::f32, -1);
-        const Activation act = parse_activation(fn, str_arg(fn, act_obj, "activation"));
-        const float slope = finite_f32_arg(fn, slope_obj, "negative_slope");
-        std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-        py::array out = out_arg(fn, out_obj, "out", shape);
-        same_or_no_overlap(fn, out, "out", x, "x");
-        const int64_t n = x.size();
+        const ActivationArgs a = activation_forward_args(cpu_call("activation_forward"), x_obj,
+                                                         act_obj, slope_obj, out_obj);
         {
           py::gil_scoped_release release;
-          cpu::activation_forward(n, cf32(x), f32(out), act, slope);
+          cpu::activation_forward(a.in.size, a.in.cf32(), a.out.f32(), a.act, a.slope);
         }
-        return out;
+        return a.out.obj;
       },
       py::arg("x"), py::arg("activation"), py::arg("negative_slope") = 0.01,
       py::arg("out") = py::none(),
@@ -31,22 +25,14 @@ void bind_activation(py::module_& m) {
       "activation_backward",
       [](py::handle g_obj, py::handle z_obj, py::handle act_obj, py::handle slope_obj,
          py::handle out_obj) {
-        const char* fn = "activation_backward";
-        py::array g = array_arg(fn, g_obj, "grad_out", DType::f32, -1);
-        py::array z = array_arg(fn, z_obj, "preact", DType::f32, -1);
-        std::vector<int64_t> shape(g.shape(), g.shape() + g.ndim());
-        expect_shape(fn, z, "preact", shape);
-        const Activation act = parse_activation(fn, str_arg(fn, act_obj, "activation"));
-        const float slope = finite_f32_arg(fn, slope_obj, "negative_slope");
-        py::array out = out_arg(fn, out_obj, "out", shape);
-        same_or_no_overlap(fn, out, "out", g, "grad_out");
-        same_or_no_overlap(fn, out, "out", z, "preact");
-        const int64_t n = g.size();
+        const ActivationArgs a = activation_backward_args(cpu_call("activation_backward"), g_obj,
+                                                          z_obj, act_obj, slope_obj, out_obj);
         {
           py::gil_scoped_release release;
-          cpu::activation_backward(n, cf32(g), cf32(z), f32(out), act, slope);
+          cpu::activation_backward(a.in.size, a.in.cf32(), a.preact.cf32(), a.out.f32(), a.act,
+                                   a.slope);
         }
-        return out;
+        return a.out.obj;
       },
       py::arg("grad_out"), py::arg("preact"), py::arg("activation"),
       py::arg("negative_slope") = 0.01, py::arg("out") = py::none(),

@@ -1,10 +1,11 @@
-// Bindings: dropout_forward, dropout_backward, and philox4x32_10 (the raw generator, for tests).
+// Bindings: dropout_forward, dropout_backward (contract: dropout_args.h), and philox4x32_10 (the
+// raw generator, for tests).
 #include <pybind11/stl.h>
 
 #include <array>
 
-#include "checks.h"
 #include "cpu_bindings.h"
+#include "dropout_args.h"
 #include "ember/cpu.h"
 #include "ember/philox.h"
 
@@ -12,22 +13,15 @@ namespace ember::bind {
 namespace {
 
 // dropout_forward and dropout_backward take the same arguments and run the same map.
-py::array dropout(const char* fn, const char* in_name, py::handle x_obj, py::handle p_obj,
-                  py::handle seed_obj, py::handle offset_obj, py::handle out_obj) {
-  py::array x = array_arg(fn, x_obj, in_name, DType::f32, -1);
-  const double p = real_arg(fn, p_obj, "p");
-  require(p >= 0.0 && p <= 1.0, fn, "p must be in [0, 1], got " + py::repr(p_obj).cast<std::string>());
-  const uint64_t seed = uint64_arg(fn, seed_obj, "seed");
-  const uint64_t offset = uint64_arg(fn, offset_obj, "offset");
-  std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-  py::array out = out_arg(fn, out_obj, "out", shape);
-  same_or_no_overlap(fn, out, "out", x, in_name);
-  const int64_t n = x.size();
+py::object dropout(const char* fn, const char* in_name, py::handle x_obj, py::handle p_obj,
+                   py::handle seed_obj, py::handle offset_obj, py::handle out_obj) {
+  const DropoutArgs a = dropout_args(cpu_call(fn), in_name, x_obj, p_obj, seed_obj, offset_obj,
+                                     out_obj);
   {
     py::gil_scoped_release release;
-    cpu::dropout_forward(n, cf32(x), f32(out), static_cast<float>(p), seed, offset);
+    cpu::dropout_forward(a.in.size, a.in.cf32(), a.out.f32(), a.p, a.seed, a.offset);
   }
-  return out;
+  return a.out.obj;
 }
 
 }  // namespace

@@ -1,9 +1,7 @@
-// Bindings: gather_rows.
-#include <string>
-
-#include "checks.h"
+// Bindings: gather_rows (contract: gather_args.h).
 #include "cpu_bindings.h"
 #include "ember/cpu.h"
+#include "gather_args.h"
 
 namespace ember::bind {
 
@@ -11,27 +9,12 @@ void bind_gather(py::module_& m) {
   m.def(
       "gather_rows",
       [](py::handle x_obj, py::handle index_obj, py::handle out_obj) {
-        const char* fn = "gather_rows";
-        py::array x = array_arg(fn, x_obj, "x", DType::f32, 2);
-        py::array index = array_arg(fn, index_obj, "index", DType::i64, 1);
-        const int64_t n = x.shape(0), cols = x.shape(1), rows = index.shape(0);
-        const int64_t* idx = ci64(index);
-        for (int64_t i = 0; i < rows; ++i) {
-          if (idx[i] < 0 || idx[i] >= n) {
-            throw py::value_error(std::string(fn) + ": index[" + std::to_string(i) + "] = " +
-                                  std::to_string(idx[i]) + " is out of range [0, " +
-                                  std::to_string(n) + ") (x has " + std::to_string(n) +
-                                  " rows)");
-          }
-        }
-        py::array out = out_arg(fn, out_obj, "out", {rows, cols});
-        no_overlap(fn, out, "out", x, "x");
-        no_overlap(fn, out, "out", index, "index");
+        const GatherArgs a = gather_rows_args(cpu_call("gather_rows"), x_obj, index_obj, out_obj);
         {
           py::gil_scoped_release release;
-          cpu::gather_rows(rows, cols, cf32(x), idx, f32(out));
+          cpu::gather_rows(a.index.dim(0), a.x.dim(1), a.x.cf32(), a.index.ci64(), a.out.f32());
         }
-        return out;
+        return a.out.obj;
       },
       py::arg("x"), py::arg("index"), py::arg("out") = py::none(),
       R"(out[i] = x[index[i]]: rows of a 2-D float32 array (a batch). See ember.ops.gather_rows.)");

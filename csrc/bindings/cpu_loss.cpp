@@ -1,9 +1,7 @@
-// Bindings: softmax_cross_entropy, mse, argmax, accuracy.
-#include <cmath>
-
-#include "checks.h"
+// Bindings: softmax_cross_entropy, mse, argmax, accuracy (contract: loss_args.h).
 #include "cpu_bindings.h"
 #include "ember/cpu.h"
+#include "loss_args.h"
 
 namespace ember::bind {
 
@@ -13,59 +11,21 @@ void bind_loss(py::module_& m) {
       [](py::handle logits_obj, py::handle labels_obj, py::handle weight_obj, py::handle eps_obj,
          py::handle reduction_obj, py::handle scale_obj, py::handle compute_grad_obj,
          py::handle grad_obj, py::handle row_loss_obj) {
-        const char* fn = "softmax_cross_entropy";
-        py::array logits = array_arg(fn, logits_obj, "logits", DType::f32, 2);
-        const int64_t rows = logits.shape(0), classes = logits.shape(1);
-        py::array labels = labels_arg(fn, labels_obj, rows, classes);
-        const bool weighted = !weight_obj.is_none();
-        py::array weight;  // (an empty float64 array when not weighted: test `weighted`, not this)
-        if (weighted) {
-          weight = array_arg(fn, weight_obj, "weight", DType::f32, 1);
-          expect_shape(fn, weight, "weight", {classes});
-          const float* w = cf32(weight);
-          for (int64_t c = 0; c < classes; ++c) {
-            if (!(std::isfinite(w[c]) && w[c] >= 0.0f)) {
-              throw py::value_error(std::string(fn) + ": weight must be finite and >= 0, got weight[" +
-                                    std::to_string(c) + "] = " + std::to_string(w[c]));
-            }
-          }
-        }
-        const double eps = real_arg(fn, eps_obj, "label_smoothing");
-        require(eps >= 0.0 && eps <= 1.0, fn,
-                "label_smoothing must be in [0, 1], got " + py::repr(eps_obj).cast<std::string>());
-        const Reduction reduction = parse_reduction(fn, str_arg(fn, reduction_obj, "reduction"));
-        const float grad_scale = finite_f32_arg(fn, scale_obj, "grad_scale");
-        const bool compute_grad = bool_arg(fn, compute_grad_obj, "compute_grad");
-        require(compute_grad || grad_obj.is_none(), fn, "grad is given but compute_grad is False");
-
-        py::object grad = py::none();
+        const SoftmaxCrossEntropyCall a = softmax_cross_entropy_args(
+            cpu_call("softmax_cross_entropy"), logits_obj, labels_obj, weight_obj, eps_obj,
+            reduction_obj, scale_obj, compute_grad_obj, grad_obj, row_loss_obj);
         SoftmaxCrossEntropyArgs args;
-        args.rows = rows;
-        args.classes = classes;
-        args.logits = cf32(logits);
-        args.labels = ci64(labels);
-        args.class_weight = weighted ? cf32(weight) : nullptr;
-        args.label_smoothing = static_cast<float>(eps);
-        args.reduction = reduction;
-        args.grad_scale = grad_scale;
-        if (compute_grad) {
-          py::array g = out_arg(fn, grad_obj, "grad", {rows, classes});
-          same_or_no_overlap(fn, g, "grad", logits, "logits");
-          no_overlap(fn, g, "grad", labels, "labels");
-          if (weighted) no_overlap(fn, g, "grad", weight, "weight");
-          args.grad = f32(g);
-          grad = g;
-        }
-        py::object row_loss = py::none();
-        if (!row_loss_obj.is_none()) {
-          py::array rl = out_arg(fn, row_loss_obj, "row_loss", {rows});
-          no_overlap(fn, rl, "row_loss", logits, "logits");
-          no_overlap(fn, rl, "row_loss", labels, "labels");
-          if (weighted) no_overlap(fn, rl, "row_loss", weight, "weight");
-          if (compute_grad) no_overlap(fn, rl, "row_loss", py::reinterpret_borrow<py::array>(grad), "grad");
-          args.row_loss = f32(rl);
-          row_loss = rl;
-        }
+        args.rows = a.rows;
+        args.classes = a.classes;
+        args.logits = a.logits.cf32();
+        args.labels = a.labels.ci64();
+        args.class_weight = a.weight.given() ? a.weight.cf32() : nullptr;
+        args.label_smoothing = a.label_smoothing;
+        args.reduction = a.reduction;
+        args.grad_scale = a.grad_scale;
+        args.grad = a.compute_grad ? a.grad.f32() : nullptr;
+        args.row_loss = a.row_loss.given() ? a.row_loss.f32() : nullptr;
+        py::object grad = a.compute_grad ? a.grad.obj : py::object(py::none());
         double loss;
         {
           py::gil_scoped_release release;
@@ -83,31 +43,15 @@ See ember.ops.softmax_cross_entropy.)");
       "mse",
       [](py::handle pred_obj, py::handle target_obj, py::handle reduction_obj, py::handle scale_obj,
          py::handle compute_grad_obj, py::handle grad_obj) {
-        const char* fn = "mse";
-        py::array pred = array_arg(fn, pred_obj, "pred", DType::f32, -1);
-        py::array target = array_arg(fn, target_obj, "target", DType::f32, -1);
-        std::vector<int64_t> shape(pred.shape(), pred.shape() + pred.ndim());
-        expect_shape(fn, target, "target", shape);
-        const Reduction reduction = parse_reduction(fn, str_arg(fn, reduction_obj, "reduction"));
-        const float grad_scale = finite_f32_arg(fn, scale_obj, "grad_scale");
-        const bool compute_grad = bool_arg(fn, compute_grad_obj, "compute_grad");
-        require(compute_grad || grad_obj.is_none(), fn, "grad is given but compute_grad is False");
-        py::object grad = py::none();
-        float* g = nullptr;
-        if (compute_grad) {
-          py::array ga = out_arg(fn, grad_obj, "grad", shape);
-          same_or_no_overlap(fn, ga, "grad", pred, "pred");
-          same_or_no_overlap(fn, ga, "grad", target, "target");
-          g = f32(ga);
-          grad = ga;
-        }
-        const int64_t n = pred.size();
+        const MseCall a = mse_args(cpu_call("mse"), pred_obj, target_obj, reduction_obj,
+                                   scale_obj, compute_grad_obj, grad_obj);
         double loss;
         {
           py::gil_scoped_release release;
-          loss = cpu::mse(n, cf32(pred), cf32(target), g, reduction, grad_scale);
+          loss = cpu::mse(a.pred.size, a.pred.cf32(), a.target.cf32(),
+                          a.compute_grad ? a.grad.f32() : nullptr, a.reduction, a.grad_scale);
         }
-        return py::make_tuple(loss, grad);
+        return py::make_tuple(loss, a.compute_grad ? a.grad.obj : py::object(py::none()));
       },
       py::arg("pred"), py::arg("target"), py::arg("reduction") = "mean",
       py::arg("grad_scale") = 1.0, py::arg("compute_grad") = true, py::arg("grad") = py::none(),
@@ -117,16 +61,12 @@ See ember.ops.mse.)");
   m.def(
       "argmax",
       [](py::handle x_obj, py::handle out_obj) {
-        const char* fn = "argmax";
-        py::array x = array_arg(fn, x_obj, "x", DType::f32, 2);
-        const int64_t rows = x.shape(0), cols = x.shape(1);
-        py::array out = out_arg(fn, out_obj, "out", {rows}, DType::i64);
-        no_overlap(fn, out, "out", x, "x");
+        const ArgmaxCall a = argmax_args(cpu_call("argmax"), x_obj, out_obj);
         {
           py::gil_scoped_release release;
-          cpu::argmax_rows(rows, cols, cf32(x), i64(out));
+          cpu::argmax_rows(a.x.dim(0), a.x.dim(1), a.x.cf32(), a.out.i64());
         }
-        return out;
+        return a.out.obj;
       },
       py::arg("x"), py::arg("out") = py::none(),
       R"(Index of the largest value of each row (first on ties, NaN counts as largest), as int64.
@@ -135,14 +75,12 @@ See ember.ops.argmax.)");
   m.def(
       "accuracy",
       [](py::handle logits_obj, py::handle labels_obj) {
-        const char* fn = "accuracy";
-        py::array logits = array_arg(fn, logits_obj, "logits", DType::f32, 2);
-        const int64_t rows = logits.shape(0), cols = logits.shape(1);
-        py::array labels = labels_arg(fn, labels_obj, rows, cols);
+        const AccuracyCall a = accuracy_args(cpu_call("accuracy"), logits_obj, labels_obj);
+        const int64_t rows = a.logits.dim(0), cols = a.logits.dim(1);
         int64_t correct;
         {
           py::gil_scoped_release release;
-          correct = cpu::count_correct(rows, cols, cf32(logits), ci64(labels));
+          correct = cpu::count_correct(rows, cols, a.logits.cf32(), a.labels.ci64());
         }
         return static_cast<double>(correct) / static_cast<double>(rows);
       },

@@ -8,12 +8,21 @@
 #include <utility>
 #include <vector>
 
-#include "checks.h"
+#include "args.h"
 #include "cpu_bindings.h"
 #include "ember/cpu.h"
 
 namespace ember::bind {
 namespace {
+
+// The plan names an overlapping pair by their lists ("outputs must not share memory with weights").
+void no_overlap(const char* fn, const std::pair<Arr, const char*>& out, const Arr& in,
+                const char* in_name) {
+  if (overlaps(out.first, in)) {
+    throw py::value_error(std::string(fn) + ": " + out.second + " must not share memory with " +
+                          in_name);
+  }
+}
 
 class MlpPlan {
  public:
@@ -24,6 +33,7 @@ class MlpPlan {
           py::handle class_weight, double label_smoothing, const std::string& reduction,
           bool count_correct, const std::string& loss) {
     const char* fn = "MlpPlan";
+    const Call c = cpu_call(fn);
     require(batch >= 1 && in_features >= 1, fn, "batch and in_features must be >= 1");
     const size_t L = weights.size();
     require(L >= 1, fn, "weights must hold at least one layer");
@@ -37,28 +47,28 @@ class MlpPlan {
     int64_t in = in_features;
     // Keeps the array alive with the plan; the reference is used at once (a later push_back may
     // move the vector).
-    auto keep = [&](py::array a, const char* name, bool output) -> py::array& {
+    auto keep = [&](Arr a, const char* name, bool output) -> Arr& {
       (output ? outputs_ : inputs_).push_back({std::move(a), name});
       return (output ? outputs_ : inputs_).back().first;
     };
     auto at = [](const char* list, size_t i) {
       return std::string(list) + "[" + std::to_string(i) + "]";
     };
-    auto input = [&](py::handle obj, const char* list, size_t i, int ndim) -> const py::array& {
-      return keep(array_arg(fn, obj, at(list, i).c_str(), DType::f32, ndim), list, false);
+    auto input = [&](py::handle obj, const char* list, size_t i, int ndim) -> const Arr& {
+      return keep(array_arg(c, obj, at(list, i), DType::f32, ndim), list, false);
     };
     auto output = [&](py::handle obj, const char* list, size_t i,
                       const std::vector<int64_t>& shape) {
-      return f32(keep(out_arg(fn, obj, at(list, i).c_str(), shape), list, true));
+      return keep(out_arg(c, obj, at(list, i), shape), list, true).f32();
     };
     for (size_t i = 0; i < L; ++i) {
       MlpLayer& l = layers_[i];
-      const py::array& w = input(weights[i], "weights", i, 2);
-      const int64_t out = w.shape(0);
-      expect_shape(fn, w, at("weights", i).c_str(), {out, in});
+      const Arr& w = input(weights[i], "weights", i, 2);
+      const int64_t out = w.dim(0);
+      expect_shape(c, w, {out, in});
       l.in = in;
       l.out = out;
-      l.weight = cf32(w);
+      l.weight = w.cf32();
       l.act = parse_activation(fn, py::cast<std::string>(activations[i]));
       l.act_param = finite_scalar(fn, py::cast<double>(slopes[i]), at("slopes", i).c_str());
       l.y = output(outputs[i], "outputs", i, {batch, out});
@@ -78,9 +88,9 @@ class MlpPlan {
       require(has_bias == !grad_biases[i].is_none(), fn,
               at("grad_biases", i) + " must be given exactly when biases[i] is");
       if (has_bias) {
-        const py::array& b = input(biases[i], "biases", i, 1);
-        expect_shape(fn, b, at("biases", i).c_str(), {out});
-        l.bias = cf32(b);
+        const Arr& b = input(biases[i], "biases", i, 1);
+        expect_shape(c, b, {out});
+        l.bias = b.cf32();
         l.grad_bias = output(grad_biases[i], "grad_biases", i, {out});
       }
       require(i == 0 ? grad_inputs[i].is_none() : !grad_inputs[i].is_none(), fn,
@@ -92,17 +102,17 @@ class MlpPlan {
       in = out;
     }
     classes_ = in;
-    args_.loss.grad = f32(keep(out_arg(fn, loss_grad, "loss_grad", {batch, classes_}), "loss_grad",
-                               true));
+    args_.loss.grad = keep(out_arg(c, loss_grad, "loss_grad", {batch, classes_}), "loss_grad",
+                           true).f32();
     if (!class_weight.is_none()) {
-      const py::array& cw = keep(array_arg(fn, class_weight, "class_weight", DType::f32, 1),
-                                 "class_weight", false);
-      expect_shape(fn, cw, "class_weight", {classes_});
-      const float* c = cf32(cw);
+      const Arr& cw = keep(array_arg(c, class_weight, "class_weight", DType::f32, 1),
+                           "class_weight", false);
+      expect_shape(c, cw, {classes_});
+      const float* w = cw.cf32();
       for (int64_t j = 0; j < classes_; ++j) {
-        require(std::isfinite(c[j]) && c[j] >= 0.0f, fn, "class_weight must be finite and >= 0");
+        require(std::isfinite(w[j]) && w[j] >= 0.0f, fn, "class_weight must be finite and >= 0");
       }
-      args_.loss.class_weight = c;
+      args_.loss.class_weight = w;
     }
     require(label_smoothing >= 0.0 && label_smoothing <= 1.0, fn,
             "label_smoothing must be in [0, 1]");
@@ -118,11 +128,10 @@ class MlpPlan {
     // array of the plan.
     for (size_t a = 0; a < outputs_.size(); ++a) {
       for (size_t b = a + 1; b < outputs_.size(); ++b) {
-        no_overlap(fn, outputs_[a].first, outputs_[a].second, outputs_[b].first,
-                   outputs_[b].second);
+        no_overlap(fn, outputs_[a], outputs_[b].first, outputs_[b].second);
       }
       for (const auto& in_arr : inputs_) {
-        no_overlap(fn, outputs_[a].first, outputs_[a].second, in_arr.first, in_arr.second);
+        no_overlap(fn, outputs_[a], in_arr.first, in_arr.second);
       }
     }
     args_.batch = batch;
@@ -133,25 +142,26 @@ class MlpPlan {
   // y: int64 class labels (batch,) for cross-entropy; float32 targets (batch, classes) for mse.
   py::tuple step(py::handle x_obj, py::handle y_obj) {
     const char* fn = "MlpPlan.step";
-    py::array x = array_arg(fn, x_obj, "x", DType::f32, 2);
-    expect_shape(fn, x, "x", {batch_, in_});
-    py::array y;
+    const Call c = cpu_call(fn);
+    const Arr x = array_arg(c, x_obj, "x", DType::f32, 2);
+    expect_shape(c, x, {batch_, in_});
+    Arr y;
     if (args_.mse) {
-      y = array_arg(fn, y_obj, "targets", DType::f32, 2);
-      expect_shape(fn, y, "targets", {batch_, classes_});
+      y = array_arg(c, y_obj, "targets", DType::f32, 2);
+      expect_shape(c, y, {batch_, classes_});
     } else {
-      y = labels_arg(fn, y_obj, batch_, classes_);
+      y = labels_arg(c, y_obj, batch_, classes_);
     }
     for (const auto& o : outputs_) {
-      no_overlap(fn, o.first, o.second, x, "x");
-      no_overlap(fn, o.first, o.second, y, args_.mse ? "targets" : "labels");
+      no_overlap(fn, o, x, "x");
+      no_overlap(fn, o, y, args_.mse ? "targets" : "labels");
     }
     MlpStepArgs a = args_;
-    a.x = cf32(x);
+    a.x = x.cf32();
     if (args_.mse) {
-      a.target = cf32(y);
+      a.target = y.cf32();
     } else {
-      a.labels = ci64(y);
+      a.labels = y.ci64();
     }
     MlpStepResult r;
     {
@@ -165,7 +175,7 @@ class MlpPlan {
   int64_t batch_ = 0, in_ = 0, classes_ = 0;
   std::vector<MlpLayer> layers_;
   MlpStepArgs args_;
-  std::vector<std::pair<py::array, const char*>> outputs_, inputs_;
+  std::vector<std::pair<Arr, const char*>> outputs_, inputs_;
 };
 
 }  // namespace

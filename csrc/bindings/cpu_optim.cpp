@@ -7,120 +7,20 @@
 #include <string>
 #include <vector>
 
-#include "checks.h"
-#include "optim_args.h"
 #include "cpu_bindings.h"
+#include "optim_args.h"
 #include "ember/cpu.h"
 
 namespace ember::bind {
 namespace {
 
-// One list argument (params, grads, a state list) after its arrays passed array_arg.
-struct ArrayList {
-  const char* name = nullptr;
-  bool output = false;
-  std::vector<py::array> arrays;
-};
-
-std::string item_name(const char* list, size_t i) {
-  return std::string(list) + "[" + std::to_string(i) + "]";
-}
-
-// `obj` must be a list (or tuple) of `expected` float32 C-contiguous non-empty arrays (`expected`
-// < 0: any number >= 1, as for params); outputs must be writable.
-ArrayList array_list(const char* fn, py::handle obj, const char* name, bool output,
-                     py::ssize_t expected, const char* expected_from = "params") {
-  if (obj.is_none()) {
-    throw py::value_error(std::string(fn) + ": " + name + " is required (got None)");
-  }
-  if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj)) {
-    throw py::type_error(std::string(fn) + ": " + name + " must be a list of arrays, got " +
-                         type_name(obj));
-  }
-  auto seq = py::reinterpret_borrow<py::sequence>(obj);
-  const py::ssize_t n = static_cast<py::ssize_t>(seq.size());
-  if (expected < 0 && n == 0) {
-    throw py::value_error(std::string(fn) + ": " + name + " must hold at least one array");
-  }
-  if (expected >= 0 && n != expected) {
-    throw py::value_error(std::string(fn) + ": " + name + " has " + std::to_string(n) +
-                          " arrays but " + expected_from + " has " + std::to_string(expected));
-  }
-  ArrayList out{name, output, {}};
-  out.arrays.reserve(static_cast<size_t>(n));
-  for (py::ssize_t i = 0; i < n; ++i) {
-    const std::string item = item_name(name, static_cast<size_t>(i));
-    out.arrays.push_back(array_arg(fn, seq[i], item.c_str(), DType::f32, -1, output));
-  }
-  return out;
-}
-
-void same_shapes(const char* fn, const ArrayList& like, const ArrayList& list) {
-  for (size_t i = 0; i < list.arrays.size(); ++i) {
-    const py::array& a = list.arrays[i];
-    const py::array& ref = like.arrays[i];
-    bool ok = a.ndim() == ref.ndim();
-    for (py::ssize_t d = 0; ok && d < a.ndim(); ++d) ok = a.shape(d) == ref.shape(d);
-    if (!ok) {
-      throw py::value_error(std::string(fn) + ": " + item_name(list.name, i) + " must have shape " +
-                            shape_str(ref) + " like " + item_name(like.name, i) + ", got " +
-                            shape_str(a));
-    }
-  }
-}
-
-// No array the kernel writes may share memory with any other array of the call (threads update
-// different tensors at once), while gradients, only read, may overlap each other. One sort and a
-// sweep: O(n log n) in the number of arrays.
-void no_shared_memory(const char* fn, const std::vector<const ArrayList*>& lists) {
-  struct Span {
-    const char* lo;
-    const char* hi;
-    bool output;
-    const char* list;
-    size_t index;
-  };
-  std::vector<Span> spans;
-  for (const ArrayList* l : lists) {
-    for (size_t i = 0; i < l->arrays.size(); ++i) {
-      const auto* lo = static_cast<const char*>(l->arrays[i].data());
-      spans.push_back({lo, lo + l->arrays[i].nbytes(), l->output, l->name, i});
-    }
-  }
-  // Stable, so that of two arrays at one address the later argument is named first in the error.
-  std::stable_sort(spans.begin(), spans.end(),
-                   [](const Span& x, const Span& y) { return x.lo < y.lo; });
-  const Span* reach_any = nullptr;  // the earlier span reaching furthest
-  const Span* reach_out = nullptr;  // the earlier output span reaching furthest
-  for (const Span& s : spans) {
-    const Span* hit = s.output ? reach_any : reach_out;
-    if (hit != nullptr && hit->hi > s.lo) {
-      const Span& written = s.output ? s : *hit;
-      const Span& other = s.output ? *hit : s;
-      throw py::value_error(std::string(fn) + ": " + item_name(written.list, written.index) +
-                            " must not share memory with " + item_name(other.list, other.index));
-    }
-    if (reach_any == nullptr || s.hi > reach_any->hi) reach_any = &s;
-    if (s.output && (reach_out == nullptr || s.hi > reach_out->hi)) reach_out = &s;
-  }
-}
-
-template <class T>
-std::vector<T> pointers(const ArrayList& l) {
-  std::vector<T> out;
-  out.reserve(l.arrays.size());
-  for (const py::array& a : l.arrays) out.push_back(static_cast<T>(const_cast<void*>(a.data())));
-  return out;
-}
-
-
 py::tuple result(StepResult r) { return py::make_tuple(r.grad_norm, r.skipped); }
 
-// An optimizer's lists after their checks, with the raw pointers the kernels take: made by each
-// sgd_step / adam_step call, or once by an OptimPlan that keeps it (and its arrays) between steps.
+// An optimizer's lists after their checks (optim_args.h), with the raw pointers the kernels take:
+// made by each sgd_step / adam_step call, or once by an OptimPlan that keeps it (and its arrays)
+// between steps.
 struct Lists {
-  ArrayList params, grads;
-  std::vector<ArrayList> states;  // momentum buffers; or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+  OptimLists lists;
   std::vector<float*> p;
   std::vector<const float*> g;
   std::vector<std::vector<float*>> s;
@@ -130,27 +30,14 @@ struct Lists {
   float** state(size_t i) { return i < s.size() ? s[i].data() : nullptr; }
 };
 
-// params: writable float32 arrays; grads and every state list: as many arrays, of the same shapes;
-// no array that is written may share memory with any other.
 Lists check_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
                   const std::vector<std::pair<py::handle, const char*>>& states) {
   Lists l;
-  l.params = array_list(fn, params_obj, "params", true, -1);
-  const auto n = static_cast<py::ssize_t>(l.params.arrays.size());
-  l.grads = array_list(fn, grads_obj, "grads", false, n);
-  same_shapes(fn, l.params, l.grads);
-  l.states.reserve(states.size());  // no reallocation: `all` points into it
-  std::vector<const ArrayList*> all{&l.params, &l.grads};
-  for (const auto& [obj, name] : states) {
-    l.states.push_back(array_list(fn, obj, name, true, n));
-    same_shapes(fn, l.params, l.states.back());
-    all.push_back(&l.states.back());
-  }
-  no_shared_memory(fn, all);
-  l.p = pointers<float*>(l.params);
-  l.g = pointers<const float*>(l.grads);
-  for (const ArrayList& st : l.states) l.s.push_back(pointers<float*>(st));
-  for (const py::array& x : l.params.arrays) l.sizes.push_back(x.size());
+  l.lists = optim_lists(cpu_call(fn), params_obj, grads_obj, states);
+  l.p = l.lists.params.pointers<float*>();
+  l.g = l.lists.grads.pointers<const float*>();
+  for (const ArrList& st : l.lists.states) l.s.push_back(st.pointers<float*>());
+  l.sizes = l.lists.params.sizes();
   return l;
 }
 
@@ -186,7 +73,7 @@ class OptimPlan {
     lists_ = check_lists("OptimPlan", params_obj, grads_obj, plan_states(states_obj, held));
   }
 
-  int64_t state_lists() const { return static_cast<int64_t>(lists_.states.size()); }
+  int64_t state_lists() const { return static_cast<int64_t>(lists_.lists.states.size()); }
 
   py::tuple sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
                 bool maximize, py::handle step_obj, double max_grad_norm) {

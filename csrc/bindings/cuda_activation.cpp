@@ -1,54 +1,34 @@
 // Bindings of the CUDA activation family: activation_forward / activation_backward on CUDA arrays
-// (positional arguments as in ember._cpu, then `stream` and `alloc`).
+// (contract: activation_args.h; positional arguments as in ember._cpu, then `stream` and `alloc`).
 #include <pybind11/pybind11.h>
 
-#include <string>
-#include <vector>
-
+#include "activation_args.h"
 #include "cuda_bindings.h"
-#include "cuda_ops_common.h"
+#include "cuda_device.h"
 
 namespace ember::bind {
 namespace {
 
-// An elementwise output of x's shape that may be `x` itself (in place) but not overlap otherwise.
-CudaArray same_shape_out(const char* fn, py::handle out_obj, const CudaArray& like,
-                         const std::vector<const CudaArray*>& inputs, const py::object& alloc) {
-  CudaArray out = cuda_out_arg(fn, out_obj, "out", like.shape, alloc);
-  for (const CudaArray* in : inputs) {
-    if (!same_memory(out, *in)) no_overlap(fn, out, *in);
-  }
-  return out;
-}
-
-py::object activation_forward(py::handle x_obj, const std::string& activation,
-                              double negative_slope, py::handle out_obj, uintptr_t stream,
-                              const py::object& alloc) {
+py::object activation_forward(py::handle x_obj, py::handle act_obj, py::handle slope_obj,
+                              py::handle out_obj, uintptr_t stream, const py::object& alloc) {
   const char* fn = "activation_forward";
-  const Activation act = parse_activation(fn, activation);
-  const float slope = finite_scalar(fn, negative_slope, "negative_slope");
-  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, -1);
-  const CudaArray out = same_shape_out(fn, out_obj, x, {&x}, alloc);
-  device_phase(fn, {&x, &out}, stream);
-  cuda::activation_forward(x.size, x.cf32(), out.f32(), act, slope,
-                           reinterpret_cast<cuda::Stream>(stream));
-  return out.obj;
+  const ActivationArgs a =
+      activation_forward_args(cuda_call(fn, alloc), x_obj, act_obj, slope_obj, out_obj);
+  device_phase(fn, {&a.in, &a.out}, stream);
+  cuda::activation_forward(a.in.size, a.in.cf32(), a.out.f32(), a.act, a.slope, as_stream(stream));
+  return a.out.obj;
 }
 
-py::object activation_backward(py::handle grad_out_obj, py::handle preact_obj,
-                               const std::string& activation, double negative_slope,
-                               py::handle out_obj, uintptr_t stream, const py::object& alloc) {
+py::object activation_backward(py::handle g_obj, py::handle z_obj, py::handle act_obj,
+                               py::handle slope_obj, py::handle out_obj, uintptr_t stream,
+                               const py::object& alloc) {
   const char* fn = "activation_backward";
-  const Activation act = parse_activation(fn, activation);
-  const float slope = finite_scalar(fn, negative_slope, "negative_slope");
-  const CudaArray g = cuda_array_arg(fn, grad_out_obj, "grad_out", DType::f32, -1);
-  const CudaArray z = cuda_array_arg(fn, preact_obj, "preact", DType::f32, -1);
-  expect_shape(fn, z, g.shape);
-  const CudaArray out = same_shape_out(fn, out_obj, g, {&g, &z}, alloc);
-  device_phase(fn, {&g, &z, &out}, stream);
-  cuda::activation_backward(g.size, g.cf32(), z.cf32(), out.f32(), act, slope,
-                            reinterpret_cast<cuda::Stream>(stream));
-  return out.obj;
+  const ActivationArgs a =
+      activation_backward_args(cuda_call(fn, alloc), g_obj, z_obj, act_obj, slope_obj, out_obj);
+  device_phase(fn, {&a.in, &a.preact, &a.out}, stream);
+  cuda::activation_backward(a.in.size, a.in.cf32(), a.preact.cf32(), a.out.f32(), a.act, a.slope,
+                            as_stream(stream));
+  return a.out.obj;
 }
 
 }  // namespace

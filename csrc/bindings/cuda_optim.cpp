@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "cuda_bindings.h"
-#include "cuda_ops_common.h"
+#include "cuda_device.h"
 #include "optim_args.h"
 
 namespace ember::bind {
@@ -25,7 +25,7 @@ namespace {
 
 // The step's device state and result: the caller's (graph mode) or scratch (host mode).
 struct StepIO {
-  CudaArray state, result;
+  Arr state, result;
   bool device = false;
 };
 
@@ -36,10 +36,11 @@ StepIO step_io(const char* fn, py::handle state_obj, py::handle result_obj, cons
     return io;
   }
   io.device = true;
-  io.state = cuda_array_arg(fn, state_obj, "state", DType::i64, 1, true);
-  expect_shape(fn, io.state, {2});
-  io.result = cuda_out_i64(fn, result_obj, "result", {2}, alloc);
-  no_overlap(fn, io.result, io.state);
+  const Call c = cuda_call(fn, alloc);
+  io.state = array_arg(c, state_obj, "state", DType::i64, 1, true);
+  expect_shape(c, io.state, {2});
+  io.result = out_arg(c, result_obj, "result", {2}, DType::i64);
+  no_overlap(c, io.result, io.state);
   return io;
 }
 
@@ -47,7 +48,7 @@ StepIO step_io(const char* fn, py::handle state_obj, py::handle result_obj, cons
 // every array through device_phase first (an OptimPlan did that once, when it was built).
 template <class Launch>
 py::object run(const char* fn, StepIO& io, int64_t step, double lr, int64_t ws_words,
-               std::vector<const CudaArray*> arrays, bool check, uintptr_t stream,
+               std::vector<const Arr*> arrays, bool check, uintptr_t stream,
                const py::object& alloc, Launch&& launch) {
   if (io.device) {
     arrays.push_back(&io.state);
@@ -59,7 +60,7 @@ py::object run(const char* fn, StepIO& io, int64_t step, double lr, int64_t ws_w
     device_phase(fn, {&io.state, &io.result}, stream);
   }
   // Host mode: 2 more words for the state.
-  const CudaArray ws = cuda_workspace(fn, ws_words + 2, alloc);
+  const Arr ws = cuda_workspace(cuda_call(fn, alloc), ws_words + 2);
   double* w = words(ws);
   auto s = reinterpret_cast<cuda::Stream>(stream);
   if (io.device) {
@@ -73,43 +74,37 @@ py::object run(const char* fn, StepIO& io, int64_t step, double lr, int64_t ws_w
   return py::make_tuple(as_double(r[0]), r[1] != 0);
 }
 
-// The tensor lists of one optimizer call, checked: [0] params (written), [1] grads (read),
-// [2..] the optimizer's state (written), all of params' shapes and none sharing memory with an
-// array written; with their pointers and sizes for the kernels.
-struct OptimLists {
-  std::vector<CudaArrayList> lists;
+// The tensor lists of one optimizer call, checked (optim_args.h: params written, grads read, the
+// optimizer's state written, all of params' shapes, none sharing memory with an array written),
+// with their pointers and sizes for the kernels: [0] params, [1] grads, [2..] states.
+struct DeviceLists {
+  OptimLists lists;
   std::vector<std::vector<float*>> ptrs;
   std::vector<int64_t> sizes;
 
-  std::vector<const CudaArray*> arrays() const {
-    std::vector<const CudaArray*> out;
-    for (const CudaArrayList& l : lists) add_all(out, l);
+  std::vector<const Arr*> arrays() const {
+    std::vector<const Arr*> out;
+    add_all(out, lists.params);
+    add_all(out, lists.grads);
+    for (const ArrList& l : lists.states) add_all(out, l);
     return out;
   }
   int64_t count() const { return static_cast<int64_t>(sizes.size()); }
+  int64_t state_lists() const { return static_cast<int64_t>(lists.states.size()); }
 };
 
-OptimLists optim_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
-                       const std::vector<std::pair<py::handle, const char*>>& states) {
-  OptimLists o;
-  o.lists.reserve(2 + states.size());  // CudaArray::name points into each list's deque
-  o.lists.push_back(cuda_array_list(fn, params_obj, "params", true, -1));
-  const auto n = static_cast<py::ssize_t>(o.lists[0].arrays.size());
-  o.lists.push_back(cuda_array_list(fn, grads_obj, "grads", false, n));
-  same_shapes(fn, o.lists[0], o.lists[1]);
-  for (const auto& [obj, name] : states) {
-    o.lists.push_back(cuda_array_list(fn, obj, name, true, n));
-    same_shapes(fn, o.lists[0], o.lists.back());
-  }
-  std::vector<const CudaArrayList*> all;
-  for (const CudaArrayList& l : o.lists) all.push_back(&l);
-  no_shared_memory(fn, all);
-  for (const CudaArrayList& l : o.lists) o.ptrs.push_back(list_pointers<float*>(l));
-  o.sizes = sizes_of(o.lists[0]);
+DeviceLists device_lists(const char* fn, py::handle params_obj, py::handle grads_obj,
+                         const std::vector<std::pair<py::handle, const char*>>& states) {
+  DeviceLists o;
+  o.lists = optim_lists(cuda_call(fn, py::none()), params_obj, grads_obj, states);
+  o.ptrs.push_back(o.lists.params.pointers<float*>());
+  o.ptrs.push_back(o.lists.grads.pointers<float*>());
+  for (const ArrList& l : o.lists.states) o.ptrs.push_back(l.pointers<float*>());
+  o.sizes = o.lists.params.sizes();
   return o;
 }
 
-py::object launch_sgd(SgdArgs a, const OptimLists& l, StepIO& io, bool advance_step, bool check,
+py::object launch_sgd(SgdArgs a, const DeviceLists& l, StepIO& io, bool advance_step, bool check,
                       uintptr_t stream, const py::object& alloc) {
   a.count = l.count();
   a.params = l.ptrs[0].data();
@@ -122,7 +117,7 @@ py::object launch_sgd(SgdArgs a, const OptimLists& l, StepIO& io, bool advance_s
              });
 }
 
-py::object launch_adam(AdamArgs a, const OptimLists& l, StepIO& io, bool advance_step, bool check,
+py::object launch_adam(AdamArgs a, const DeviceLists& l, StepIO& io, bool advance_step, bool check,
                        uintptr_t stream, const py::object& alloc) {
   a.count = l.count();
   a.params = l.ptrs[0].data();
@@ -144,7 +139,7 @@ py::object sgd_step(py::handle params_obj, py::handle grads_obj, py::handle bufs
                     const py::object& alloc) {
   const SgdArgs a = sgd_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize,
                                         step_obj, max_grad_norm);
-  const OptimLists l = optim_lists("sgd_step", params_obj, grads_obj, sgd_states(momentum, bufs_obj));
+  const DeviceLists l = device_lists("sgd_step", params_obj, grads_obj, sgd_states(momentum, bufs_obj));
   StepIO io = step_io("sgd_step", state_obj, result_obj, alloc);
   return launch_sgd(a, l, io, advance_step, true, stream, alloc);
 }
@@ -157,7 +152,7 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
                      const py::object& alloc) {
   const AdamArgs a = adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, amsgrad,
                                           decoupled_weight_decay, maximize, step_obj, max_grad_norm);
-  const OptimLists l = optim_lists("adam_step", params_obj, grads_obj,
+  const DeviceLists l = device_lists("adam_step", params_obj, grads_obj,
                                    adam_states(m_obj, v_obj, amsgrad, vmax_obj));
   StepIO io = step_io("adam_step", state_obj, result_obj, alloc);
   return launch_adam(a, l, io, advance_step, true, stream, alloc);
@@ -171,11 +166,11 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
 class OptimPlan {
  public:
   OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj, uintptr_t stream) {
-    lists_ = optim_lists("OptimPlan", params_obj, grads_obj, plan_states(states_obj, holds_));
+    lists_ = device_lists("OptimPlan", params_obj, grads_obj, plan_states(states_obj, holds_));
     device_phase("OptimPlan", lists_.arrays(), stream);
   }
 
-  int64_t state_lists() const { return static_cast<int64_t>(lists_.lists.size()) - 2; }
+  int64_t state_lists() const { return lists_.state_lists(); }
 
   py::object sgd(double lr, double momentum, double dampening, double weight_decay,
                  bool nesterov, bool maximize, py::handle step_obj, double max_grad_norm,
@@ -206,7 +201,7 @@ class OptimPlan {
   }
 
   std::vector<py::object> holds_;
-  OptimLists lists_;
+  DeviceLists lists_;
 };
 
 }  // namespace

@@ -1,13 +1,13 @@
-// Bindings of the CUDA reduce family: column_sum, sum and global_norm on CUDA arrays (positional
-// arguments as in ember._cpu, then `stream` and `alloc`). sum and global_norm return a Python
-// float: they synchronise the stream once, after the launches.
+// Bindings of the CUDA reduce family: column_sum, sum and global_norm on CUDA arrays (contract:
+// reduce_args.h; positional arguments as in ember._cpu, then `stream` and `alloc`). sum and
+// global_norm return a Python float: they synchronise the stream once, after the launches.
 #include <pybind11/pybind11.h>
 
-#include <string>
 #include <vector>
 
 #include "cuda_bindings.h"
-#include "cuda_ops_common.h"
+#include "cuda_device.h"
+#include "reduce_args.h"
 
 namespace ember::bind {
 namespace {
@@ -15,38 +15,37 @@ namespace {
 py::object column_sum(py::handle x_obj, py::handle out_obj, bool accumulate, uintptr_t stream,
                       const py::object& alloc) {
   const char* fn = "column_sum";
-  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, 2);
-  if (accumulate && out_obj.is_none()) throw py::value_error("column_sum: accumulate=True needs out");
-  const CudaArray out = cuda_out_arg(fn, out_obj, "out", {x.dim(1)}, alloc);
-  no_overlap(fn, out, x);
-  device_phase(fn, {&x, &out}, stream);
-  const CudaArray ws =
-      cuda_workspace(fn, cuda::column_sum_workspace_words(x.dim(0), x.dim(1)), alloc);
-  cuda::column_sum(x.dim(0), x.dim(1), x.cf32(), out.f32(), accumulate, words(ws),
-                   reinterpret_cast<cuda::Stream>(stream));
-  return out.obj;
+  const Call c = cuda_call(fn, alloc);
+  const ColumnSumArgs a = column_sum_args(c, x_obj, out_obj, accumulate);
+  device_phase(fn, {&a.x, &a.out}, stream);
+  const Arr ws = cuda_workspace(c, cuda::column_sum_workspace_words(a.x.dim(0), a.x.dim(1)));
+  cuda::column_sum(a.x.dim(0), a.x.dim(1), a.x.cf32(), a.out.f32(), a.accumulate, words(ws),
+                   as_stream(stream));
+  return a.out.obj;
 }
 
 double sum(py::handle x_obj, uintptr_t stream, const py::object& alloc) {
   const char* fn = "sum";
-  const CudaArray x = cuda_array_arg(fn, x_obj, "x", DType::f32, -1);
+  const Call c = cuda_call(fn, alloc);
+  const Arr x = sum_args(c, x_obj);
   device_phase(fn, {&x}, stream);
-  const CudaArray ws = cuda_workspace(fn, cuda::sum_workspace_words(x.size), alloc);
-  cuda::sum(x.size, x.cf32(), words(ws), reinterpret_cast<cuda::Stream>(stream));
+  const Arr ws = cuda_workspace(c, cuda::sum_workspace_words(x.size));
+  cuda::sum(x.size, x.cf32(), words(ws), as_stream(stream));
   return as_double(read_words(words(ws), 1, stream)[0]);
 }
 
-double global_norm(py::handle arrays_obj, uintptr_t stream, const py::object& alloc) {
+double global_norm(py::list arrays_obj, uintptr_t stream, const py::object& alloc) {
   const char* fn = "global_norm";
-  const CudaArrayList l = cuda_array_list(fn, arrays_obj, "arrays", false, -1);
-  std::vector<const CudaArray*> arrays;
+  const Call c = cuda_call(fn, alloc);
+  const ArrList l = global_norm_args(c, arrays_obj);
+  std::vector<const Arr*> arrays;
   add_all(arrays, l);
   device_phase(fn, arrays, stream);
-  const auto ptrs = list_pointers<const float*>(l);
-  const auto sizes = sizes_of(l);
+  const auto ptrs = l.pointers<const float*>();
+  const auto sizes = l.sizes();
   const auto n = static_cast<int64_t>(ptrs.size());
-  const CudaArray ws = cuda_workspace(fn, cuda::optim_workspace_words(n, sizes.data()), alloc);
-  cuda::global_norm(n, ptrs.data(), sizes.data(), words(ws), reinterpret_cast<cuda::Stream>(stream));
+  const Arr ws = cuda_workspace(c, cuda::optim_workspace_words(n, sizes.data()));
+  cuda::global_norm(n, ptrs.data(), sizes.data(), words(ws), as_stream(stream));
   return as_double(read_words(words(ws) + 2, 1, stream)[0]);
 }
 

@@ -1,5 +1,6 @@
-// Hyperparameter checks shared by the CPU and CUDA optimizer bindings (cpu_optim.cpp,
-// cuda_optim.cpp): the same arguments give the same errors on either device.
+// The contract of the optimizer family (sgd_step, adam_step, OptimPlan), used by both bindings
+// (cpu_optim.cpp, cuda_optim.cpp): hyperparameters and tensor lists, so the same arguments give
+// the same errors on either device.
 #pragma once
 #include <Python.h>
 #include <pybind11/pybind11.h>
@@ -9,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "checks.h"
+#include "args.h"
 #include "ember/common.h"
 
 namespace ember::bind {
@@ -134,6 +135,35 @@ inline std::vector<std::pair<py::handle, const char*>> plan_states(py::handle st
     states.emplace_back(holds.back(), kNames[i]);
   }
   return states;
+}
+
+// An optimizer's tensor lists after their checks: params (written), grads (read), and the state
+// lists (written: momentum buffers; or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]).
+struct EMBER_BIND_HIDDEN OptimLists {
+  ArrList params, grads;
+  std::vector<ArrList> states;
+
+  int64_t count() const { return static_cast<int64_t>(params.arrays.size()); }
+};
+
+// params: writable float32 arrays; grads and every state list: as many arrays, of the same shapes;
+// no array that is written may share memory with any other.
+inline OptimLists optim_lists(const Call& c, py::handle params_obj, py::handle grads_obj,
+                              const std::vector<std::pair<py::handle, const char*>>& states) {
+  OptimLists l;
+  l.params = array_list(c, params_obj, "params", true, -1);
+  const auto n = static_cast<py::ssize_t>(l.params.arrays.size());
+  l.grads = array_list(c, grads_obj, "grads", false, n);
+  same_shapes(c, l.params, l.grads);
+  l.states.reserve(states.size());  // no reallocation: `all` points into it
+  std::vector<const ArrList*> all{&l.params, &l.grads};
+  for (const auto& [obj, name] : states) {
+    l.states.push_back(array_list(c, obj, name, true, n));
+    same_shapes(c, l.params, l.states.back());
+    all.push_back(&l.states.back());
+  }
+  no_shared_memory(c, all);
+  return l;
 }
 
 // A step through an OptimPlan needs as many state lists as the plan holds.

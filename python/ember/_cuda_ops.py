@@ -169,6 +169,21 @@ def _loss_out(device_loss):
     return _alloc((1,), "float64" if device_loss == "float64" else "float32")
 
 
+def _weight_values(weight, device_loss):
+    """A host copy of the class weights (one value per class), which the binding checks as the
+    CPU binding checks its weights (finite, >= 0; same message). Copying synchronises the stream,
+    which the call does anyway to return the loss; with ``device_loss`` (a call that must never
+    synchronise: CUDA-graph steps, whose weights ``ember.losses.CrossEntropy`` checked when it was
+    built) None: not checked. Anything ``cupy.asnumpy`` cannot copy is left to the binding's own
+    checks of ``weight``."""
+    if weight is None or device_loss or not backend.is_cuda_array(weight):
+        return None
+    try:
+        return _cp().asnumpy(weight)
+    except (TypeError, ValueError):
+        return None
+
+
 def softmax_cross_entropy(logits, labels, weight, label_smoothing, reduction, grad_scale,
                           compute_grad, grad, row_loss, *, device_loss=False):
     """As ``ember.ops.softmax_cross_entropy``. By default the loss is returned as a Python float,
@@ -176,10 +191,12 @@ def softmax_cross_entropy(logits, labels, weight, label_smoothing, reduction, gr
     checked on the device). ``device_loss=True`` returns the loss as a 1-element float32 CuPy
     array instead and never synchronises (for CUDA-graph training loops); a bad label then makes
     it NaN. ``device_loss="float64"``: the same as a float64 array, the value the synchronising
-    call returns as a Python float, to the bit."""
+    call returns as a Python float, to the bit. Class weights are checked (finite, >= 0) as on
+    the CPU, from a host copy, except with ``device_loss`` (see :func:`_weight_values`)."""
     return _cuda.softmax_cross_entropy(logits, _int64_labels(labels), weight, label_smoothing,
                                        reduction, grad_scale, compute_grad, grad, row_loss,
-                                       _loss_out(device_loss), _stream(), _alloc)
+                                       _loss_out(device_loss), _stream(), _alloc,
+                                       _weight_values(weight, device_loss))
 
 
 def mse(pred, target, reduction, grad_scale, compute_grad, grad, *, device_loss=False):
