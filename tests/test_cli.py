@@ -316,18 +316,18 @@ class _InterruptAfter(ember.callbacks.Callback):
 
 
 def _interrupted_train(monkeypatch, argv: list, after: int) -> None:
-    make = cli._make_trainer
+    make = cli.commands.make_trainer
 
     def make_and_interrupt(*a, **k):
         trainer = make(*a, **k)
         trainer.user_callbacks.append(_InterruptAfter(after))
         return trainer
 
-    monkeypatch.setattr(cli, "_make_trainer", make_and_interrupt)
+    monkeypatch.setattr(cli.commands, "make_trainer", make_and_interrupt)
     try:
         assert cli.main(["train", *argv]) == 130
     finally:
-        monkeypatch.setattr(cli, "_make_trainer", make)
+        monkeypatch.setattr(cli.commands, "make_trainer", make)
 
 
 def _snapshot(d: Path) -> dict:

@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["load_digits", "load_csv", "load_npz", "load_data"]
+__all__ = ["load_digits", "load_csv", "load_npz", "load_data", "is_number_text",
+           "check_data_path"]
 
 
 def load_digits(scale: bool = True):
@@ -29,7 +30,9 @@ def load_digits(scale: bool = True):
     return x, y
 
 
-def _missing(path) -> None:
+def check_data_path(path) -> None:
+    """Raise FileNotFoundError when the data file ``path`` does not exist, IsADirectoryError
+    when it is a directory; return quietly otherwise (the file may still be unreadable)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
     if os.path.isdir(path):
@@ -61,7 +64,7 @@ def load_csv(path, target: Optional[str] = None, require_target: bool = True,
         FileNotFoundError: no such file. ValueError: empty file, no header, unknown target column,
             ragged rows, an empty target, or a non-numeric feature cell (row and column named).
     """
-    _missing(path)
+    check_data_path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [(i, r) for i, r in enumerate(csv.reader(f), 1)
@@ -120,7 +123,7 @@ def load_csv(path, target: Optional[str] = None, require_target: bool = True,
 def load_npz(path, require_y: bool = True):
     """Read a ``.npz`` file holding arrays ``x`` and ``y``. Returns ``(x, y)``; with
     ``require_y=False`` a file holding only ``x`` gives ``(x, None)``."""
-    _missing(path)
+    check_data_path(path)
     bad = (OSError, EOFError, ValueError, zipfile.BadZipFile)
     with open(path, "rb") as f:  # closed on every path, also when np.load fails
         try:
@@ -149,5 +152,5 @@ def load_data(path, target: Optional[str] = None):
     if ext in (".csv", ".txt"):
         x, y, _ = load_csv(path, target)
         return x, y
-    _missing(path)
+    check_data_path(path)
     raise ValueError(f"{path}: unsupported data file type {ext!r} (use .csv or .npz)")
