@@ -6,12 +6,14 @@ True
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
 import numpy as np
 
 from ember import _cpu
+from ember._version import __version__
 
 #: What to tell a user whose ember has no CUDA module: the default build compiles it only where
 #: nvcc and a GPU are found at install time.
@@ -24,7 +26,6 @@ NOT_BUILT_WITH_CUDA = (
 def _import_cuda():
     """``(ember._cuda or None, why it is missing)``: a module that was never built is told apart
     from one that was built but does not load (a missing CUDA runtime library, say)."""
-    import importlib.util
     if importlib.util.find_spec("ember._cuda") is None:
         return None, NOT_BUILT_WITH_CUDA
     try:
@@ -132,8 +133,6 @@ def get_num_threads() -> int:
 
 def info() -> dict[str, Any]:
     """Version, backends built and usable, devices and threads, as a dict."""
-    from ember import __version__
-
     n, why = _cuda_devices()
     cuda: dict[str, Any] = {"built": cuda_built(), "usable": n > 0, "devices": []}
     if _cuda is not None:
@@ -190,9 +189,14 @@ def is_cuda_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
-def array_module(device: str):
-    """``numpy`` for ``"cpu"``, ``cupy`` for ``"cuda"``."""
-    if device == "cuda":
-        import cupy
-        return cupy
-    return np
+def array_module(where):
+    """The array module (``numpy`` or ``cupy``) for ``where``: a device name (``"cpu"`` or
+    ``"cuda"``) or an array (NumPy arrays, subclasses such as a memmap included, give numpy;
+    anything else, a CuPy array, gives cupy)."""
+    if isinstance(where, str):
+        if where != "cuda":
+            return np
+    elif isinstance(where, np.ndarray):
+        return np
+    import cupy
+    return cupy

@@ -14,6 +14,9 @@ import time
 
 import numpy as np
 
+from ember import backend, nn, ops
+from ember.trainer import Trainer
+
 __all__ = ["wait_idle", "bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
            "blas_threads", "seconds_per_call", "core_check"]
 
@@ -70,21 +73,18 @@ def core_check(threads: int, seconds: float = 0.3) -> str:
     GEMM rate on 1 thread and on ``threads``. A shared VM goes through spells where a second
     vCPU is busy elsewhere (measured: 2 threads no faster than 1 for tens of seconds); ratios
     measured then are not comparable. Benchmarks print it before and after their tables."""
-    import ember
-    from ember import ops
-
     a = np.random.default_rng(0).standard_normal((256, 256), dtype=np.float32)
     out = np.empty_like(a)
-    before = ember.get_num_threads()
+    before = backend.get_num_threads()
     rates = {}
     try:
         for n in sorted({1, max(1, int(threads))}):
-            ember.set_num_threads(n)
+            backend.set_num_threads(n)
             ops.gemm(a, a, out=out)
             rates[n] = 2 * 256 ** 3 / seconds_per_call(lambda: ops.gemm(a, a, out=out),
                                                        seconds) / 1e9
     finally:
-        ember.set_num_threads(before)
+        backend.set_num_threads(before)
     line = f"core check: 256^3 GEMM {rates[1]:.0f} GFLOP/s on 1 thread"
     if threads > 1:
         scaling = rates[threads] / rates[1]
@@ -116,7 +116,6 @@ def _compare(ember_fn, numpy_fn, samples: int, min_time: float,
 def bench_gemm(quick: bool = False) -> list[tuple]:
     """``[(case, ember GFLOP/s, NumPy GFLOP/s)]`` for the MLP-shaped and square GEMMs and the
     fused linear+bias+ReLU forward; each result is checked against float64 first."""
-    from ember import ops
     rng = np.random.default_rng(0)
     f32 = np.float32
     samples, min_time, rounds = (3, 0.01, 1) if quick else (4, 0.03, 2)
@@ -180,9 +179,7 @@ def bench_training(quick: bool = False, threads: int = 1) -> list[tuple]:
 
 def ember_train_rate(sizes, batch, x, y, repeats) -> float:
     """Median samples/s of ``Trainer.fit`` epochs (Adam, lr 1e-3) after a warm-up epoch."""
-    import ember
-    from ember import nn
-    trainer = ember.Trainer(nn.MLP(sizes, seed=0), optimizer="adam", lr=1e-3, device="cpu")
+    trainer = Trainer(nn.MLP(sizes, seed=0), optimizer="adam", lr=1e-3, device="cpu")
     time.sleep(0.2)
     trainer.fit(x, y, epochs=1, batch_size=batch, verbose=0)  # warm-up
     rates = []

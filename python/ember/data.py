@@ -30,18 +30,14 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ember import ops
-from ember.nn import _check_seed
+from ember import _validate, ops
+from ember.backend import array_module, is_cuda_array
 
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _on_gpu(a) -> bool:
-    return hasattr(a, "__cuda_array_interface__")
 
 
 def _real_dtype(dtype) -> bool:
@@ -167,7 +163,7 @@ class DataLoader:
         for name, a in (("x", x), ("y", y)):
             if a is None and name == "y":
                 continue
-            if not (isinstance(a, np.ndarray) or _on_gpu(a)) or not hasattr(a, "ndim"):
+            if not (isinstance(a, np.ndarray) or is_cuda_array(a)) or not hasattr(a, "ndim"):
                 raise TypeError(f"DataLoader: {name} must be a NumPy or CuPy array, got "
                                 f"{type(a).__name__}")
             if a.ndim == 0:
@@ -177,11 +173,11 @@ class DataLoader:
             raise ValueError("DataLoader: the dataset is empty")
         if y is not None and len(y) != n:
             raise ValueError(f"DataLoader: x has {n} samples but y has {len(y)}")
-        if y is not None and _on_gpu(x) != _on_gpu(y):
+        if y is not None and is_cuda_array(x) != is_cuda_array(y):
             raise ValueError(f"DataLoader: x and y must be on the same device, got x on "
-                             f"{'the GPU' if _on_gpu(x) else 'the CPU'} and y on "
-                             f"{'the GPU' if _on_gpu(y) else 'the CPU'}")
-        self.seed = _check_seed("DataLoader", seed)
+                             f"{'the GPU' if is_cuda_array(x) else 'the CPU'} and y on "
+                             f"{'the GPU' if is_cuda_array(y) else 'the CPU'}")
+        self.seed = _validate.seed("DataLoader", seed)
         if drop_last and batch_size > n:
             raise ValueError(f"DataLoader: batch_size {batch_size} is larger than the dataset "
                              f"({n} samples) and drop_last=True: every epoch would be empty "
@@ -197,11 +193,7 @@ class DataLoader:
         self._bufs: dict = {}
         self._prefetched = None  # (epoch, order on the batches' device, event or None)
         # The array module batches are gathered with: chosen once, here, from x's device.
-        if hasattr(x, "__cuda_array_interface__"):
-            import cupy
-            self._xp = cupy
-        else:
-            self._xp = np
+        self._xp = array_module(x)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -283,12 +275,13 @@ class DataLoader:
         # threads that multiply the batch next (see ember.ops.gather_rows).
         fast = (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and
                 x.flags.c_contiguous and x.flags.aligned and x.size > 0)
+        gather = ops.cpu_kernels.gather_rows  # (unchecked: x and sel are known good)
         reuse = self.reuse_buffers
         y = self.y
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
             out = self._buffer("x", x, len(sel)) if reuse else None
-            xb = (ops._cpu.gather_rows(x, sel, out) if fast else
+            xb = (gather(x, sel, out) if fast else
                   xp.take(x, sel, axis=0, out=out, **kw))
             if y is None:
                 yield xb, None
@@ -314,10 +307,10 @@ def train_val_split(x, y, fraction: float = 0.2, seed: int = 0, stratify: bool =
             not isinstance(fraction, (int, float, np.integer, np.floating)) or \
             not 0.0 < fraction < 1.0:
         raise ValueError(f"train_val_split: fraction must be in (0, 1), got {fraction!r}")
-    seed = _check_seed("train_val_split", seed)
+    seed = _validate.seed("train_val_split", seed)
     arrays = []
     for name, a in (("x", x), ("y", y)):
-        if not (isinstance(a, np.ndarray) or _on_gpu(a)):
+        if not (isinstance(a, np.ndarray) or is_cuda_array(a)):
             if not isinstance(a, (list, tuple)):
                 raise TypeError(f"train_val_split: {name} must be an array or a list, got "
                                 f"{type(a).__name__}")

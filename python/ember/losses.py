@@ -16,14 +16,19 @@ import numbers
 import numpy as np
 
 from ember import ops
+from ember.backend import is_cuda_array
 
-__all__ = ["Loss", "CrossEntropy", "MSE", "get_loss"]
+__all__ = ["Loss", "CrossEntropy", "MSE", "LOSSES", "get_loss"]
 
 
 class Loss:
     """Base class. ``task`` is ``"classification"`` or ``"regression"``."""
 
     task = "regression"
+    #: The loss kernel a whole-step plan runs in place of forward/backward (``"cross_entropy"``
+    #: or ``"mse"``; see :meth:`ember.nn.Sequential.fused_ok`), or None. Read off the loss's own
+    #: class: a subclass (which may change forward) goes layer by layer unless it sets it too.
+    fused_loss = None
 
     def __init__(self):
         self._grad = None
@@ -40,6 +45,17 @@ class Loss:
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._grad
+
+    def forward_device(self, pred, target):
+        """:meth:`forward` on CUDA arrays without synchronising: the loss as a float64 device
+        array of shape (1,) (for the CUDA-graph training step)."""
+        raise NotImplementedError(f"{type(self).__name__} has no device-side forward")
+
+    def arrays_in_use(self) -> list:
+        """The arrays a training step through this loss reads or writes besides the model's:
+        its gradient (and the buffer it is written to) and its class weights, if any."""
+        arrays = [self._grad, self._grad_buf, getattr(self, "weight", None)]
+        return [a for a in arrays if a is not None]
 
     def _grad_out(self, pred):
         buf = self._grad_buf
@@ -62,6 +78,7 @@ class CrossEntropy(Loss):
     """
 
     task = "classification"
+    fused_loss = "cross_entropy"
 
     def __init__(self, label_smoothing: float = 0.0, weight=None, reduction: str = "mean"):
         super().__init__()
@@ -80,7 +97,7 @@ class CrossEntropy(Loss):
     def _checked_weight(weight) -> np.ndarray:
         """``weight`` as a 1-D float32 NumPy array of finite values >= 0, or an error naming it
         (its length is checked against the logits when the loss is first used)."""
-        if hasattr(weight, "__cuda_array_interface__") and hasattr(weight, "get"):  # cupy
+        if is_cuda_array(weight) and hasattr(weight, "get"):  # cupy
             weight = weight.get()
         try:
             w0 = np.asarray(weight)
@@ -129,17 +146,19 @@ class CrossEntropy(Loss):
             raise
         return loss
 
-    def _forward_device(self, pred, target):
+    def forward_device(self, pred, target):
         """:meth:`forward` on CuPy arrays without synchronising: the loss comes back as a
         float64 device array of shape (1,) holding the value :meth:`forward` returns (NaN for a
-        label out of range). For ember._cuda_graph."""
-        from ember import _cuda_ops
+        label out of range). For the CUDA-graph training step."""
         if getattr(pred, "ndim", 0) == 2:
             self._check_classes(pred.shape[1])
-        loss, self._grad = _cuda_ops.softmax_cross_entropy(
+        cuda = ops.kernels(pred, "CrossEntropy.forward_device", "pred")
+        loss, self._grad = cuda.softmax_cross_entropy(
             pred, target, self._device_weight(pred), self.label_smoothing, self.reduction, 1.0,
             True, self._grad_out(pred), None, device_loss="float64")
         return loss
+
+    _forward_device = forward_device  # old private name
 
     def config(self) -> dict:
         w = None if self.weight is None else [float(v) for v in np.asarray(
@@ -150,6 +169,8 @@ class CrossEntropy(Loss):
 
 class MSE(Loss):
     """Mean squared error (``torch.nn.MSELoss``); a 1-D target matches an (n, 1) prediction."""
+
+    fused_loss = "mse"
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
@@ -165,34 +186,41 @@ class MSE(Loss):
                                    grad=self._grad_out(pred) if compute_grad else None)
         return loss
 
-    def _forward_device(self, pred, target):
+    def forward_device(self, pred, target):
         """:meth:`forward` on CuPy arrays without synchronising (see
-        :meth:`CrossEntropy._forward_device`)."""
+        :meth:`CrossEntropy.forward_device`)."""
         if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
             target = target.reshape(-1, 1)
-        from ember import _cuda_ops
-        loss, self._grad = _cuda_ops.mse(pred, target, self.reduction, 1.0, True,
-                                         self._grad_out(pred), device_loss="float64")
+        cuda = ops.kernels(pred, "MSE.forward_device", "pred")
+        loss, self._grad = cuda.mse(pred, target, self.reduction, 1.0, True,
+                                    self._grad_out(pred), device_loss="float64")
         return loss
+
+    _forward_device = forward_device  # old private name
 
     def config(self) -> dict:
         return {"type": "MSE", "reduction": self.reduction}
 
 
+#: Loss names (``Trainer(loss=...)``, :func:`get_loss`; any case) -> class.
+LOSSES = {"cross_entropy": CrossEntropy, "crossentropy": CrossEntropy, "ce": CrossEntropy,
+          "mse": MSE}
+#: Loss classes by the ``"type"`` of their :meth:`Loss.config`.
+_CONFIG_TYPES = {cls.__name__: cls for cls in LOSSES.values()}
+
+
 def get_loss(loss) -> Loss:
-    """A Loss from an instance, a name (``"cross_entropy"``, ``"mse"``) or a config dict."""
+    """A Loss from an instance, a name (one of :data:`LOSSES`) or a config dict."""
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, dict):
         cfg = dict(loss)
         kind = cfg.pop("type", None)
-        if kind == "CrossEntropy":
-            return CrossEntropy(**cfg)
-        if kind == "MSE":
-            return MSE(**cfg)
-        raise ValueError(f"unknown loss config {loss!r}")
-    names = {"cross_entropy": CrossEntropy, "crossentropy": CrossEntropy, "ce": CrossEntropy,
-             "mse": MSE}
-    if isinstance(loss, str) and loss.lower() in names:
-        return names[loss.lower()]()
-    raise ValueError(f"loss must be an ember.losses.Loss or one of {sorted(names)}, got {loss!r}")
+        cls = _CONFIG_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"unknown loss config {loss!r}")
+        return cls(**cfg)
+    if isinstance(loss, str) and loss.lower() in LOSSES:
+        return LOSSES[loss.lower()]()
+    raise ValueError(f"loss must be an ember.losses.Loss or one of {sorted(LOSSES)}, "
+                     f"got {loss!r}")

@@ -19,61 +19,44 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ember import ops
+from ember import _validate, ops
+from ember.backend import array_module, is_cuda_array, resolve_device
 
 __all__ = [
     "Parameter", "Module", "Linear", "Activation", "ReLU", "LeakyReLU", "GELU", "Tanh", "Sigmoid",
-    "SiLU", "Identity", "Dropout", "Sequential", "MLP", "from_config", "register_module",
-    "registered_modules",
+    "SiLU", "Identity", "Dropout", "Sequential", "MLP", "FusedPlan", "from_config",
+    "register_module", "registered_modules", "mark_zero", "materialize_zeros", "check_trainable",
 ]
 
+# The CPU kernels, called directly by the layers (see ember.ops.kernels): one Python call less
+# per kernel on the training path.
+_CPU = ops.cpu_kernels
 
-def _kernels(x, fn: str, name: str):
-    """The kernel module for ``x``'s device (ember._cpu or ember._cuda_ops): layers call it
-    directly with the positional signatures documented in :mod:`ember.ops`, skipping one Python
-    call per op on the hot path."""
-    return ops._cpu if type(x) is np.ndarray else ops._impl(x, fn, name)
-
-
-def _xp(a):
-    """numpy or cupy, whichever holds ``a`` (NumPy subclasses, e.g. a memmap, are NumPy)."""
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy
-
-
-def _is_real(v) -> bool:
-    """A real number (Python's or NumPy's, integer or floating), not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_seed(where: str, seed, limit: Optional[int] = None) -> int:
-    """``seed`` as an int, or ValueError naming it unless it is an integer >= 0 (< ``limit``)."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or \
-            seed < 0 or (limit is not None and seed >= limit):
-        bound = ">= 0" if limit is None else "in [0, 2**64)"
-        raise ValueError(f"{where}: seed must be an integer {bound}, got {seed!r}")
-    return int(seed)
+# Old private names, kept while other modules move to the public ones.
+_xp = array_module
+_is_real = _validate.is_real
+_check_seed = _validate.seed
 
 
 def _state_array(name: str, arr, like):
     """``arr`` (a state-dict entry of the right shape) as a float32 array on ``like``'s device,
     or a TypeError/ValueError naming ``name``. Nothing is written: see Module.load_state_dict."""
-    xp = _xp(like)
-    if xp is not np and hasattr(arr, "__cuda_array_interface__"):
+    xp = array_module(like)
+    if xp is not np and is_cuda_array(arr):
         src = xp.asarray(arr)  # stays on the device
     else:
         try:
-            if hasattr(arr, "__cuda_array_interface__") and hasattr(arr, "get"):  # cupy
+            if is_cuda_array(arr) and hasattr(arr, "get"):  # cupy
                 arr = arr.get()
             elif hasattr(arr, "detach"):  # torch tensor
                 arr = arr.detach().cpu().numpy()
@@ -160,7 +143,7 @@ class Parameter:
         """Add ``g`` into :attr:`grad` (creating it, or writing it when ``zero_grad`` cleared
         it): what a custom module's ``backward`` calls for the parameters it owns."""
         if self._grad is None:
-            xp = _xp(self._data)
+            xp = array_module(self._data)
             self.grad = xp.array(g, dtype=np.float32, copy=True).reshape(self._data.shape)
         elif self._zero:
             self._grad[...] = g
@@ -198,21 +181,28 @@ class Parameter:
         return f"Parameter(shape={self.shape}{frozen})"
 
 
-def _mark_zero(params) -> None:
-    """zero_grad for ``params`` (a list): mark their gradients cleared (see Parameter)."""
+def mark_zero(params) -> None:
+    """zero_grad for ``params`` (a list of Parameters): mark their gradients cleared, so the
+    next backward writes them (see :class:`Parameter`)."""
     for p in params:
         if p._grad is not None:
             p._zero = True
     Parameter.zero_marks += 1
 
 
-def _materialize_zeros(params) -> None:
-    """Zero-fill the gradients of ``params`` that zero_grad cleared and no backward wrote."""
+def materialize_zeros(params) -> None:
+    """Zero-fill the gradients of ``params`` (an iterable of Parameters) that zero_grad cleared
+    and no backward wrote since: what a kernel reading the gradient arrays directly (an
+    optimizer's plan) needs first."""
     for p in params:
         if p._zero:
             if p._grad is not None:
                 p._grad[...] = 0
             p._zero = False
+
+
+_mark_zero = mark_zero  # old private names
+_materialize_zeros = materialize_zeros
 
 
 class Module:
@@ -415,7 +405,6 @@ class Module:
 
     def to(self, device: str) -> "Module":
         """Move parameters to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy). Returns self."""
-        from ember.backend import resolve_device
         device = resolve_device(device)
         for p in self.parameters():
             if device == "cuda":
@@ -431,7 +420,7 @@ class Module:
     @property
     def device(self) -> str:
         params = self.parameters()
-        if params and hasattr(params[0].data, "__cuda_array_interface__"):
+        if params and is_cuda_array(params[0].data):
             return "cuda"
         return "cpu"
 
@@ -488,11 +477,11 @@ class Linear(Module):
                 raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        if gain is not None and not (_is_real(gain) and math.isfinite(gain) and gain > 0):
+        if gain is not None and not (_validate.is_real(gain) and math.isfinite(gain) and gain > 0):
             raise ValueError(f"Linear: gain must be a finite number > 0, got {gain!r}")
         gain = None if gain is None else float(gain)  # a NumPy scalar would round the bound
         if rng is None:
-            rng = np.random.default_rng(_check_seed("Linear", seed))
+            rng = np.random.default_rng(_validate.seed("Linear", seed))
         elif not isinstance(rng, np.random.Generator):
             raise TypeError(f"Linear: rng must be a numpy.random.Generator, got "
                             f"{type(rng).__name__}")
@@ -547,7 +536,7 @@ class Linear(Module):
         bias = self.bias
         b = None if bias is None else bias._data
         w = self.weight._data
-        k = ops._cpu if type(x) is np.ndarray else _kernels(x, "Linear.forward", "x")
+        k = _CPU if type(x) is np.ndarray else ops.kernels(x, "Linear.forward", "x")
         act, slope = self.activation, self.negative_slope
         try:
             if self.training:
@@ -605,8 +594,8 @@ class Linear(Module):
         if accumulate is None or w._grad is None or w._zero or \
                 (bias is not None and (bias._grad is None or bias._zero)):
             accumulate = self._accumulate(accumulate)
-        k = (ops._cpu if type(grad_out) is np.ndarray
-             else _kernels(grad_out, "Linear.backward", "grad_out"))
+        k = (_CPU if type(grad_out) is np.ndarray
+             else ops.kernels(grad_out, "Linear.backward", "grad_out"))
         try:
             gi, _, _ = k.linear_backward(
                 grad_out, x, w._data, self._z, self.activation, self.negative_slope,
@@ -625,13 +614,13 @@ class Linear(Module):
         params = (self.weight,) if self.bias is None else (self.weight, self.bias)
         for p in params:
             if p._grad is None:
-                p.grad = _xp(p._data).zeros_like(p._data)
+                p.grad = array_module(p._data).zeros_like(p._data)
                 p._zero = True  # new: zeros, written rather than added to
         if requested is False or (requested is None and all(p._zero for p in params)):
             for p in params:
                 p._zero = False
             return False
-        _materialize_zeros(params)  # a cleared one next to one with a gradient: add into 0
+        materialize_zeros(params)  # a cleared one next to one with a gradient: add into 0
         if requested is None:
             Parameter.adds += 1
         return True
@@ -698,7 +687,7 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if not (_is_real(negative_slope) and math.isfinite(negative_slope)):
+        if not (_validate.is_real(negative_slope) and math.isfinite(negative_slope)):
             raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got "
                              f"{negative_slope!r}")
         self.negative_slope = float(negative_slope)
@@ -750,10 +739,10 @@ class Dropout(Module):
     """
 
     def __init__(self, p: float = 0.5, seed: int = 0):
-        if not (_is_real(p) and 0.0 <= p < 1.0):
+        if not (_validate.is_real(p) and 0.0 <= p < 1.0):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = _check_seed("Dropout", seed, limit=2 ** 64)
+        self.seed = _validate.seed("Dropout", seed, limit=2 ** 64)
         self.counter = 0
         self._offset = None
 
@@ -782,6 +771,46 @@ class Dropout(Module):
 
     def _clear_buffers(self) -> None:
         self._offset = None
+
+
+def _create_grads(layers) -> None:
+    """Give the Linear ``layers`` whose weight has no gradient zero gradients (weight and bias)."""
+    for lin in layers:
+        if lin.weight._grad is None:
+            lin.weight.grad = np.zeros_like(lin.weight._data)
+            if lin.bias is not None:
+                lin.bias.grad = np.zeros_like(lin.bias._data)
+
+
+class FusedPlan:
+    """A Linear stack's whole training step on the CPU (see :meth:`Sequential.fused_plan`).
+
+    ``step(x, y)`` trains on one batch (``x`` of the plan's batch size; ``y`` int64 labels for
+    cross-entropy, float32 targets for MSE, 1-D matching a single output): forward, loss and
+    backward, the gradients written or added as the layer-by-layer path would. Returns
+    ``(loss, correct)`` (``correct`` is 0 unless counted). The layers' saved inputs and
+    pre-activations, and the loss's gradient, are left as the layer-by-layer path leaves them.
+    Nothing is checked or cached here: the caller rebuilds the plan when
+    :meth:`Sequential.step_key` changes."""
+
+    __slots__ = ("plan", "layers", "saved", "grad", "loss", "mse")
+
+    def __init__(self, plan, layers, saved, grad, loss, mse: bool):
+        self.plan, self.layers, self.saved, self.grad = plan, layers, saved, grad
+        self.loss, self.mse = loss, mse
+
+    def step(self, x, y):
+        if self.mse and y.ndim == 1:
+            y = y.reshape(-1, 1)  # as MSE.forward matches a 1-D target to an (n, 1) output
+        value, correct = self.plan.step(x, y)
+        layers, saved = self.layers, self.saved
+        layers[0]._x = x
+        for lin, (inp, z) in zip(layers[1:], saved[1:]):
+            lin._x = inp
+        for lin, (_, z) in zip(layers, saved):
+            lin._z = z
+        self.loss._grad = self.grad
+        return value, correct
 
 
 class Sequential(Module):
@@ -899,7 +928,7 @@ class Sequential(Module):
     def _buf(self, key, shape, like):
         buf = self._buffers.get(key)
         if buf is None or buf.shape != shape:
-            buf = _xp(like).empty(shape, dtype=np.float32)
+            buf = array_module(like).empty(shape, dtype=np.float32)
             self._buffers[key] = buf
         return buf
 
@@ -966,57 +995,53 @@ class Sequential(Module):
             self._plan = self._build_plan()
 
     # -- the training fast path -------------------------------------------------------------
-    def _fused_step_ok(self, loss) -> bool:
-        """Whether :meth:`_fused_train_step` can stand in for forward + loss + backward: a plain
-        Sequential (or MLP) of Linear layers (activations fused, no Dropout or other modules),
-        NumPy parameters, and softmax cross-entropy or mean squared error."""
-        from ember.losses import MSE, CrossEntropy
+    def is_linear_stack(self) -> bool:
+        """Whether this model is a plain stack of :class:`Linear` layers (activations fused into
+        them; no Dropout or other modules) run by Sequential's own forward and backward: what the
+        whole-step fast paths (:meth:`fused_plan` on the CPU, CUDA graphs on the GPU) replay."""
         cls = type(self)
-        if type(loss) is CrossEntropy:
+        return (cls.forward is Sequential.forward and cls.backward is Sequential.backward and
+                all(type(layer) is Linear for layer, _ in self._plan))
+
+    def fused_ok(self, loss) -> bool:
+        """Whether :meth:`fused_plan` can stand in for forward + loss + backward: a
+        :meth:`is_linear_stack` model with NumPy parameters, and a loss whose class (itself, not
+        a base class) names a fused kernel (``fused_loss``: :class:`ember.losses.CrossEntropy`,
+        its class weights on the host, and :class:`ember.losses.MSE`)."""
+        kind = vars(type(loss)).get("fused_loss")
+        if kind == "cross_entropy":
             loss_ok = loss.weight is None or type(loss.weight) is np.ndarray
         else:
-            loss_ok = type(loss) is MSE
-        return (cls.forward is Sequential.forward and cls.backward is Sequential.backward and
-                loss_ok and
-                all(type(layer) is Linear for layer, _ in self._plan) and
+            loss_ok = kind == "mse"
+        return (loss_ok and self.is_linear_stack() and
                 all(type(p._data) is np.ndarray for _, p in self.named_parameters()))
 
-    def _fused_train_step(self, x, y, loss, count_correct: bool):
-        """Forward, loss (softmax cross-entropy or MSE) and backward of one batch in one kernel call
-        (``ember._cpu.MlpPlan``): the same kernel calls in the same order as :meth:`forward`,
-        ``loss.forward`` / ``loss.backward`` and :meth:`backward`, so the same bits, without the
-        Python between them. Returns ``(loss, correct)``. The layers' saved inputs and
-        pre-activations, and the loss's gradient, are left as the layer-by-layer path leaves
-        them. Call only when :meth:`_fused_step_ok`."""
-        layers = [layer for layer, _ in self._plan]
-        batch = x.shape[0]
-        for lin in layers:  # gradients exist before the plan points at them
-            if lin.weight._grad is None:
-                lin.weight.grad = np.zeros_like(lin.weight._data)
-                if lin.bias is not None:
-                    lin.bias.grad = np.zeros_like(lin.bias._data)
+    def step_key(self, batch: int, loss, count_correct: bool) -> tuple:
+        """What a whole-step plan for ``batch`` rows bakes in: while this key is unchanged, a
+        plan built before (:meth:`fused_plan`, or a captured CUDA graph) still applies. It
+        changes when any Parameter's data, grad or requires_grad is reassigned, the layers or
+        their fused activations change, or the loss (or its weight, smoothing, reduction) does."""
         mse = not hasattr(loss, "label_smoothing")  # ember.losses.MSE
-        if mse and y.ndim == 1:
-            y = y.reshape(-1, 1)  # as MSE.forward matches a 1-D target to an (n, 1) output
-        key = (batch, Parameter.version, id(self._plan), id(loss), mse,
-               None if mse else (id(loss.weight), loss.label_smoothing), loss.reduction,
-               count_correct,
-               tuple((lin.activation, lin.negative_slope, lin._output_internal) for lin in layers))
-        plans = self._buffers.setdefault("fused plans", {})
-        entry = plans.get(batch)
-        if entry is None or entry[0] != key:
-            entry = plans[batch] = (key,) + self._fused_plan(layers, x, loss, count_correct, mse)
-        _, plan, saved, grad = entry
-        value, correct = plan.step(x, y)
-        layers[0]._x = x
-        for lin, (inp, z) in zip(layers[1:], saved[1:]):
-            lin._x = inp
-        for lin, (_, z) in zip(layers, saved):
-            lin._z = z
-        loss._grad = grad
-        return value, correct
+        return (batch, Parameter.version, id(self._plan), id(loss), mse,
+                None if mse else (id(loss.weight), loss.label_smoothing), loss.reduction,
+                count_correct,
+                tuple((lin.activation, lin.negative_slope, lin._output_internal)
+                      for lin, _ in self._plan))
 
-    def _fused_plan(self, layers, x, loss, count_correct, mse):
+    def fused_plan(self, x, loss, count_correct: bool) -> "FusedPlan":
+        """The training step of batches shaped like ``x`` as one kernel call
+        (:data:`ember.ops.MlpPlan`): forward, loss (softmax cross-entropy or MSE) and backward,
+        the same kernel calls in the same order as :meth:`forward`, ``loss.forward`` /
+        ``loss.backward`` and :meth:`backward`, so the same bits, without the Python between
+        them. Call only when :meth:`fused_ok`.
+
+        Creates the Linear layers' missing gradients first (the plan writes into them), which
+        changes :meth:`step_key`: cache the plan under the key taken after this call, and build
+        a new one whenever the key differs. The plan's buffers live in this model (they are
+        reused by the next plan for the same batch size)."""
+        layers = [layer for layer, _ in self._plan]
+        _create_grads(layers)
+        mse = not hasattr(loss, "label_smoothing")  # ember.losses.MSE
         # Built once per batch size and model/loss change, not per step: the checks here name
         # the layer or the loss argument at fault before MlpPlan's own (internal) checks do.
         err = self._width_error(self.layers)
@@ -1048,11 +1073,38 @@ class Sequential(Module):
             saved.append((ys[idx - 1] if idx else None,
                           None if lin.activation == "identity" else (z if z is not None else y)))
         grad = self._buf(("fused grad", batch), (batch, layers[-1].out_features), x)
-        plan = ops._cpu.MlpPlan(batch, layers[0].in_features, ws, bs, acts, slopes, ys, zs, gws,
-                                gbs, gxs, wss, grad, None if mse else loss.weight,
-                                0.0 if mse else loss.label_smoothing, loss.reduction,
-                                count_correct and not mse, "mse" if mse else "cross_entropy")
-        return plan, saved, grad
+        plan = ops.MlpPlan(batch, layers[0].in_features, ws, bs, acts, slopes, ys, zs, gws, gbs,
+                           gxs, wss, grad, None if mse else loss.weight,
+                           0.0 if mse else loss.label_smoothing, loss.reduction,
+                           count_correct and not mse, "mse" if mse else "cross_entropy")
+        return FusedPlan(plan, layers, saved, grad, loss, mse)
+
+    def _fused_train_step(self, x, y, loss, count_correct: bool):
+        """One training step through a :meth:`fused_plan` kept per batch size in this model's
+        buffers (rebuilt when :meth:`step_key` changes). Returns ``(loss, correct)``. Call only
+        when :meth:`fused_ok`."""
+        for lin, _ in self._plan:  # gradients exist before the key is taken (see fused_plan)
+            if lin.weight._grad is None:
+                _create_grads([lin for lin, _ in self._plan])
+                break
+        batch = x.shape[0]
+        key = self.step_key(batch, loss, count_correct)
+        plans = self._buffers.setdefault("fused plans", {})
+        entry = plans.get(batch)
+        if entry is None or entry[0] != key:
+            entry = plans[batch] = (key, self.fused_plan(x, loss, count_correct))
+        return entry[1].step(x, y)
+
+    _fused_step_ok = fused_ok  # old private name
+
+    def arrays_in_use(self) -> list:
+        """Every array a training step of this model reads or writes that the step's kernels do
+        not allocate themselves: the model's buffers and each layer's saved input and
+        pre-activation (parameters and gradients aside). A replayed step keeps them alive."""
+        arrays: list[Any] = [a for a in self._buffers.values() if not isinstance(a, dict)]
+        for layer, _ in self._plan:
+            arrays += [getattr(layer, "_x", None), getattr(layer, "_z", None)]
+        return [a for a in arrays if a is not None]
 
     def train(self, mode: bool = True) -> "Module":
         super().train(mode)
@@ -1118,7 +1170,7 @@ class Sequential(Module):
             outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         finally:
             self.train(was)
-        xp = _xp(outs[0])
+        xp = array_module(outs[0])
         return outs[0] if len(outs) == 1 else xp.concatenate(outs)
 
     def __getitem__(self, i):
@@ -1181,9 +1233,9 @@ class MLP(Sequential):
         for v in sizes:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"MLP: sizes must be positive integers, got {sizes}")
-        if not (_is_real(dropout) and 0.0 <= dropout < 1.0):
+        if not (_validate.is_real(dropout) and 0.0 <= dropout < 1.0):
             raise ValueError(f"MLP: dropout must be a number in [0, 1), got {dropout!r}")
-        seed = _check_seed("MLP", seed)
+        seed = _validate.seed("MLP", seed)
         if activation not in _ACTIVATION_CLASSES:
             raise ValueError(f"MLP: activation must be one of {sorted(_ACTIVATION_CLASSES)}, "
                              f"got {activation!r}")
@@ -1314,7 +1366,7 @@ def from_config(config: dict) -> Module:
     return model
 
 
-def _check_trainable(model: Module, checkpointing: bool) -> None:
+def check_trainable(model: Module, checkpointing: bool) -> None:
     """For Trainer.fit, before any step: a model that cannot train (no forward or backward),
     or, when checkpoints are written, whose architecture cannot be saved (no usable config()),
     is refused with a TypeError naming what is missing."""
@@ -1330,7 +1382,6 @@ def _check_trainable(model: Module, checkpointing: bool) -> None:
         raise TypeError(f"fit: checkpoints save the model's architecture, and {why}")
     unknown = sorted(set(_unregistered_types(model.config())))
     if unknown:
-        import warnings
         warnings.warn(f"fit: the model's type {', '.join(map(repr, unknown))} "
                       f"{'is' if len(unknown) == 1 else 'are'} not registered with "
                       "ember.nn.register_module: its checkpoints resume, but ember.load_model "
@@ -1349,7 +1400,6 @@ def _unregistered_types(cfg) -> Iterator[str]:
 
 def _config_problem(model: Module) -> Optional[str]:
     """Why ``model``'s architecture cannot be saved in a checkpoint (and rebuilt), or None."""
-    import json
     try:
         cfg = model.config()
     except NotImplementedError as exc:
@@ -1362,3 +1412,6 @@ def _config_problem(model: Module) -> Optional[str]:
     except (TypeError, ValueError) as exc:
         return f"{type(model).__name__}.config() must return JSON data ({exc})"
     return None
+
+
+_check_trainable = check_trainable  # old private name

@@ -30,39 +30,73 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ember import _cpu
+from ember import _cpu, backend
+from ember.backend import is_cuda_array
+
+try:
+    from ember import _cuda_ops
+except ImportError:  # built without CUDA, or it does not load: CUDA arrays are refused
+    _cuda_ops = None
 
 __all__ = [
     "ACTIVATIONS", "gemm", "matmul", "linear_forward", "linear_backward",
     "activation_forward", "activation_backward", "softmax_cross_entropy", "mse", "argmax",
     "accuracy", "column_sum", "sum", "global_norm", "gather_rows", "dropout_forward",
-    "dropout_backward", "sgd_step", "adam_step", "adamw_step",
+    "dropout_backward", "sgd_step", "adam_step", "adamw_step", "kernels", "cpu_kernels",
+    "MlpPlan", "OptimPlan",
 ]
 
 #: Activation names accepted by every ``activation=`` argument. ``"gelu"`` is the exact (erf) form,
 #: ``"gelu_tanh"`` PyTorch's ``approximate="tanh"``; ``"leaky_relu"`` uses ``negative_slope``.
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "silu")
 
-_cuda_ops_module = None
+# ---------------------------------------------------------------------------------------------
+# The unchecked fast layer: what ember's own layers and optimizers call on their hot paths.
+#
+# A kernel namespace holds the kernels behind the functions here (gemm, linear_backward,
+# activation_forward/backward, softmax_cross_entropy, mse, argmax, accuracy, column_sum, sum,
+# global_norm, gather_rows, dropout_forward/backward, sgd_step, adam_step) under the same names,
+# with every argument positional (in the order the functions here pass them) and nothing checked
+# or converted in Python: labels and indices must already be int64, None is passed for every
+# omitted output. The CPU namespace is the binding module itself, whose C++ checks every array
+# (shapes, dtypes, contiguity, overlaps) and scalar before any work; the CUDA one is
+# ember._cuda_ops, which passes its binding the stream and an allocator. Look the namespace up
+# once per call (kernels(x, ...)) or once per loop, and call it directly: ember's layers and
+# optimizers do, to save a Python call per kernel on the training path.
+
+#: The CPU kernel namespace (see :func:`kernels`).
+cpu_kernels = _cpu
+#: ``MlpPlan(batch, in_features, weights, biases, activations, slopes, outputs, preacts,
+#: grad_weights, grad_biases, grad_inputs, workspaces, loss_grad, class_weight, label_smoothing,
+#: reduction, count_correct, loss)``: a whole Linear stack's training step (forward, loss,
+#: backward) over fixed arrays, checked once; ``plan.step(x, y)`` returns ``(loss, correct)``.
+#: CPU only (used by :meth:`ember.nn.Sequential.fused_plan`).
+MlpPlan = _cpu.MlpPlan
+#: ``OptimPlan(params, grads, states)``: an optimizer's lists checked once; ``plan.sgd(...)`` and
+#: ``plan.adam(...)`` take the hyperparameters positionally as :func:`sgd_step` and
+#: :func:`adam_step` pass them. CPU; on the GPU, ``kernels(x, ...).optim_plan(params, grads,
+#: states)`` makes one, which ``plan_sgd_step`` / ``plan_adam_step`` of that namespace step.
+OptimPlan = _cpu.OptimPlan
 
 
-def _impl(x: Any, fn: str, name: str):
-    """The kernel module for the device array ``x`` lives on."""
+def kernels(x: Any, fn: str, name: str):
+    """The kernel namespace for the device ``x`` lives on: :data:`cpu_kernels` for a NumPy
+    array, ``ember._cuda_ops`` for a CUDA array (see the notes above). ``fn`` and ``name``
+    (the caller and its argument) name ``x`` in the error: TypeError for another type,
+    ValueError for a CUDA array when ember was built without CUDA."""
     if type(x) is np.ndarray:
         return _cpu
-    if hasattr(x, "__cuda_array_interface__"):
-        global _cuda_ops_module
-        if _cuda_ops_module is None:
-            from ember import backend
-            if not backend.cuda_built():
-                raise ValueError(f"{fn}: {name} is a CUDA array but {backend.NOT_BUILT_WITH_CUDA}")
-            from ember import _cuda_ops
-            _cuda_ops_module = _cuda_ops
-        return _cuda_ops_module
+    if is_cuda_array(x):
+        if _cuda_ops is None:
+            raise ValueError(f"{fn}: {name} is a CUDA array but {backend.NOT_BUILT_WITH_CUDA}")
+        return _cuda_ops
     if isinstance(x, np.ndarray):  # subclasses (np.matrix, memmap): view as a plain ndarray
         return _cpu
     raise TypeError(
         f"{fn}: {name} must be a numpy.ndarray or a CUDA array (CuPy), got {type(x).__name__}")
+
+
+_impl = kernels  # the old private name (ember.ops._impl)
 
 
 def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class indices)") -> Any:
@@ -135,7 +169,7 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None,
         ``out``, or ``(out, preact)`` when ``save_preact`` or ``preact_out`` is given.
     """
     try:
-        return _impl(a, "gemm", "a").gemm(a, b, bias, out, preact_out, trans_a, trans_b,
+        return kernels(a, "gemm", "a").gemm(a, b, bias, out, preact_out, trans_a, trans_b,
                                           activation, negative_slope, alpha, beta, save_preact,
                                           precision)
     except TypeError as exc:
@@ -211,7 +245,7 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
         ``(grad_input or None, grad_weight, grad_bias or None)``.
     """
     try:
-        return _impl(grad_out, "linear_backward", "grad_out").linear_backward(
+        return kernels(grad_out, "linear_backward", "grad_out").linear_backward(
             grad_out, x, weight, preact, activation, negative_slope,
             need_grad_input, bias, accumulate, grad_input, grad_weight, grad_bias, workspace,
             precision)
@@ -230,7 +264,7 @@ def linear_backward(grad_out, x, weight, *, preact=None, activation: str = "iden
 def activation_forward(x, activation: str, *, negative_slope: float = 0.01, out=None):
     """``act(x)`` elementwise for an array of any rank; ``out`` may be ``x`` (in place)."""
     try:
-        return _impl(x, "activation_forward", "x").activation_forward(
+        return kernels(x, "activation_forward", "x").activation_forward(
             x, activation, negative_slope, out)
     except TypeError as exc:
         _explain(exc, "activation_forward", activation=(activation, _NAME),
@@ -241,7 +275,7 @@ def activation_backward(grad_out, preact, activation: str, *, negative_slope: fl
                         out=None):
     """``grad_out * act'(preact)`` elementwise; ``out`` may be ``grad_out`` (in place)."""
     try:
-        return _impl(grad_out, "activation_backward", "grad_out").activation_backward(
+        return kernels(grad_out, "activation_backward", "grad_out").activation_backward(
             grad_out, preact, activation, negative_slope, out)
     except TypeError as exc:
         _explain(exc, "activation_backward", activation=(activation, _NAME),
@@ -276,7 +310,7 @@ def softmax_cross_entropy(logits, labels, *, weight=None, label_smoothing: float
         ``(loss as a Python float, grad or None)``.
     """
     try:
-        return _impl(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
+        return kernels(logits, "softmax_cross_entropy", "logits").softmax_cross_entropy(
             logits, _labels(labels, "softmax_cross_entropy"), weight, label_smoothing,
             reduction, grad_scale, compute_grad, grad, row_loss)
     except TypeError as exc:
@@ -293,7 +327,7 @@ def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
     elements, like ``torch.nn.functional.mse_loss``. Returns ``(loss, grad or None)``.
     """
     try:
-        return _impl(pred, "mse", "pred").mse(pred, target, reduction, grad_scale,
+        return kernels(pred, "mse", "pred").mse(pred, target, reduction, grad_scale,
                                               compute_grad, grad)
     except TypeError as exc:
         _explain(exc, "mse", reduction=(reduction, _NAME), grad_scale=(grad_scale, _REAL),
@@ -302,12 +336,12 @@ def mse(pred, target, *, reduction: str = "mean", grad_scale: float = 1.0,
 
 def argmax(x, *, out=None):
     """Index of the largest value in each row of a 2-D array (first one on ties), as int64."""
-    return _impl(x, "argmax", "x").argmax(x, out)
+    return kernels(x, "argmax", "x").argmax(x, out)
 
 
 def accuracy(logits, labels) -> float:
     """Fraction of rows whose argmax equals the label."""
-    return _impl(logits, "accuracy", "logits").accuracy(logits,
+    return kernels(logits, "accuracy", "logits").accuracy(logits,
                                                         _labels(labels, "accuracy"))
 
 
@@ -319,14 +353,14 @@ def column_sum(x, *, out=None, accumulate: bool = False):
     """Sum of each column of a 2-D array (e.g. a bias gradient); ``+=`` into ``out`` when
     ``accumulate``."""
     try:
-        return _impl(x, "column_sum", "x").column_sum(x, out, accumulate)
+        return kernels(x, "column_sum", "x").column_sum(x, out, accumulate)
     except TypeError as exc:
         _explain(exc, "column_sum", accumulate=(accumulate, _FLAG))
 
 
 def sum(x) -> float:  # noqa: A001 - mirrors numpy.sum
     """Sum of all elements, accumulated in float64, deterministic."""
-    return _impl(x, "sum", "x").sum(x)
+    return kernels(x, "sum", "x").sum(x)
 
 
 def global_norm(arrays: Sequence[Any]) -> float:
@@ -334,7 +368,7 @@ def global_norm(arrays: Sequence[Any]) -> float:
     arrays = _array_list("global_norm", "arrays", arrays)
     if arrays is None or len(arrays) == 0:
         raise ValueError("global_norm: arrays must hold at least one array")
-    return _impl(arrays[0], "global_norm", "arrays[0]").global_norm(arrays)
+    return kernels(arrays[0], "global_norm", "arrays[0]").global_norm(arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,8 +384,8 @@ def gather_rows(x, index, *, out=None):
     are rejected, not wrapped. CuPy arrays go to ``cupy.take`` after the same checks (the range
     check synchronises the stream there).
     """
-    if type(x) is not np.ndarray and hasattr(x, "__cuda_array_interface__"):
-        return _impl(x, "gather_rows", "x").gather_rows(x, index, out)
+    if type(x) is not np.ndarray and is_cuda_array(x):
+        return kernels(x, "gather_rows", "x").gather_rows(x, index, out)
     return _cpu.gather_rows(x, _labels(index, "gather_rows", "index", ""), out)
 
 
@@ -373,7 +407,7 @@ def dropout_forward(x, p: float, seed: int, offset: int = 0, *, out=None):
         seed, offset: integers in [0, 2**64). out: optional output; may be ``x``.
     """
     try:
-        return _impl(x, "dropout_forward", "x").dropout_forward(x, p, seed, offset, out)
+        return kernels(x, "dropout_forward", "x").dropout_forward(x, p, seed, offset, out)
     except TypeError as exc:
         _explain(exc, "dropout_forward", p=(p, _REAL), seed=(seed, _INT), offset=(offset, _INT))
 
@@ -382,7 +416,7 @@ def dropout_backward(grad_out, p: float, seed: int, offset: int = 0, *, out=None
     """Gradient of :func:`dropout_forward` with the same ``(p, seed, offset)``; the mask is
     regenerated, never stored."""
     try:
-        return _impl(grad_out, "dropout_backward", "grad_out").dropout_backward(
+        return kernels(grad_out, "dropout_backward", "grad_out").dropout_backward(
             grad_out, p, seed, offset, out)
     except TypeError as exc:
         _explain(exc, "dropout_backward", p=(p, _REAL), seed=(seed, _INT),
@@ -398,7 +432,7 @@ def _array_list(fn: str, name: str, obj: Any) -> Optional[list]:
     array is refused: iterating it would pass its rows (or elements) as the arrays."""
     if obj is None:
         return None
-    if isinstance(obj, np.ndarray) or hasattr(obj, "__cuda_array_interface__"):
+    if isinstance(obj, np.ndarray) or is_cuda_array(obj):
         raise TypeError(f"{fn}: {name} must be a list of arrays (one per parameter), got a "
                         f"single {type(obj).__name__}; wrap it in a list")
     if isinstance(obj, (str, bytes)) or not hasattr(obj, "__iter__"):
@@ -440,7 +474,7 @@ def sgd_step(params: Sequence[Any], grads: Sequence[Any],
     clip = _clip_arg(fn, max_grad_norm)
     try:
         # An empty list goes to the CPU module, whose check names it.
-        return (_impl(params[0], fn, "params[0]") if params else _cpu).sgd_step(
+        return (kernels(params[0], fn, "params[0]") if params else _cpu).sgd_step(
             params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, maximize, step,
             clip)
     except TypeError as exc:
@@ -478,7 +512,7 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
     clip = _clip_arg(fn, max_grad_norm)
     try:
         # An empty list goes to the CPU module, whose check names it.
-        return (_impl(params[0], fn, "params[0]") if params else _cpu).adam_step(
+        return (kernels(params[0], fn, "params[0]") if params else _cpu).adam_step(
             params, grads, *lists, lr, beta1, beta2, eps, weight_decay, amsgrad,
             decoupled_weight_decay, maximize, step, clip)
     except TypeError as exc:

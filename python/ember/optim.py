@@ -19,7 +19,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ember import ops
-from ember.nn import Module, Parameter, _materialize_zeros
+from ember.backend import is_cuda_array
+from ember.nn import Module, Parameter, materialize_zeros
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
 
@@ -89,10 +90,9 @@ class Optimizer:
         st = self.state.get(name)
         k0 = self._state_keys[0]
         if st is not None and st[k0].shape == p.data.shape and \
-                hasattr(st[k0], "__cuda_array_interface__") != \
-                hasattr(p.data, "__cuda_array_interface__"):
+                is_cuda_array(st[k0]) != is_cuda_array(p.data):
             # The parameter moved between the CPU and the GPU (model.to): its state follows.
-            if hasattr(p.data, "__cuda_array_interface__"):
+            if is_cuda_array(p.data):
                 cupy = __import__("cupy")
                 st = {k: cupy.ascontiguousarray(cupy.asarray(a)) for k, a in st.items()}
             else:
@@ -126,17 +126,17 @@ class Optimizer:
         return self._lists[1], self._lists[2], self._lists[3]
 
     def _plan(self, ps, gs, states):
-        """The lists checked once (``ember._cpu.OptimPlan``, or ``ember._cuda.OptimPlan`` on the
+        """The lists checked once (:data:`ember.ops.OptimPlan`, or the CUDA kernels' plan on the
         GPU), kept with them until a Parameter is reassigned. A step then checks only its
         hyperparameters, not every array (10.5M parameters in 128 tensors: ~1.5 ms of checks a
         step on an H200's host; a 3-layer MLP's 6 arrays: ~3 us of a ~40 us step on 2 cores)."""
         lists = self._lists
         if lists[4] is None:
             if isinstance(ps[0], np.ndarray):
-                lists[4] = ops._cpu.OptimPlan(list(ps), list(gs), [list(s) for s in states])
+                lists[4] = ops.OptimPlan(list(ps), list(gs), [list(s) for s in states])
             else:
-                from ember import _cuda_ops
-                lists[4] = _cuda_ops.optim_plan(ps, gs, states)
+                cuda = ops.kernels(ps[0], f"{type(self).__name__}.step", "params[0]")
+                lists[4] = cuda.optim_plan(ps, gs, states)
         return lists[4]
 
     def step(self) -> tuple[float, bool]:
@@ -147,7 +147,7 @@ class Optimizer:
             # zero_grad ran since the last step: a gradient it cleared that no backward wrote
             # since is zero (the plan reads the arrays, not Parameter.grad)
             self._zero_marks = Parameter.zero_marks
-            _materialize_zeros(p for _, p in self.named_params)
+            materialize_zeros(p for _, p in self.named_params)
         zero_marks, adds = Parameter.zero_marks, Parameter.adds
         if zero_marks == self._zero_marks_at_step and adds != self._adds_at_step:
             _warn_carried_over()
@@ -164,21 +164,24 @@ class Optimizer:
             self.step_count = step
         return norm, skipped
 
-    def _device_step(self, state):
-        """One step on the GPU that never synchronises (for ember._cuda_graph): the step number
+    def device_step(self, state):
+        """One step on the GPU that never synchronises (for CUDA-graph training): the step number
         and learning rate are read from the device array ``state`` (int64[2], see
         ``ember._cuda_ops.step_state``), which a step that is not skipped advances. Returns the
         device arrays ``(grad_norm float64[1], skipped int64[1])``; ``step_count``,
         ``skipped_steps`` and ``last_grad_norm`` are the caller's to update."""
         ps, gs, states = self._active()
-        from ember import _cuda_ops
-        return self._update(ps, gs, states, 1, _cuda_ops, state)
+        cuda = ops.kernels(ps[0], f"{type(self).__name__}.device_step", "params[0]")
+        return self._update(ps, gs, states, 1, cuda, state)
 
-    def _graph_key(self) -> tuple:
+    def graph_key(self) -> tuple:
         """The hyperparameters a captured step bakes in (all but the learning rate, which the
         step reads from device memory)."""
         return tuple((k, tuple(v) if isinstance(v, list) else v)
                      for k, v in self.hyperparameters().items() if k != "lr")
+
+    _device_step = device_step  # old private names
+    _graph_key = graph_key
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear the gradients of the optimized parameters (see :meth:`ember.nn.Module.zero_grad`:
@@ -259,7 +262,7 @@ class SGD(Optimizer):
 
     def _update(self, ps, gs, states, step, cuda=None, state=None):
         bufs = states.get("momentum_buffer")
-        if cuda is not None:  # the device-state call of _device_step
+        if cuda is not None:  # the device-state call of device_step
             return cuda.sgd_step(ps, gs, bufs, self.lr, self.momentum, self.dampening,
                                  self.weight_decay, self.nesterov, self.maximize, step,
                                  self.max_grad_norm or 0.0, state=state, advance_step=True)
@@ -268,8 +271,7 @@ class SGD(Optimizer):
                 self.maximize, step, self.max_grad_norm or 0.0)
         if isinstance(ps[0], np.ndarray):
             return plan.sgd(*args)
-        from ember import _cuda_ops
-        return _cuda_ops.plan_sgd_step(plan, *args)
+        return ops.kernels(ps[0], "SGD.step", "params[0]").plan_sgd_step(plan, *args)
 
     def hyperparameters(self) -> dict:
         return {**super().hyperparameters(), "momentum": self.momentum,
@@ -297,7 +299,7 @@ class Adam(Optimizer):
         self._state_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
     def _update(self, ps, gs, states, step, cuda=None, state=None):
-        if cuda is not None:  # the device-state call of _device_step
+        if cuda is not None:  # the device-state call of device_step
             return cuda.adam_step(ps, gs, states["exp_avg"], states["exp_avg_sq"],
                                   states.get("max_exp_avg_sq"), self.lr, self.betas[0],
                                   self.betas[1], self.eps, self.weight_decay, self.amsgrad,
@@ -310,8 +312,7 @@ class Adam(Optimizer):
                 self._decoupled, self.maximize, step, self.max_grad_norm or 0.0)
         if isinstance(ps[0], np.ndarray):
             return plan.adam(*args)
-        from ember import _cuda_ops
-        return _cuda_ops.plan_adam_step(plan, *args)
+        return ops.kernels(ps[0], "Adam.step", "params[0]").plan_adam_step(plan, *args)
 
     def hyperparameters(self) -> dict:
         return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps,

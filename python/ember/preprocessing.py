@@ -27,7 +27,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ember import nn
-from ember.nn import Module, Sequential, _xp
+from ember.backend import array_module
+from ember.nn import Module, Sequential
 
 __all__ = ["Standardize", "Rescale", "RunModel", "from_config"]
 
@@ -78,7 +79,7 @@ class _Affine(Module):
         self._device_consts: dict = {}
 
     def _consts(self, x):
-        xp = _xp(x)
+        xp = array_module(x)
         if xp is np:
             return self._host
         c = self._device_consts.get(xp.__name__)
@@ -117,19 +118,19 @@ class Standardize(_Affine):
 
     def forward(self, x):
         _check_input("Standardize", x, self._size)
-        xp = _xp(x)
+        xp = array_module(x)
         mean, std = self._consts(x)
         return xp.ascontiguousarray((xp.asarray(x, dtype=xp.float32) - mean) / std,
                                     dtype=xp.float32)
 
     def backward(self, grad_out):
         _, std = self._consts(grad_out)
-        xp = _xp(grad_out)
+        xp = array_module(grad_out)
         return xp.ascontiguousarray(grad_out / std, dtype=xp.float32)
 
     def inverse(self, x):
         """``x * std + mean`` (float64): standardized values back in the features' units."""
-        xp = _xp(x)
+        xp = array_module(x)
         return xp.asarray(x, dtype=xp.float64) * xp.asarray(self.std) + xp.asarray(self.mean)
 
     def config(self) -> dict:
@@ -165,13 +166,13 @@ class Rescale(_Affine):
 
     def forward(self, x):
         _check_input("Rescale", x, self._size)
-        xp = _xp(x)
+        xp = array_module(x)
         scale, offset, _ = self._consts(x)
         return (xp.asarray(x, dtype=xp.float64) * scale + offset).astype(xp.float32)
 
     def backward(self, grad_out):
         _, _, scale32 = self._consts(grad_out)
-        xp = _xp(grad_out)
+        xp = array_module(grad_out)
         return xp.ascontiguousarray(grad_out * scale32, dtype=xp.float32)
 
     def config(self) -> dict:
@@ -345,7 +346,7 @@ def from_config(config: dict, network_from_config=None) -> Module:
             return _transform_from(config, Rescale, ("scale", "offset"), "from_config")
         if kind == "RunModel":
             if network_from_config is None:
-                from ember.nn import from_config as network_from_config
+                network_from_config = nn.from_config
             if "network" not in config:
                 raise ValueError("from_config: a RunModel config needs the key 'network'")
             network = network_from_config(config["network"])

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 __all__ = ["Schedule", "Constant", "StepLR", "ExponentialLR", "CosineWithWarmup",
@@ -138,7 +139,6 @@ def _fn_name(fn) -> str:
 
 def _positional_count(fn) -> int:
     """How many positional arguments ``fn`` takes (2 or more: ``fn(epoch, lr)``)."""
-    import inspect
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: call it with the epoch

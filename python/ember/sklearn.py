@@ -50,6 +50,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from ember import ops
+from ember.backend import is_cuda_array
 from ember.callbacks import Callback, EarlyStopping
 from ember.data import train_val_split
 from ember.nn import MLP, Linear
@@ -63,10 +65,9 @@ except ImportError:  # scikit-learn < 1.6 has the method instead of the function
 
 __all__ = ["EmberClassifier", "EmberRegressor"]
 
-#: Hidden activations: ember's names, plus scikit-learn's "logistic" for "sigmoid".
-_ACTIVATIONS = {"identity": "identity", "relu": "relu", "leaky_relu": "leaky_relu",
-                "gelu": "gelu", "gelu_tanh": "gelu_tanh", "tanh": "tanh",
-                "logistic": "sigmoid", "sigmoid": "sigmoid", "silu": "silu"}
+#: Hidden activations: ember's names (:data:`ember.ops.ACTIVATIONS`), plus scikit-learn's
+#: "logistic" for "sigmoid".
+_ACTIVATIONS = {**{name: name for name in ops.ACTIVATIONS}, "logistic": "sigmoid"}
 _OPTIMIZERS = ("adam", "sgd")
 _PREDICT_BATCH = 4096
 
@@ -87,7 +88,7 @@ class _ValidationScore(Callback):
 def _on_gpu(model) -> bool:
     # Not ``model.device``: that reads a NumPy subclass (a memmap, as joblib unpickles into)
     # as a GPU array.
-    return any(hasattr(p.data, "__cuda_array_interface__") for p in model.parameters())
+    return any(is_cuda_array(p.data) for p in model.parameters())
 
 
 def _is_int(v) -> bool:
