@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ember import _cpu
+from ember import _cpu, _validate
 from ember._version import __version__
 
 #: What to tell a user whose ember has no CUDA module: the default build compiles it only where
@@ -110,14 +110,13 @@ def set_num_threads(n: int) -> None:
     Raises:
         ValueError: if ``n`` is not an integer in ``[1, max_num_threads()]``.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    n = _validate.int_at_least("set_num_threads", "n", n, 1)
     limit = max_num_threads()
     if n > limit:
         # More threads than this only add contention (and each is a real OS thread to start).
         raise ValueError(f"set_num_threads: n must be at most {limit} (4 threads per core of the "
                          f"{os.cpu_count() or 1} this machine has, or 256), got {n}")
-    _cpu.set_num_threads(int(n))
+    _cpu.set_num_threads(n)
 
 
 def max_num_threads() -> int:

@@ -36,10 +36,6 @@ from ember.backend import array_module, is_cuda_array
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _real_dtype(dtype) -> bool:
     """Integers, floats and bools: not complex (the imaginary part would be dropped), not
     timedelta/datetime (NumPy counts timedelta64 as an integer), not object or text."""
@@ -153,13 +149,8 @@ class DataLoader:
 
     def __init__(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
                  drop_last: bool = False, seed: int = 0, reuse_buffers: bool = False):
-        if not isinstance(reuse_buffers, (bool, np.bool_)):
-            raise ValueError(f"DataLoader: reuse_buffers must be True or False, got "
-                             f"{reuse_buffers!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-                batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be a positive integer, got "
-                             f"{batch_size!r}")
+        _validate.flag("DataLoader", "reuse_buffers", reuse_buffers)
+        _validate.positive_int("DataLoader", "batch_size", batch_size)
         for name, a in (("x", x), ("y", y)):
             if a is None and name == "y":
                 continue
@@ -203,11 +194,10 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """Sample indices of epoch ``epoch`` (a pure function of seed and epoch)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"DataLoader: epoch must be an integer >= 0, got {epoch!r}")
+        epoch = _validate.int_at_least("DataLoader", "epoch", epoch, 0)
         if not self.shuffle:
             return np.arange(self.n)
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
     def prefetch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s order now, and for GPU data copy it to the device on a side
@@ -236,10 +226,7 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``for ... in loader`` run epoch ``epoch`` (as PyTorch's
         ``DistributedSampler.set_epoch``); each loop then advances the counter by one."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"DataLoader.set_epoch: epoch must be an integer >= 0, got "
-                             f"{epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = _validate.int_at_least("DataLoader.set_epoch", "epoch", epoch, 0)
 
     def _buffer(self, key, arr, rows):
         # One buffer per batch size (a fit has at most two): a batch of a given size always lands
@@ -255,12 +242,10 @@ class DataLoader:
         """Yield ``(x_batch, y_batch)`` of ``epoch`` from batch index ``start`` on
         (``0 <= start <= len(self)``; checked here, before the first batch is drawn). New
         arrays, or reused buffers with ``reuse_buffers`` (see the class)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"DataLoader.batches: epoch must be an integer >= 0, got {epoch!r}")
-        if not _is_int(start) or not 0 <= start <= len(self):
-            raise ValueError(f"DataLoader.batches: start must be an integer in [0, {len(self)}] "
-                             f"(the batches per epoch), got {start!r}")
-        return self._batches(int(epoch), int(start))
+        epoch = _validate.int_at_least("DataLoader.batches", "epoch", epoch, 0)
+        start = _validate.int_in("DataLoader.batches", "start", start, 0, len(self),
+                                 what=" (the batches per epoch)")
+        return self._batches(epoch, start)
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple]:
         xp = self._xp
@@ -303,10 +288,8 @@ def train_val_split(x, y, fraction: float = 0.2, seed: int = 0, stratify: bool =
     ``x`` and ``y`` are arrays (lists are converted with ``numpy.asarray``).
     Returns ``(x_train, y_train, x_val, y_val)``.
     """
-    if isinstance(fraction, (bool, np.bool_)) or \
-            not isinstance(fraction, (int, float, np.integer, np.floating)) or \
-            not 0.0 < fraction < 1.0:
-        raise ValueError(f"train_val_split: fraction must be in (0, 1), got {fraction!r}")
+    if not (_validate.is_real(fraction) and 0.0 < fraction < 1.0):
+        _validate.fail("train_val_split", "fraction", "in (0, 1)", fraction)
     seed = _validate.seed("train_val_split", seed)
     arrays = []
     for name, a in (("x", x), ("y", y)):

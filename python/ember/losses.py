@@ -11,14 +11,14 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ember import ops
+from ember import _validate, ops
 from ember.backend import is_cuda_array
 
 __all__ = ["Loss", "CrossEntropy", "MSE", "LOSSES", "get_loss"]
+
+_REDUCTIONS = ("mean", "sum")
 
 
 class Loss:
@@ -82,14 +82,10 @@ class CrossEntropy(Loss):
 
     def __init__(self, label_smoothing: float = 0.0, weight=None, reduction: str = "mean"):
         super().__init__()
-        if not (isinstance(label_smoothing, numbers.Real) and
-                not isinstance(label_smoothing, (bool, np.bool_)) and
-                0.0 <= label_smoothing <= 1.0):
-            raise ValueError(f"CrossEntropy: label_smoothing must be a number in [0, 1], "
-                             f"got {label_smoothing!r}")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"CrossEntropy: reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.label_smoothing = float(label_smoothing)
+        label_smoothing = _validate.real_in("CrossEntropy", "label_smoothing", label_smoothing,
+                                            0.0, 1.0, closed_high=True)
+        _validate.one_of("CrossEntropy", "reduction", reduction, _REDUCTIONS)
+        self.label_smoothing = label_smoothing
         self.weight = None if weight is None else self._checked_weight(weight)
         self.reduction = reduction
 
@@ -174,9 +170,7 @@ class MSE(Loss):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"MSE: reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = _validate.one_of("MSE", "reduction", reduction, _REDUCTIONS)
 
     def forward(self, pred, target, compute_grad: bool = True) -> float:
         if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -472,28 +471,23 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "he", gain: Optional[float] = None, seed: int = 0,
                  rng: Optional[np.random.Generator] = None):
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        if gain is not None and not (_validate.is_real(gain) and math.isfinite(gain) and gain > 0):
-            raise ValueError(f"Linear: gain must be a finite number > 0, got {gain!r}")
-        gain = None if gain is None else float(gain)  # a NumPy scalar would round the bound
+        self.in_features = _validate.positive_int("Linear", "in_features", in_features)
+        self.out_features = _validate.positive_int("Linear", "out_features", out_features)
+        if gain is not None:  # (a float: a NumPy scalar would round the bound)
+            gain = _validate.positive_real("Linear", "gain", gain)
         if rng is None:
             rng = np.random.default_rng(_validate.seed("Linear", seed))
         elif not isinstance(rng, np.random.Generator):
             raise TypeError(f"Linear: rng must be a numpy.random.Generator, got "
                             f"{type(rng).__name__}")
+        _validate.one_of("Linear", "init", init, ("he", "xavier", "torch"))
         fan_in, fan_out = self.in_features, self.out_features
         if init == "he":
             bound = (math.sqrt(2.0) if gain is None else gain) * math.sqrt(3.0 / fan_in)
         elif init == "xavier":
             bound = (1.0 if gain is None else gain) * math.sqrt(6.0 / (fan_in + fan_out))
-        elif init == "torch":
+        else:  # "torch"
             bound = 1.0 / math.sqrt(fan_in)
-        else:
-            raise ValueError(f"Linear: init must be 'he', 'xavier' or 'torch', got {init!r}")
         w = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
         self.weight = Parameter(np.ascontiguousarray(w))
         if bias:
@@ -687,10 +681,8 @@ class LeakyReLU(Activation):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if not (_validate.is_real(negative_slope) and math.isfinite(negative_slope)):
-            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got "
-                             f"{negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _validate.finite_real("LeakyReLU", "negative_slope",
+                                                    negative_slope)
 
     def config(self) -> dict:
         return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
@@ -704,8 +696,7 @@ class GELU(Activation):
 
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        _validate.one_of("GELU", "approximate", approximate, ("none", "tanh"))
         self.approximate = approximate
         self.name = "gelu" if approximate == "none" else "gelu_tanh"
 
@@ -725,9 +716,11 @@ class SiLU(Activation):
     name = "silu"
 
 
-_ACTIVATION_CLASSES = {"identity": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
-                       "gelu": GELU, "gelu_tanh": lambda: GELU("tanh"), "tanh": Tanh,
-                       "sigmoid": Sigmoid, "silu": SiLU}
+#: The layer of each activation name (:data:`ember.ops.ACTIVATIONS`, in its order).
+_ACTIVATION_CLASSES = {name: {"identity": Identity, "relu": ReLU, "leaky_relu": LeakyReLU,
+                              "gelu": GELU, "gelu_tanh": lambda: GELU("tanh"), "tanh": Tanh,
+                              "sigmoid": Sigmoid, "silu": SiLU}[name]
+                       for name in ops.ACTIVATIONS}
 
 
 class Dropout(Module):
@@ -740,7 +733,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, seed: int = 0):
         if not (_validate.is_real(p) and 0.0 <= p < 1.0):
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+            _validate.fail("Dropout", "p", "in [0, 1)", p)
         self.p = float(p)
         self.seed = _validate.seed("Dropout", seed, limit=2 ** 64)
         self.counter = 0
@@ -1125,7 +1118,7 @@ class Sequential(Module):
             raise TypeError(f"replace: layer must be an ember.nn.Module, got "
                             f"{type(layer).__name__}")
         n = len(self.layers)
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+        if not _validate.is_int(index):
             raise TypeError(f"replace: index must be an integer, got {type(index).__name__}")
         if not -n <= index < n:
             raise IndexError(f"replace: index {index} is out of range for a Sequential of {n} "
@@ -1146,10 +1139,7 @@ class Sequential(Module):
             ValueError: ``x`` is empty, or ``batch_size`` is not a positive integer.
             TypeError: ``x`` is not a NumPy or CuPy array.
         """
-        if isinstance(batch_size, (bool, np.bool_)) or \
-                not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"predict: batch_size must be a positive integer, got "
-                             f"{batch_size!r}")
+        batch_size = _validate.positive_int("predict", "batch_size", batch_size)
         shape = getattr(x, "shape", None)
         if shape is None:
             raise TypeError(f"predict: x must be a NumPy or CuPy array, got {type(x).__name__}")
@@ -1157,7 +1147,6 @@ class Sequential(Module):
             raise ValueError("predict: x must be an array of samples, got a 0-d array")
         if shape[0] == 0:
             raise ValueError("predict: x is empty (0 samples)")
-        batch_size = int(batch_size)
         if isinstance(x, np.ndarray) and (x.dtype != np.float32 or not x.flags.c_contiguous or
                                           type(x) is not np.ndarray):
             # as Trainer.predict: host data of another float/int type or layout is converted
@@ -1230,15 +1219,11 @@ class MLP(Sequential):
                             f"{type(sizes).__name__}") from None
         if len(sizes) < 2:
             raise ValueError(f"MLP: sizes must list at least input and output sizes, got {sizes}")
-        for v in sizes:
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"MLP: sizes must be positive integers, got {sizes}")
-        if not (_validate.is_real(dropout) and 0.0 <= dropout < 1.0):
-            raise ValueError(f"MLP: dropout must be a number in [0, 1), got {dropout!r}")
+        if not all(_validate.is_int(v) and v >= 1 for v in sizes):
+            raise ValueError(f"MLP: sizes must be positive integers, got {sizes}")
+        dropout = _validate.real_in("MLP", "dropout", dropout, 0.0, 1.0)
         seed = _validate.seed("MLP", seed)
-        if activation not in _ACTIVATION_CLASSES:
-            raise ValueError(f"MLP: activation must be one of {sorted(_ACTIVATION_CLASSES)}, "
-                             f"got {activation!r}")
+        _validate.one_of("MLP", "activation", activation, ops.ACTIVATIONS)
         if init == "auto":
             init = "xavier" if activation in ("tanh", "sigmoid") else "he"
         gain = 5.0 / 3.0 if (activation == "tanh" and init == "xavier") else None

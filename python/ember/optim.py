@@ -12,30 +12,25 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any, Optional
 
 import numpy as np
 
-from ember import ops
+from ember import _validate, ops
 from ember.backend import is_cuda_array
 from ember.nn import Module, Parameter, materialize_zeros
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "get_optimizer"]
 
 
 def _check(name: str, value, low: float = 0.0, high: Optional[float] = None,
            high_open: bool = False, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or (positive and v <= 0) or (
-            high is not None and (v >= high if high_open else v > high)):
-        rng = ("> 0" if positive else f">= {low}") if high is None else \
-            f"in [{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be {rng}, got {value!r}")
-    return v
+    """A hyperparameter in range (see ember._validate.bound; the messages name the argument
+    alone, as they always have)."""
+    return _validate.bound("", name, value, low, high, high_open, positive)
 
 
 _carried_over_warned = False
@@ -331,12 +326,34 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, max_grad_norm)
 
 
-def get_optimizer(name, params, **kwargs) -> Optimizer:
-    """An optimizer by name (``"sgd"``, ``"adam"``, ``"adamw"``) or the instance itself."""
+#: Optimizer names (any case) -> class, as :func:`get_optimizer` and ``Trainer`` take them.
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def get_optimizer(name, params, caller: Optional[str] = None, **kwargs) -> Optimizer:
+    """An optimizer by name (one of :data:`OPTIMIZERS`) for ``params`` with ``kwargs``, or the
+    instance itself.
+
+    ``caller`` (e.g. ``"Trainer"``) names who passes the arguments on: an argument the optimizer
+    does not take is then a TypeError that says so, naming those it takes (without it, Python's
+    own "unexpected keyword argument").
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: an argument the optimizer does not take.
+    """
     if isinstance(name, Optimizer):
         return name
-    table = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-    if not isinstance(name, str) or name.lower() not in table:
-        raise ValueError(f"optimizer must be one of {sorted(table)} or an ember.optim.Optimizer, "
-                         f"got {name!r}")
-    return table[name.lower()](params, **kwargs)
+    if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or an "
+                         f"ember.optim.Optimizer, got {name!r}")
+    cls = OPTIMIZERS[name.lower()]
+    try:
+        return cls(params, **kwargs)
+    except TypeError as exc:
+        if caller is None or "unexpected keyword argument" not in str(exc):
+            raise
+        takes = [p for p in inspect.signature(cls).parameters if p != "params"]
+        bad = [k for k in kwargs if k not in takes]
+        raise TypeError(f"{caller}: optimizer {name!r} takes no argument "
+                        f"{', '.join(map(repr, bad))} (it takes: {', '.join(takes)})") from None

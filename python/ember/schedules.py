@@ -19,6 +19,8 @@ from __future__ import annotations
 import inspect
 import math
 
+from ember import _validate
+
 __all__ = ["Schedule", "Constant", "StepLR", "ExponentialLR", "CosineWithWarmup",
            "FunctionSchedule", "get_schedule"]
 
@@ -51,9 +53,8 @@ class StepLR(Schedule):
     def __init__(self, step_size: int, gamma: float = 0.1):
         if step_size < 1:
             raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
-        if not 0 < gamma:
-            raise ValueError(f"StepLR: gamma must be > 0, got {gamma}")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = int(step_size)
+        self.gamma = _validate.positive_real("StepLR", "gamma", gamma)
 
     def factor(self, epoch, step):
         return self.gamma ** (epoch // self.step_size)
@@ -63,9 +64,7 @@ class ExponentialLR(Schedule):
     """Multiply by ``gamma`` every epoch."""
 
     def __init__(self, gamma: float):
-        if not 0 < gamma:
-            raise ValueError(f"ExponentialLR: gamma must be > 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = _validate.positive_real("ExponentialLR", "gamma", gamma)
 
     def factor(self, epoch, step):
         return self.gamma ** epoch
@@ -81,10 +80,9 @@ class CosineWithWarmup(Schedule):
         if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
             raise ValueError("CosineWithWarmup: need total_steps >= 1 and "
                              f"0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}")
-        if not 0.0 <= min_factor <= 1.0:
-            raise ValueError(f"CosineWithWarmup: min_factor must be in [0, 1], got {min_factor}")
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
-        self.min_factor = float(min_factor)
+        self.min_factor = _validate.real_in("CosineWithWarmup", "min_factor", min_factor, 0.0,
+                                            1.0, closed_high=True)
 
     def factor(self, epoch, step):
         if step < self.warmup_steps:

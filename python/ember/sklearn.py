@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import numbers
 import warnings
 
 import numpy as np
@@ -50,7 +49,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ember import ops
+from ember import _validate, ops
 from ember.backend import is_cuda_array
 from ember.callbacks import Callback, EarlyStopping
 from ember.data import train_val_split
@@ -89,14 +88,6 @@ def _on_gpu(model) -> bool:
     # Not ``model.device``: that reads a NumPy subclass (a memmap, as joblib unpickles into)
     # as a GPU array.
     return any(is_cuda_array(p.data) for p in model.parameters())
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
 
 
 def _init_like_sklearn(model, activation: str, seed: int) -> None:
@@ -151,42 +142,30 @@ class _BaseEmberMLP(BaseEstimator):
             raise ValueError(f"{name}: {param} must be {want}, got {getattr(self, param)!r}")
 
         sizes = self.hidden_layer_sizes
-        if _is_int(sizes):
+        if _validate.is_int(sizes):
             sizes = (sizes,)
         try:
             sizes = tuple(sizes)
         except TypeError:
             bad("hidden_layer_sizes", "a positive integer or a sequence of them")
-        if not all(_is_int(s) and s >= 1 for s in sizes):
+        if not all(_validate.is_int(s) and s >= 1 for s in sizes):
             bad("hidden_layer_sizes", "a positive integer or a sequence of them")
-        if self.activation not in _ACTIVATIONS:
-            bad("activation", f"one of {sorted(_ACTIVATIONS)}")
-        if self.optimizer not in _OPTIMIZERS:
-            bad("optimizer", f"one of {list(_OPTIMIZERS)}")
-        if not (_is_real(self.alpha) and self.alpha >= 0):
-            bad("alpha", "a number >= 0")
-        if not (self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1)):
+        _validate.one_of(name, "activation", self.activation, sorted(_ACTIVATIONS))
+        _validate.one_of(name, "optimizer", self.optimizer, _OPTIMIZERS)
+        _validate.nonnegative_real(name, "alpha", self.alpha)
+        if not (self.batch_size == "auto" or (_validate.is_int(self.batch_size) and self.batch_size >= 1)):
             bad("batch_size", "'auto' or a positive integer")
-        if not (_is_real(self.learning_rate_init) and self.learning_rate_init > 0):
-            bad("learning_rate_init", "a number > 0")
-        if not (_is_int(self.max_iter) and self.max_iter >= 1):
-            bad("max_iter", "a positive integer (epochs)")
-        if not isinstance(self.shuffle, (bool, np.bool_)):
-            bad("shuffle", "True or False")
-        if not (_is_real(self.tol) and self.tol >= 0):
-            bad("tol", "a number >= 0")
-        if not (_is_real(self.momentum) and 0 <= self.momentum <= 1):
-            bad("momentum", "a number in [0, 1]")
-        if not isinstance(self.early_stopping, (bool, np.bool_)):
-            bad("early_stopping", "True or False")
-        if not (_is_real(self.validation_fraction) and 0 < self.validation_fraction < 1):
-            bad("validation_fraction", "a number in (0, 1)")
-        if not (_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1):
-            bad("n_iter_no_change", "a positive integer")
-        if not (_is_real(self.dropout) and 0 <= self.dropout < 1):
-            bad("dropout", "a number in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            bad("device", "'auto', 'cpu' or 'cuda'")
+        _validate.positive_real(name, "learning_rate_init", self.learning_rate_init)
+        _validate.int_at_least(name, "max_iter", self.max_iter, 1, what=" (epochs)")
+        _validate.flag(name, "shuffle", self.shuffle)
+        _validate.nonnegative_real(name, "tol", self.tol)
+        _validate.real_in(name, "momentum", self.momentum, 0.0, 1.0, closed_high=True)
+        _validate.flag(name, "early_stopping", self.early_stopping)
+        _validate.real_in(name, "validation_fraction", self.validation_fraction, 0.0, 1.0,
+                          open_low=True)
+        _validate.positive_int(name, "n_iter_no_change", self.n_iter_no_change)
+        _validate.real_in(name, "dropout", self.dropout, 0.0, 1.0)
+        _validate.one_of(name, "device", self.device, ("auto", "cpu", "cuda"))
         self._hidden = sizes
 
     def _batch_size_for(self, n: int) -> int:
