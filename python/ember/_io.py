@@ -43,12 +43,13 @@ def write_file(path: Path, data) -> str:
     return digest.hexdigest()
 
 
-def replace_pointer(path: Path, target: str) -> None:
+def replace_pointer(path: Path, target: str, write=None) -> None:
+    """Replace the pointer file ``path`` with one naming ``target``, atomically. ``write``
+    (default :func:`write_file`) writes the new file: a caller's hook (tests tear writes)."""
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    write_file(tmp, (target + "\n").encode())
+    (write or write_file)(tmp, (target + "\n").encode())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
 
 
 def as_path(value, what: str) -> Path:
