@@ -459,7 +459,7 @@ def ember_train(x, y, sizes, batch, epochs, graphs=True):
     from ember import Trainer, nn
     trainer = Trainer(nn.MLP(sizes, seed=0), optimizer="adam", lr=1e-3, metrics=(),
                       device="cuda")
-    trainer._graphs = graphs
+    trainer.cuda_graphs = graphs
     h = trainer.fit(x, y, epochs=epochs, batch_size=batch, seed=0, verbose=0)
     if not h["loss"][-1] < h["loss"][0]:
         raise RuntimeError(f"loss did not fall: {h['loss']}")
@@ -472,7 +472,7 @@ def train_rows(cp, epochs=3):
     on the GPU (ember copies it once per fit, before the epoch clock starts); the figure is the
     samples over the median time of the epochs after the first (warm-up, graph capture). Checked
     first: the loss must fall from the first epoch to the last. ember runs twice: with its steps
-    replayed as CUDA graphs (what Trainer.fit does) and step by step (Trainer._graphs = False)."""
+    replayed as CUDA graphs (what Trainer.fit does) and step by step (Trainer.cuda_graphs = False)."""
     for fig, sizes, batches, n in TRAIN_CONFIGS:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, sizes[0]), dtype=np.float32)

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 import ember
-from ember import checkpoint, nn
+from ember import _io, checkpoint, nn
 from ember.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from ember.schedules import CosineWithWarmup
 
@@ -45,7 +45,7 @@ def main():
     args = ap.parse_args()
     ember.set_num_threads(1)
     if args.kill_in_save:
-        real = checkpoint._write_file
+        real = _io.write_file
         calls = [0]
 
         def torn(path, payload):
@@ -58,7 +58,7 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(path, payload)
 
-        checkpoint._write_file = torn
+        _io.write_file = torn  # every durable write of a save goes through it
     x, y = data()
     model = nn.MLP([10, 32, 32, 4], dropout=0.2, seed=1)
     callbacks = [EarlyStopping(patience=50, restore_best_weights=True),

@@ -495,7 +495,7 @@ def test_non_finite_weights_are_reported_as_such(tmp_path, monkeypatch):
     assert not (tmp_path / "refused").exists()
     # one written anyway (by an earlier ember, which did not check) is named when loaded
     import ember.checkpoint as ck
-    monkeypatch.setattr(ck, "_non_finite_parameter", lambda model: None)
+    monkeypatch.setattr(ck, "non_finite_parameter", lambda model: None)
     save_checkpoint(t, tmp_path)
     message = (r"model.safetensors: 0.weight holds NaN or Inf \(the run's weights were not "
                r"finite when saved\)$")

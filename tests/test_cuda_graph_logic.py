@@ -1,4 +1,4 @@
-"""The parts of ember._cuda_graph that need no GPU: which fits may replay CUDA graphs (and why not),
+"""The parts of ember.train.cuda_graph and ember.train.steps that need no GPU: which fits may replay CUDA graphs (and why not),
 and the recording allocator's replay checks. The graphs themselves are tested on a GPU
 (tests/test_gpu_training.py)."""
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ember import Trainer, nn
-from ember._cuda_graph import _Recorder, graph_ok
+from ember.train.cuda_graph import Recorder as _Recorder
+from ember.train.steps import graph_ok
 from ember.callbacks import Callback, CallbackList, EarlyStopping, ProgressBar, TerminateOnNaN
 from ember.checkpoint import ModelCheckpoint
 from ember.losses import MSE, CrossEntropy
@@ -71,7 +72,7 @@ def test_what_keeps_a_fit_step_by_step(tmp_path, case, reason):
         t.device = "cpu"
     elif case == "off":
         t = _trainer()
-        t._graphs = False
+        t.cuda_graphs = False
     elif case == "dropout":
         t = _trainer(nn.MLP([4, 8, 3], dropout=0.2))
     elif case == "custom layer":
@@ -135,7 +136,7 @@ def test_allocation_hook_is_per_thread_and_nests():
 def test_a_failed_capture_is_reported_once():
     from types import SimpleNamespace
 
-    from ember._cuda_graph import GraphRunner
+    from ember.train.cuda_graph import GraphRunner
 
     runner = SimpleNamespace(failed=None, _failure_reported=False)
     assert GraphRunner.unreported_failure(runner) is None

@@ -192,7 +192,7 @@ def _graph_vs_steps(make, x, y, fit_kw, **trainer_kw):
     out = []
     for graphs in (True, False):
         trainer = Trainer(make(), device="cuda", **trainer_kw)
-        trainer._graphs = graphs
+        trainer.cuda_graphs = graphs
         trainer.fit(x, y, verbose=0, **fit_kw)
         out.append(trainer)
     return out

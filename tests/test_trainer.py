@@ -106,10 +106,10 @@ def test_fused_step_matches_layer_by_layer_bit_for_bit(case):
         model = nn.Sequential(*layers)
         t = Trainer(model, loss=CrossEntropy(**case["loss"]), optimizer="adam", lr=1e-2,
                     metrics=case.get("metrics", ("accuracy",)))
-        t._fused = fused
-        assert model._fused_step_ok(t.loss)
-        calls, step = [], model._fused_train_step
-        model._fused_train_step = lambda *a: (calls.append(1), step(*a))[1]
+        t.fused_steps = fused
+        assert model.fused_ok(t.loss)
+        calls, step = [], model.fused_plan
+        model.fused_plan = lambda *a: (calls.append(1), step(*a))[1]
         t.fit(x[:250], y[:250], epochs=3, batch_size=case["batch"], verbose=0,
               validation_data=(x[250:], y[250:]))
         assert bool(calls) == fused  # the path really taken
@@ -160,9 +160,9 @@ def test_fused_step_matches_layer_by_layer_for_regression(outputs, reduction):
     for fused in (True, False):
         model = nn.MLP([5, 11, outputs], activation="tanh", seed=2)
         t = Trainer(model, loss=ember.losses.MSE(reduction), optimizer="adam", lr=1e-2)
-        t._fused = fused
-        calls, step = [], model._fused_train_step
-        model._fused_train_step = lambda *a: (calls.append(1), step(*a))[1]
+        t.fused_steps = fused
+        calls, step = [], model.fused_plan
+        model.fused_plan = lambda *a: (calls.append(1), step(*a))[1]
         t.fit(x, y, epochs=3, batch_size=32, verbose=0)
         assert bool(calls) == fused
         out.append((_weights(model), t.history["loss"], t.loss._grad.copy()))
@@ -186,7 +186,7 @@ def test_fused_step_follows_a_layer_changed_during_training():
     for fused in (True, False):
         model = nn.Sequential(nn.Linear(6, 10, seed=0), nn.LeakyReLU(0.05), nn.Linear(10, 3))
         t = Trainer(model, optimizer="adam", lr=1e-2, callbacks=[Steeper()])
-        t._fused = fused
+        t.fused_steps = fused
         t.fit(x, y, epochs=3, batch_size=32, verbose=0)
         out.append((_weights(model), t.history["loss"]))
     assert out[0][1] == out[1][1]
@@ -196,11 +196,11 @@ def test_fused_step_follows_a_layer_changed_during_training():
 
 def test_fused_step_only_for_plain_linear_stacks():
     ce = CrossEntropy()
-    assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3])._fused_step_ok(ce)
-    assert not nn.MLP([4, 8, 3], dropout=0.1)._fused_step_ok(ce)  # Dropout: layer by layer
-    assert nn.MLP([4, 8, 3])._fused_step_ok(ember.losses.MSE())  # regression too
+    assert nn.MLP([4, 8, 3]).__class__ is nn.MLP and nn.MLP([4, 8, 3]).fused_ok(ce)
+    assert not nn.MLP([4, 8, 3], dropout=0.1).fused_ok(ce)  # Dropout: layer by layer
+    assert nn.MLP([4, 8, 3]).fused_ok(ember.losses.MSE())  # regression too
     unfused_act = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Tanh(), nn.Linear(8, 3))
-    assert not unfused_act._fused_step_ok(ce)  # a second, unfused activation layer
+    assert not unfused_act.fused_ok(ce)  # a second, unfused activation layer
     # and a model that is not fused still trains (layer by layer)
     x, y = _blobs(n=64, d=4, seed=1)
     t = Trainer(nn.MLP([4, 8, 3], dropout=0.1), optimizer="adam", lr=1e-2)

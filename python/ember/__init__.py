@@ -12,19 +12,22 @@ Example:
 from ember.errors import CheckpointError, CudaError  # first: ember._cuda looks CudaError up
 from ember import backend, ops
 from ember.backend import cuda_available, get_num_threads, info, set_num_threads
-from ember import callbacks, data, datasets, losses, nn, optim, preprocessing, schedules
-from ember.trainer import History, Trainer
+from ember import data, datasets, losses, nn, optim, preprocessing, schedules
 from ember import checkpoint
-from ember.checkpoint import load_model, load_trainer, save_model
-# ModelCheckpoint lives in ember.checkpoint (above ember.callbacks, which it builds on) and is
-# importable from ember.callbacks too, as in Keras: set here, so callbacks imports nothing above it.
-callbacks.ModelCheckpoint = checkpoint.ModelCheckpoint
-
-__version__ = "0.1.0"
+from ember.checkpoint import load_model, save_model
+from ember import callbacks, train
+from ember.train import History, Trainer, load_trainer
+from ember import trainer
+from ember._version import __version__
+# ember.checkpoint is the file format and imports nothing above it; the callback and the
+# function that build on it are importable from there too, as before (ModelCheckpoint lives in
+# ember.callbacks, load_trainer in ember.train).
+checkpoint.ModelCheckpoint = callbacks.ModelCheckpoint
+checkpoint.load_trainer = load_trainer
 
 __all__ = [
     "__version__", "backend", "ops", "info", "set_num_threads", "get_num_threads",
     "cuda_available", "CudaError", "CheckpointError", "nn", "losses", "optim", "schedules",
-    "data", "datasets", "callbacks", "Trainer", "History", "checkpoint", "load_model",
+    "data", "datasets", "callbacks", "train", "Trainer", "History", "checkpoint", "load_model",
     "load_trainer", "save_model", "preprocessing",
 ]

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ember import backend, nn, ops
-from ember.trainer import Trainer
+from ember.train import Trainer
 
 __all__ = ["wait_idle", "bench_gemm", "bench_training", "ember_train_rate", "torch_train_rate",
            "blas_threads", "seconds_per_call", "core_check"]

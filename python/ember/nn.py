@@ -35,6 +35,7 @@ __all__ = [
     "Parameter", "Module", "Linear", "Activation", "ReLU", "LeakyReLU", "GELU", "Tanh", "Sigmoid",
     "SiLU", "Identity", "Dropout", "Sequential", "MLP", "FusedPlan", "from_config",
     "register_module", "registered_modules", "mark_zero", "materialize_zeros", "check_trainable",
+    "written_every_step",
 ]
 
 # The CPU kernels, called directly by the layers (see ember.ops.kernels): one Python call less
@@ -198,6 +199,14 @@ def materialize_zeros(params) -> None:
             if p._grad is not None:
                 p._grad[...] = 0
             p._zero = False
+
+
+def written_every_step(params) -> None:
+    """Tell ``params`` that every training step writes their gradients whole (a plain Linear
+    stack told to write, see :meth:`Sequential.set_fit_settings`): a zero_grad mark on them is
+    moot, and is dropped."""
+    for p in params:
+        p._zero = False
 
 
 _mark_zero = mark_zero  # old private names
@@ -1072,23 +1081,30 @@ class Sequential(Module):
                            count_correct and not mse, "mse" if mse else "cross_entropy")
         return FusedPlan(plan, layers, saved, grad, loss, mse)
 
-    def _fused_train_step(self, x, y, loss, count_correct: bool):
-        """One training step through a :meth:`fused_plan` kept per batch size in this model's
-        buffers (rebuilt when :meth:`step_key` changes). Returns ``(loss, correct)``. Call only
-        when :meth:`fused_ok`."""
-        for lin, _ in self._plan:  # gradients exist before the key is taken (see fused_plan)
-            if lin.weight._grad is None:
-                _create_grads([lin for lin, _ in self._plan])
-                break
-        batch = x.shape[0]
-        key = self.step_key(batch, loss, count_correct)
-        plans = self._buffers.setdefault("fused plans", {})
-        entry = plans.get(batch)
-        if entry is None or entry[0] != key:
-            entry = plans[batch] = (key, self.fused_plan(x, loss, count_correct))
-        return entry[1].step(x, y)
+    def step_cache(self) -> dict:
+        """Where a fit keeps this model's whole-step plans (:meth:`fused_plan`) between steps,
+        by batch size: emptied with the buffers they use (eval mode, ``to``)."""
+        return self._buffers.setdefault("fused plans", {})
 
-    _fused_step_ok = fused_ok  # old private name
+    def set_fit_settings(self, reuse_buffers: bool, accumulate: Optional[bool]) -> None:
+        """What :class:`ember.Trainer` tells the model it fits, for the length of the fit: its
+        input gradient is never needed; ``reuse_buffers`` sends the output (and input
+        gradient) to reused buffers too, each valid until the next call; ``accumulate`` False
+        writes the Linear layers' gradients, True adds to them, whatever zero_grad did (None:
+        PyTorch's rule, see Linear.backward). :meth:`clear_fit_settings` undoes it."""
+        self._fit_model = True
+        self._reuse_buffers = bool(reuse_buffers)
+        self._accumulate_override = accumulate
+
+    def set_accumulate(self, accumulate: Optional[bool]) -> None:
+        """The ``accumulate`` of :meth:`set_fit_settings` alone (a fit's later micro-batches
+        add to the gradients its first wrote)."""
+        self._accumulate_override = accumulate
+
+    def clear_fit_settings(self) -> None:
+        """Back to the model's own behaviour after a fit (see :meth:`set_fit_settings`)."""
+        for name in ("_reuse_buffers", "_accumulate_override", "_fit_model"):
+            self.__dict__.pop(name, None)
 
     def arrays_in_use(self) -> list:
         """Every array a training step of this model reads or writes that the step's kernels do

@@ -54,7 +54,7 @@ from ember.backend import is_cuda_array
 from ember.callbacks import Callback, EarlyStopping
 from ember.data import train_val_split
 from ember.nn import MLP, Linear
-from ember.trainer import Trainer
+from ember.train import Trainer
 
 try:
     from sklearn.utils.validation import validate_data as _validate_data

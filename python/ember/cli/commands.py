@@ -26,14 +26,13 @@ from ember.backend import (cuda_training_available, get_num_threads, resolve_dev
                            set_num_threads)
 from ember.backend import info as backend_info
 from ember.bench import bench_gemm, bench_training, blas_threads
-from ember.callbacks import EarlyStopping
-from ember.checkpoint import ModelCheckpoint
+from ember.callbacks import EarlyStopping, ModelCheckpoint
 from ember.cli.data import eval_data, prepare_training, untransform_y
 from ember.cli.options import resolve_train_options
 from ember.cli.runs import (load_run, new_run_dir, resume_options, run_to_resume, run_trainer,
                             write_atomic, write_config, write_results)
 from ember.nn import MLP
-from ember.trainer import Trainer
+from ember.train import Trainer
 
 __all__ = ["cmd_train", "cmd_evaluate", "cmd_predict", "cmd_info", "cmd_bench", "make_trainer",
            "silence_stdout"]

@@ -21,7 +21,8 @@ from typing import Optional
 from ember._io import json_default
 from ember._version import __version__
 from ember.backend import resolve_training_device
-from ember.checkpoint import RUN_FORMAT, RUN_FORMAT_VERSION, load_trainer
+from ember.checkpoint import RUN_FORMAT, RUN_FORMAT_VERSION
+from ember.train import load_trainer
 from ember.cli.data import file_sha256
 from ember.cli.options import (DIGITS, RUN_KEYS, TRAIN_OPTIONS, UsageError, given_options,
                                resolve_train_options)

@@ -1,9 +1,9 @@
-"""GPU training steps replayed as CUDA graphs (used by :meth:`ember.Trainer.fit`).
+"""GPU training steps replayed as CUDA graphs (the CudaGraph step of :mod:`ember.train.steps`).
 
 A step on the GPU is some twenty kernel launches, each behind a Python call that checks its
 arguments; at small batches the GPU waits on that Python. Here the step runs once as usual
-(the same Python, the same kernels: ``Sequential.forward``, ``loss._forward_device``,
-``Sequential.backward``, ``optimizer._device_step``), then is captured once as a CUDA graph, and
+(the same Python, the same kernels: ``Sequential.forward``, ``loss.forward_device``,
+``Sequential.backward``, ``optimizer.device_step``), then is captured once as a CUDA graph, and
 every later step of that batch size is one graph launch.
 
 What a replay needs, and how it is kept:
@@ -27,11 +27,14 @@ the epoch in which it appeared (the optimizer skips such steps meanwhile) rather
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
-__all__ = ["GraphRunner", "graph_ok"]
+from ember import _cuda_ops
+from ember.train.state import EpochTally
+
+__all__ = ["GraphRunner", "Recorder"]
 
 _KERNELS = r"""
 extern "C" __global__ void ember_graph_tally(const double* loss, const double* norm,
@@ -77,37 +80,7 @@ def _kernels():
     return _module.get_function("ember_graph_tally"), _module.get_function("ember_graph_correct")
 
 
-def graph_ok(trainer, callbacks) -> Optional[str]:
-    """None when ``trainer``'s fit can replay its steps as CUDA graphs, else the reason not."""
-    from ember import checkpoint
-    from ember.callbacks import ProgressBar, TerminateOnNaN
-    from ember.losses import MSE, CrossEntropy
-    from ember.nn import Linear, Sequential
-    from ember.optim import SGD, Adam, AdamW
-
-    model, loss, opt = trainer.model, trainer.loss, trainer.optimizer
-    if trainer.device != "cuda":
-        return "not on the GPU"
-    if not getattr(trainer, "_graphs", True):
-        return "turned off (Trainer._graphs = False)"
-    if not (isinstance(model, Sequential) and type(model).forward is Sequential.forward and
-            type(model).backward is Sequential.backward and
-            all(type(layer) is Linear for layer, _ in model._plan)):
-        return "the model is not a plain stack of Linear layers and activations"
-    if type(loss) not in (CrossEntropy, MSE):
-        return f"loss {type(loss).__name__} has no device-side forward"
-    if type(opt) not in (SGD, Adam, AdamW):
-        return f"optimizer {type(opt).__name__} has no device-state step"
-    for cb in callbacks._batch_end:
-        if type(cb) in (TerminateOnNaN, ProgressBar):
-            continue
-        if type(cb) is checkpoint.ModelCheckpoint and not cb.every_n_steps:
-            continue
-        return f"callback {type(cb).__name__} wants every batch's values"
-    return None
-
-
-class _Recorder:
+class Recorder:
     """The allocator of a recorded step: new arrays, kept in order; then, for the capture, the
     same arrays again in the same order."""
 
@@ -144,16 +117,17 @@ class _Step:
         self.xb, self.yb = xb, yb
         self.graph = None
         self.norm = None
-        self.recorder = _Recorder()
+        self.recorder = Recorder()
         self.keep: list = []
 
 
 class GraphRunner:
     """Runs one fit's training steps on the GPU, captured once per batch size and replayed.
 
-    ``step(xb, yb)`` trains on one batch without waiting for the GPU; ``collect(acc)`` waits, adds
-    the epoch's loss/accuracy/norm sums into ``acc`` (the Trainer's running sums) and brings the
-    optimizer's step count, skipped steps and last gradient norm up to date on the host.
+    ``step(xb, yb)`` trains on one batch without waiting for the GPU; ``collect(tally)`` waits,
+    puts the epoch's loss/accuracy/norm sums into ``tally`` (the Trainer's
+    :class:`~ember.train.state.EpochTally`) and brings the optimizer's step count, skipped steps
+    and last gradient norm up to date on the host.
     """
 
     def __init__(self, trainer, classify: bool):
@@ -171,31 +145,32 @@ class GraphRunner:
         self.failed: Optional[str] = None  # why a capture failed (the first time), if one did
         self._failure_reported = False
         self._tally, self._correct = _kernels()
-        self.begin_epoch([0.0, 0.0, 0, 0.0, 0, 0])
+        self.begin_epoch(EpochTally())
 
     # -- per epoch --------------------------------------------------------------------------
-    def begin_epoch(self, acc) -> None:
+    def begin_epoch(self, tally: EpochTally) -> None:
         """Start the device sums from the Trainer's (non-zero after a mid-epoch resume), and the
         device step state from the optimizer's (a callback may have changed either)."""
         opt = self.trainer.optimizer
-        self.acc.set(np.array([acc[0], acc[1], acc[3], acc[5], 0.0], dtype=np.float64))
+        self.acc.set(np.array([tally.loss_sum, tally.correct, tally.norm_sum, tally.skipped, 0.0],
+                              dtype=np.float64))
         self.counters.set(np.array([0, -1], dtype=np.int64))
         self.state.set(np.array([opt.step_count + 1, 0], dtype=np.int64))
         self.state[1:].view(self.cp.float64)[0] = float(opt.lr)
         self.lr = opt.lr
 
-    def collect(self, acc) -> Optional[tuple[int, float]]:
-        """Wait for the GPU; put the epoch's sums into ``acc`` and the optimizer's counters on
+    def collect(self, tally: EpochTally) -> Optional[tuple[int, float]]:
+        """Wait for the GPU; put the epoch's sums into ``tally`` and the optimizer's counters on
         the host. Returns ``(batch index within the tallied steps, loss)`` of the first
         non-finite loss, or None."""
         opt = self.trainer.optimizer
         dev = self.acc.get()
         counters = self.counters.get()
         state = self.state.get()
-        acc[0], acc[1], acc[3] = float(dev[0]), float(dev[1]), float(dev[2])
-        skipped_before = acc[5]
-        acc[5] = int(dev[3])
-        opt.skipped_steps += acc[5] - skipped_before
+        tally.loss_sum, tally.correct, tally.norm_sum = float(dev[0]), float(dev[1]), float(dev[2])
+        skipped_before = tally.skipped
+        tally.skipped = int(dev[3])
+        opt.skipped_steps += tally.skipped - skipped_before
         opt.step_count = int(state[0]) - 1
         if self.last_norm is not None:
             opt.last_grad_norm = float(self.last_norm.get()[0])
@@ -210,28 +185,24 @@ class GraphRunner:
 
     # -- per step ---------------------------------------------------------------------------
     def _key(self, xb, yb):
+        """What a captured step bakes in: the model's :meth:`~ember.nn.Sequential.step_key`,
+        the batch buffers' addresses and the optimizer's :meth:`~ember.optim.Optimizer.graph_key`."""
         t = self.trainer
-        model, loss, opt = t.model, t.loss, t.optimizer
-        from ember.nn import Parameter
-        return (xb.shape[0], Parameter.version, xb.data.ptr, yb.data.ptr, id(model._plan),
-                id(loss), getattr(loss, "label_smoothing", None),
-                id(getattr(loss, "weight", None)), loss.reduction, opt._graph_key(),
-                tuple((layer.activation, layer.negative_slope, layer._output_internal)
-                      for layer, _ in model._plan))
+        return (t.model.step_key(xb.shape[0], t.loss, self.classify), xb.data.ptr, yb.data.ptr,
+                t.optimizer.graph_key())
 
     def _calls(self, xb, yb, n):
         """The step's kernels: the same calls as the Trainer's step-by-step loop, with every
         value left on the device."""
         t = self.trainer
         out = t.model.forward(xb)
-        loss = t.loss._forward_device(out, yb)
+        loss = t.loss.forward_device(out, yb)
         if self.classify:
-            from ember import _cuda_ops
             pred = _cuda_ops.argmax(out, None)
             blocks = min(1024, (n + 255) // 256)
             self._correct((blocks,), (256,), (pred, yb, np.int32(n), self.acc))
         t.model.backward(t.loss.backward())
-        norm, skipped = t.optimizer._device_step(self.state)
+        norm, skipped = t.optimizer.device_step(self.state)
         self._tally((1,), (1,), (loss, norm, skipped, np.float64(n), self.acc, self.counters))
         return norm, [out, loss, norm, skipped]
 
@@ -260,7 +231,6 @@ class GraphRunner:
         self.last_norm = st.norm
 
     def _run(self, st, xb, yb, n, record):
-        from ember import _cuda_ops
         with _cuda_ops.allocating_from(st.recorder if record else None):
             st.norm, keep = self._calls(xb, yb, n)
         self.last_norm = st.norm
@@ -270,15 +240,10 @@ class GraphRunner:
     def _model_arrays(self) -> list:
         """Every array the step's kernels touch that the recorder did not hand out."""
         t = self.trainer
-        arrays: list[Any] = list(t.model._buffers.values())
-        for layer, _ in t.model._plan:
-            arrays += [layer._x, layer._z]
-        arrays += [t.loss._grad, t.loss._grad_buf, getattr(t.loss, "weight", None)]
-        return [a for a in arrays if a is not None]
+        return t.model.arrays_in_use() + t.loss.arrays_in_use()
 
     def _capture(self, st, xb, yb, n) -> None:
         cp = self.cp
-        from ember import _cuda_ops
         rec = st.recorder
         rec.replaying, rec.i = True, 0
         stream = cp.cuda.Stream(non_blocking=True)

@@ -1,0 +1,281 @@
+"""One training step, four ways: the call that shows a batch, predicts, scores the loss, learns.
+
+- :class:`LayerByLayer`: ``model.forward`` -> ``loss.forward`` -> ``loss.backward`` ->
+  ``model.backward`` -> ``optimizer.step``, on either device (any model, any loss).
+- :class:`CpuFused`: on the CPU, a plain Linear stack with cross-entropy or MSE runs forward, loss
+  and backward as one kernel call (:meth:`ember.nn.Sequential.fused_plan`): the same kernels in
+  the same order, so the same bits, without the Python between them.
+- :class:`Accumulating`: ``accumulate_steps`` micro-batches per optimizer step, their gradients
+  summed, each scaled so the step's gradient is the one of the batch of all their samples.
+- :class:`CudaGraph`: on the GPU, a plain Linear stack with cross-entropy or MSE and SGD/Adam(W)
+  is captured once per batch size as a CUDA graph and replayed (:mod:`ember.train.cuda_graph`);
+  its loss, accuracy and norm stay on the device until the epoch ends.
+
+:func:`choose` picks one for a fit (and says why in ``trainer.step_path``); :func:`graph_ok` is
+the one test of whether a fit may replay CUDA graphs. Each step adds what it did to the epoch's
+:class:`~ember.train.state.EpochTally` and returns ``(loss, grad_norm, skipped, samples)``
+(``None`` for the values a CUDA-graph step leaves on the GPU).
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Optional
+
+import numpy as np
+
+from ember import nn, ops
+from ember.callbacks import ModelCheckpoint, ProgressBar, TerminateOnNaN
+from ember.losses import MSE, CrossEntropy
+from ember.optim import SGD, Adam, AdamW
+
+__all__ = ["Step", "LayerByLayer", "CpuFused", "Accumulating", "CudaGraph", "choose",
+           "graph_ok", "plain_stack", "set_fit_settings", "clear_fit_settings"]
+
+
+class Step:
+    """A fit's training step. ``inputs(loader, epoch, start)`` yields what one step takes (a
+    batch; for :class:`Accumulating`, its micro-batches); calling the step trains on it."""
+
+    #: how ``trainer.step_path`` names it
+    path = "layer by layer"
+    #: whether the step returns its loss, norm and skip flag (a CUDA-graph step does not)
+    host_values = True
+
+    def __init__(self, trainer, classify: bool, plain: bool):
+        self.model, self.loss, self.optimizer = trainer.model, trainer.loss, trainer.optimizer
+        self.classify = classify
+        self.plain = plain
+        self.params = trainer.model.parameters()
+
+    def inputs(self, loader, epoch: int, start: int):
+        return loader.batches(epoch, start)
+
+    def begin_epoch(self, tally) -> None:
+        """Called before the epoch's first step, with its running sums."""
+
+    def end_epoch(self, trainer, loader, epoch: int, start: int, tally) -> None:
+        """Called after the epoch's last step (or the one that stopped training)."""
+
+    def abort(self, tally) -> None:
+        """Called when a step or callback raised: leave the optimizer's counters true."""
+
+
+class LayerByLayer(Step):
+    def __call__(self, batch, tally):
+        xb, yb = batch
+        n = xb.shape[0]
+        if not self.plain:
+            nn.mark_zero(self.params)
+        out = self.model.forward(xb)
+        loss = self.loss.forward(out, yb)
+        if self.classify:
+            tally.correct += ops.accuracy(out, yb) * n
+        self.model.backward(self.loss.backward())
+        norm, skipped = self.optimizer.step()
+        tally.add(loss * n, n, norm, skipped)
+        return loss, norm, skipped, n
+
+
+class CpuFused(Step):
+    path = "fused"
+
+    def __call__(self, batch, tally):
+        xb, yb = batch
+        n = xb.shape[0]
+        model, loss_fn = self.model, self.loss
+        key = model.step_key(n, loss_fn, self.classify)
+        plans = model.step_cache()
+        entry = plans.get(n)
+        if entry is None or entry[0] != key:
+            plan = model.fused_plan(xb, loss_fn, self.classify)
+            # (the key after the plan: building it may have created the gradients)
+            entry = plans[n] = (model.step_key(n, loss_fn, self.classify), plan)
+        loss, correct = entry[1].step(xb, yb)
+        if self.classify:
+            tally.correct += correct / n * n  # the same float as ops.accuracy(...) * n
+        norm, skipped = self.optimizer.step()
+        tally.add(loss * n, n, norm, skipped)
+        return loss, norm, skipped, n
+
+
+class Accumulating(Step):
+    """``accumulate`` micro-batches per optimizer step (see ``Trainer.fit``)."""
+
+    def __init__(self, trainer, classify: bool, plain: bool, accumulate: int, y_host):
+        super().__init__(trainer, classify, plain)
+        self.accumulate = accumulate
+        self.mean = getattr(self.loss, "reduction", "mean") != "sum"
+        weight = getattr(self.loss, "weight", None) if self.mean else None
+        # a step's mean divides by its samples' summed class weights
+        self.class_weight = None if weight is None else np.asarray(
+            weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+        self.y_host = y_host
+
+    def inputs(self, loader, epoch: int, start: int):
+        """Per step: its micro-batches (drawn lazily: the loader reuses its buffers) and what
+        each micro-batch's mean divides by."""
+        bs, nb, accum = loader.batch_size, len(loader), self.accumulate
+        micro = loader.batches(epoch, start * accum)
+        order = loader.order(epoch) if self.class_weight is not None else None
+        for s in range(start, -(-nb // accum)):
+            first, last = s * accum, min(s * accum + accum, nb)
+            sizes = [min(bs, loader.n - b * bs) for b in range(first, last)]
+            denoms = [float(m) for m in sizes]
+            if order is not None:
+                w = self.class_weight[self.y_host[order[first * bs:first * bs + sum(sizes)]]]
+                ends = np.cumsum([0] + sizes)
+                denoms = [float(w[a:e].sum()) for a, e in zip(ends[:-1], ends[1:])]
+            yield itertools.islice(micro, last - first), denoms
+
+    def __call__(self, batch, tally):
+        micro, denoms = batch
+        model, loss_fn, mean = self.model, self.loss, self.mean
+        # scaled by its share of the step's total, the summed gradients are the mean over all
+        # the step's samples
+        total = sum(denoms)
+        step_loss, step_n = 0.0, 0
+        for j, (xb, yb) in enumerate(micro):
+            n = xb.shape[0]
+            if self.plain:
+                model.set_accumulate(j > 0)
+            elif j == 0:
+                nn.mark_zero(self.params)
+            out = model.forward(xb)
+            loss = loss_fn.forward(out, yb)
+            if self.classify:
+                tally.correct += ops.accuracy(out, yb) * n
+            g = loss_fn.backward()
+            if mean and denoms[j] != total:
+                g = g * np.float32(denoms[j] / total if total else 0.0)
+            model.backward(g)
+            step_loss += loss * denoms[j] if mean else loss
+            step_n += n
+        # the step's loss is the one of the batch of all its samples (and so is the epoch's
+        # average: the same as a fit with batches that large)
+        step_loss = step_loss / total if mean and total else step_loss
+        norm, skipped = self.optimizer.step()
+        tally.add(step_loss * step_n, step_n, norm, skipped)
+        return step_loss, norm, skipped, step_n
+
+
+class CudaGraph(Step):
+    """GPU steps replayed as CUDA graphs: nothing is read back until the epoch ends. A
+    non-finite loss stops training at the end of the epoch (the optimizer skips such steps)."""
+
+    path = "cuda graphs"
+    host_values = False
+
+    def __init__(self, trainer, classify: bool, plain: bool):
+        super().__init__(trainer, classify, plain)
+        from ember.train import cuda_graph  # GPU only: it needs the CUDA module
+        self.runner = cuda_graph.GraphRunner(trainer, classify)
+
+    def begin_epoch(self, tally) -> None:
+        self.runner.begin_epoch(tally)
+
+    def __call__(self, batch, tally):
+        xb, yb = batch
+        n = xb.shape[0]
+        self.runner.step(xb, yb)
+        tally.seen += n
+        tally.steps += 1
+        return None, None, None, n
+
+    def end_epoch(self, trainer, loader, epoch: int, start: int, tally) -> None:
+        if epoch + 1 < trainer.epochs and not trainer.stop_training:
+            loader.prefetch(epoch + 1)  # on the host while the GPU finishes this epoch
+        bad = self.runner.collect(tally)
+        if bad is not None:
+            index, value = bad
+            trainer.stop_training = True
+            trainer.stop_reason = (f"loss became {value} at epoch {epoch + 1}, batch "
+                                   f"{start + index + 1}")
+        failure = self.runner.unreported_failure()
+        if failure is not None:
+            warnings.warn(f"ember: a training step could not be captured as a CUDA graph "
+                          f"({failure}); that batch size trained step by step",
+                          RuntimeWarning, stacklevel=4)
+
+    def abort(self, tally) -> None:
+        try:  # keep the optimizer's counters true for whoever catches the error
+            self.runner.collect(tally)
+        except Exception:  # noqa: BLE001 - the first error is the one to see
+            pass
+
+
+def plain_stack(model) -> bool:
+    """A Sequential of ember's own layers, run by Sequential's backward, with no parameter
+    shared by two layers: every step writes each gradient once, so the Trainer tells it to
+    write (or add) rather than zero_grad before each step, as the fused and graph steps do."""
+    if not (isinstance(model, nn.Sequential) and type(model).backward is nn.Sequential.backward):
+        return False
+    return (all(type(layer).__module__ == nn.__name__ and not isinstance(layer, nn.Sequential)
+                for layer in model.layers) and
+            sum(1 for layer in model.layers for _ in layer.named_parameters()) ==
+            len(model.parameters()))
+
+
+def graph_ok(trainer, callbacks) -> Optional[str]:
+    """None when ``trainer``'s fit can replay its steps as CUDA graphs, else the reason not."""
+    model, loss, opt = trainer.model, trainer.loss, trainer.optimizer
+    if trainer.device != "cuda":
+        return "not on the GPU"
+    if not trainer.cuda_graphs:
+        return "turned off (Trainer.cuda_graphs = False)"
+    if not (isinstance(model, nn.Sequential) and model.is_linear_stack()):
+        return "the model is not a plain stack of Linear layers and activations"
+    if type(loss) not in (CrossEntropy, MSE):
+        return f"loss {type(loss).__name__} has no device-side forward"
+    if type(opt) not in (SGD, Adam, AdamW):
+        return f"optimizer {type(opt).__name__} has no device-state step"
+    for cb in callbacks.batch_end_callbacks:
+        if type(cb) in (TerminateOnNaN, ProgressBar):
+            continue
+        if type(cb) is ModelCheckpoint and not cb.every_n_steps:
+            continue
+        return f"callback {type(cb).__name__} wants every batch's values"
+    if not plain_stack(model):  # (a captured step writes each gradient once)
+        return "a parameter is shared by two layers"
+    return None
+
+
+def set_fit_settings(model, plain: bool) -> None:
+    """What the fitted model is told for the length of a fit (:func:`clear_fit_settings`
+    undoes it): a Sequential skips its input gradient and, with its own forward, sends its
+    output to reused buffers; a plain stack writes each gradient once a step."""
+    if isinstance(model, nn.Sequential):
+        model.set_fit_settings(reuse_buffers=type(model).forward is nn.Sequential.forward,
+                               accumulate=False if plain else None)
+    if plain:
+        nn.written_every_step(model.parameters())
+
+
+def clear_fit_settings(model) -> None:
+    if isinstance(model, nn.Sequential):
+        model.clear_fit_settings()
+
+
+def choose(trainer, callbacks, classify: bool, accumulate: int, y_host) -> Step:
+    """The step for ``trainer``'s fit; sets ``trainer.step_path`` to what was chosen and why."""
+    model = trainer.model
+    plain = plain_stack(model)
+    set_fit_settings(model, plain)
+    if trainer.device == "cuda":
+        why = "accumulate_steps > 1" if accumulate > 1 else graph_ok(trainer, callbacks)
+        if why is None:
+            step = CudaGraph(trainer, classify, plain)
+        elif accumulate > 1:
+            step = Accumulating(trainer, classify, plain, accumulate, y_host)
+        else:
+            step = LayerByLayer(trainer, classify, plain)
+        trainer.step_path = step.path if why is None else f"step by step ({why})"
+        return step
+    if accumulate > 1:
+        step = Accumulating(trainer, classify, plain, accumulate, y_host)
+    elif trainer.fused_steps and plain and model.fused_ok(trainer.loss):
+        step = CpuFused(trainer, classify, plain)
+    else:
+        step = LayerByLayer(trainer, classify, plain)
+    trainer.step_path = step.path
+    return step

@@ -1,0 +1,590 @@
+"""The training loop: show a batch, predict, score the loss, learn, repeat.
+
+``Trainer.fit`` reads as one call per phase: check the arguments, prepare the data, record the
+hyperparameters, set up the callbacks (and a resume), choose the step
+(:mod:`ember.train.steps`), then per epoch run the steps and write the epoch's logs.
+
+Example:
+    >>> from ember import Trainer
+    >>> from ember.nn import MLP
+    >>> from ember.datasets import load_digits
+    >>> x, y = load_digits()
+    >>> trainer = Trainer(MLP([64, 256, 256, 10]), loss="cross_entropy", optimizer="adam")
+    >>> history = trainer.fit(x, y, epochs=20, batch_size=32, validation_split=0.2, verbose=0)
+    >>> trainer.evaluate(x, y)["accuracy"] > 0.9
+    True
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ember import _validate, checkpoint, ops
+from ember._io import as_path
+from ember.backend import array_module, resolve_training_device
+from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler,
+                             ModelCheckpoint, ProgressBar, TerminateOnNaN)
+from ember.data import DataLoader, check_xy, train_val_split
+from ember.errors import CheckpointError
+from ember.losses import Loss, get_loss
+from ember.nn import Module, check_trainable
+from ember.optim import Optimizer, get_optimizer
+from ember.train import report as _report
+from ember.train import state as _state
+from ember.train import steps as _steps
+from ember.train.history import History
+from ember.train.resume import attach_checkpointing
+from ember.train.state import EpochTally
+
+__all__ = ["Trainer", "History", "load_trainer"]
+
+
+class Trainer:
+    """Fit, evaluate and predict with a model, a loss and an optimizer.
+
+    Args:
+        model: an :class:`ember.nn.Module` (e.g. :class:`ember.nn.MLP`).
+        loss: a :class:`ember.losses.Loss` or ``"cross_entropy"`` / ``"mse"``.
+        optimizer: an :class:`ember.optim.Optimizer` or ``"sgd"`` / ``"adam"`` / ``"adamw"``.
+        lr: learning rate when ``optimizer`` is a name (default 1e-3 for Adam(W), 1e-2 for SGD).
+        metrics: ``("accuracy",)`` (the default) records accuracy for classification, per
+            epoch and in :meth:`evaluate`; ``()`` records the loss only (one argmax pass per step
+            less). Ignored for regression (the loss is always reported).
+        callbacks: :class:`ember.callbacks.Callback` instances.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``. ``"cuda"`` trains on the GPU (CuPy arrays:
+            the data is copied to the device once per ``fit``); ``"auto"`` picks the GPU when
+            one is usable (and :data:`ember.backend.GPU_TRAINING_VERIFIED`).
+            ``evaluate`` / ``predict*`` always return NumPy arrays and Python floats.
+        lr_schedule: an :mod:`ember.schedules` schedule (adds an LRScheduler callback).
+        max_grad_norm: clip gradients by global norm (with an optimizer name).
+        optimizer_kwargs: extra arguments for a named optimizer (momentum, weight_decay, ...).
+
+    On the GPU, a plain stack of Linear layers (activations fused) trained with cross-entropy or
+    MSE and SGD/Adam/AdamW runs each batch size's step once, captures it as a CUDA graph and
+    replays it (see :mod:`ember.train.steps`): the same kernels and the same bits as going step by
+    step, without the Python between them. The loss, accuracy and gradient norm stay on the GPU
+    until the epoch ends, so per-batch callbacks other than ember's own (TerminateOnNaN,
+    ProgressBar, ModelCheckpoint without ``every_n_steps``) make the fit go step by step, and a
+    non-finite loss stops training at the end of the epoch in which it appeared (the optimizer
+    skips those steps meanwhile; the stop reason names the first such batch) instead of at once.
+    :attr:`step_path` says which way the last fit went.
+    """
+
+    def __init__(self, model: Module, loss="cross_entropy", optimizer="adam",
+                 lr: Optional[float] = None, metrics: Sequence[str] = ("accuracy",),
+                 callbacks: Sequence[Callback] = (), device: str = "auto", lr_schedule=None,
+                 max_grad_norm: Optional[float] = None, **optimizer_kwargs):
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: model must be an ember.nn.Module, got "
+                            f"{type(model).__name__}")
+        self.model = model
+        self.loss: Loss = get_loss(loss)
+        self.task = self.loss.task
+        # "cuda" without a usable GPU raises ValueError ("... CUDA is not usable: <why>").
+        self.device = resolve_training_device(device)
+        model.to(self.device)
+        if isinstance(optimizer, Optimizer):
+            if lr is not None or optimizer_kwargs or max_grad_norm is not None:
+                raise ValueError("Trainer: lr/max_grad_norm/optimizer options go to the "
+                                 "optimizer's constructor when passing an Optimizer instance")
+            self.optimizer = optimizer
+        else:
+            kw = dict(optimizer_kwargs)
+            if lr is not None:
+                kw["lr"] = lr
+            if max_grad_norm is not None:
+                kw["max_grad_norm"] = max_grad_norm
+            self.optimizer = get_optimizer(optimizer, model, caller="Trainer", **kw)
+        if isinstance(metrics, str):  # metrics="accuracy": one metric, not its letters
+            metrics = (metrics,)
+        for m in metrics:
+            if m != "accuracy":
+                raise ValueError(f"Trainer: unknown metric {m!r} (supported: 'accuracy')")
+        self.metrics = tuple(m for m in metrics if self.task == "classification")
+        self.user_callbacks = list(callbacks)
+        if lr_schedule is not None:
+            self.user_callbacks.append(LRScheduler(lr_schedule))
+        self.history = History()
+        #: False forces the layer-by-layer training path (tests compare the two, bit for bit).
+        self.fused_steps = True
+        #: False makes a GPU fit go step by step instead of replaying CUDA graphs (the same).
+        self.cuda_graphs = True
+        #: How the last fit ran its steps: "fused" / "layer by layer" on the CPU, "cuda graphs"
+        #: or "step by step (<why>)" on the GPU.
+        self.step_path: Optional[str] = None
+        self.epoch = 0
+        self.epochs = 0
+        self.global_step = 0
+        self.steps_per_epoch = 0
+        self.stop_training = False
+        self.stop_reason: Optional[str] = None
+        self.restored_epoch: Optional[int] = None
+        self.n_classes: Optional[int] = None
+        self.fit_params: dict = {}
+        #: the batch the current epoch starts at (> 0 in the first epoch of a mid-epoch resume)
+        self.start_batch = 0
+        self.batch_in_epoch = 0
+        #: the running sums of the epoch in progress (None between epochs)
+        self.epoch_tally: Optional[EpochTally] = None
+        #: True from a restore (load_state_dict) until the resumed fit's first step
+        self.resuming = False
+        #: the learning rate schedules start from (ReduceLROnPlateau lowers it)
+        self.base_lr = self.optimizer.lr
+        #: the chosen lr, which the report shows
+        self.initial_lr = self.optimizer.lr
+        #: the optimizer's hyperparameters when the run began (kept across resumes)
+        self.configured_optimizer: Optional[dict] = None
+        #: a digest of the training data when checkpoints are in play (see checkpoint.data_digest)
+        self.data_digest: Optional[str] = None
+        #: the callbacks of the fit in progress, ModelCheckpoints last (what checkpoints save)
+        self.fit_callbacks: list = []
+        self.gradient_monitor = GradientMonitor()
+
+    # ---------------------------------------------------------------------------------------
+    def output_size(self) -> Optional[int]:
+        """The model's output width (the rows of its last weight matrix), or None."""
+        out = None
+        for _, p in self.model.named_parameters():
+            if p.data.ndim == 2:
+                out = p.shape[0]
+        return out
+
+    def input_size(self) -> Optional[int]:
+        """The model's input width (the columns of its first weight matrix), or None."""
+        for _, p in self.model.named_parameters():
+            if p.data.ndim == 2:
+                return p.shape[1]
+        return None
+
+    def _prepare(self, x, y, where):
+        n_out = self.output_size()
+        n_classes = n_out if self.task == "classification" else None
+        x, y = check_xy(x, y, task=self.task, n_features=self.input_size(),
+                        n_classes=n_classes, where=where)
+        if y is not None and self.task == "regression" and n_out is not None and \
+                y.shape[1] != n_out:
+            raise ValueError(f"{where}: y has {y.shape[1]} target column(s), the model outputs "
+                             f"{n_out}")
+        return x, y
+
+    def _to_device(self, *arrays):
+        """The (already checked, host) arrays on the trainer's device: unchanged on the CPU,
+        copied once to CuPy arrays on the GPU (None stays None)."""
+        if self.device != "cuda":
+            return arrays
+        xp = array_module("cuda")
+        return tuple(None if a is None else xp.asarray(a) for a in arrays)
+
+    def hyperparameters(self) -> dict:
+        """What the user chose (as opposed to what was learned); ``lr`` is the chosen learning
+        rate, not the one a schedule or ReduceLROnPlateau has set since (``optimizer.lr``)."""
+        fit = {k: v for k, v in self.fit_params.items() if k not in _report.DATA_FACTS}
+        return {**fit, **self.optimizer.hyperparameters(), "lr": _report.chosen_lr(self),
+                "loss": self.loss.config(), "device": self.device,
+                "model": self._architecture()}
+
+    def _architecture(self):
+        """The model's ``config()``, or None for a custom module without one."""
+        try:
+            return self.model.config()
+        except NotImplementedError:
+            return None
+
+    def optimizer_configuration(self) -> dict:
+        """The optimizer's hyperparameters a fit starts with (``lr`` before any schedule)."""
+        return _state.configured_optimizer(self)
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self, callbacks=(), finished: Optional[str] = None) -> dict:
+        """Everything a checkpoint holds of this trainer (and of ``callbacks``): see
+        :mod:`ember.train.state`. ``finished`` marks a run that ended (why)."""
+        return _state.state_dict(self, callbacks, finished)
+
+    def load_state_dict(self, state: dict, callbacks=()) -> list:
+        """Restore a :meth:`state_dict` (or what :func:`ember.checkpoint.load_checkpoint`
+        read) into this trainer and ``callbacks``, checked first; see
+        :func:`ember.train.state.load_state_dict`. Returns the overridden hyperparameters."""
+        return _state.load_state_dict(self, state, callbacks)
+
+    # ---------------------------------------------------------------------------------------
+    def fit(self, x, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
+            validation_split: float = 0.0, seed: int = 0, shuffle: bool = True,
+            verbose: int = 1, checkpoint_dir=None, resume=None,
+            accumulate_steps: int = 1) -> History:
+        """Train for ``epochs`` passes over ``(x, y)``.
+
+        Args:
+            x: (n, features) array. y: class indices (classification) or targets (regression).
+            epochs: passes over the training data (>= 1).
+            batch_size: samples per gradient step (>= 1).
+            validation_data: ``(x_val, y_val)`` scored after every epoch.
+            validation_split: fraction of ``(x, y)`` held out for validation instead
+                (stratified for classification, seeded).
+            seed: data order (and the validation split): same seed, same run, bit for bit.
+            verbose: 0 silent, 1 progress and the end-of-training report.
+            checkpoint_dir: directory for checkpoints (see :mod:`ember.checkpoint`).
+            resume: ``"latest"`` or a checkpoint path to continue an interrupted run.
+            accumulate_steps: micro-batches of ``batch_size`` per optimizer step (>= 1): their
+                gradients are summed, each scaled so that the step's gradient is the one of the
+                batch of all their samples (the mean over the group's samples, weighted as the
+                loss weights them; the sum for ``reduction="sum"``). Groups do not cross epochs:
+                the last of an epoch takes the micro-batches left (fewer, the last possibly
+                short): an epoch has ``ceil(batches / accumulate_steps)`` steps.
+                ``global_step``, the optimizer's step count, per-batch callbacks (their
+                ``loss`` is the step's), ``every_n_steps`` checkpoints and schedules count
+                optimizer steps. 1 (the default): one step per batch.
+
+        Returns:
+            The :class:`History` (also ``trainer.history``).
+
+        Raises:
+            ValueError: bad data or hyperparameters, before any training step.
+            TypeError: a model without ``backward`` (or, with checkpoints, ``config``), before
+                any training step.
+        """
+        try:
+            return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
+                             shuffle, verbose, checkpoint_dir, resume, accumulate_steps)
+        except KeyboardInterrupt:  # Ctrl-C: say how to continue the run, then stop as asked
+            hint = self._resume_hint() if self.resume_hint else None
+            if hint:
+                print(hint, file=sys.stderr, flush=True)
+            raise
+        finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
+            for cb in self.fit_callbacks:
+                if isinstance(cb, ModelCheckpoint):
+                    cb.release()
+            _steps.clear_fit_settings(self.model)  # the fit's step settings are not the model's
+
+    #: Print how to resume when a fit with checkpoints is interrupted (Ctrl-C); a program
+    #: with its own message (``ember train``) turns it off.
+    resume_hint = True
+
+    def _resume_hint(self) -> Optional[str]:
+        """After an interrupted fit that wrote checkpoints: where the run stands and the call
+        that continues it. None when the fit had no checkpoints."""
+        saving = [c for c in self.fit_callbacks if isinstance(c, ModelCheckpoint)]
+        if not saving:
+            return None
+        cb = saving[0]
+        done = (f"the newest checkpoint is {cb.last_saved}" if cb.last_saved is not None else
+                f"no checkpoint was written in this fit yet; {cb.directory} holds what was "
+                "saved before")
+        return (f"ember: training interrupted at epoch {self.epoch + 1} of {self.epochs}, step "
+                f"{self.global_step}; {done}. To continue exactly where it was saved, call fit "
+                f"again with the same data and arguments and checkpoint_dir="
+                f"{str(cb.directory)!r}, resume='latest'")
+
+    def _fit(self, x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle,
+             verbose, checkpoint_dir, resume, accumulate_steps) -> History:
+        seed, verbose, accumulate_steps = self._check_fit_args(
+            x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle, verbose,
+            accumulate_steps)
+        checkpointing = (checkpoint_dir is not None or resume is not None or
+                         any(isinstance(c, ModelCheckpoint) for c in self.user_callbacks))
+        check_trainable(self.model, checkpointing)
+        x, y, validation, y_host = self._fit_data(x, y, validation_data, validation_split, seed,
+                                                  checkpointing)
+        self._record_fit_params(x, y, validation, epochs, batch_size, validation_split, seed,
+                                shuffle, accumulate_steps)
+        # The loop is done with each batch before drawing the next: reused buffers.
+        loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                            reuse_buffers=True)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = -(-len(loader) // accumulate_steps)  # optimizer steps
+        self.stop_training = False
+        self.stop_reason = None
+        self.restored_epoch = None
+        cbs, ckpt = self._fit_callbacks(checkpoint_dir, resume, verbose)
+        if ckpt is not None and ckpt.finished:
+            self.resuming = False
+            if verbose:
+                print(f"ember: {ckpt.finished}; nothing more to train.")
+            return self.history
+        if ckpt is not None and ckpt.message and verbose:
+            print(ckpt.message)
+        classify = "accuracy" in self.metrics  # classification only (see __init__)
+        step = _steps.choose(self, cbs, classify, accumulate_steps, y_host)
+        start_epoch = self.epoch if self.resuming else 0
+        self._batch_logs: dict[str, Any] = {}
+        self.model.train()
+        cbs.on_train_begin({})
+        self.resuming = False
+        for epoch in range(start_epoch, self.epochs):
+            logs = self._train_epoch(step, loader, epoch, epoch == start_epoch, validation,
+                                     classify, cbs)
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end({})
+        self.model.eval()
+        if verbose:
+            print(self.report())
+        return self.history
+
+    def _check_fit_args(self, x, y, epochs, batch_size, validation_data, validation_split, seed,
+                        shuffle, verbose, accumulate_steps):
+        """fit's scalar arguments checked (ValueError naming the argument); returns the seed,
+        verbose and accumulate_steps as ints."""
+        _validate.positive_int("fit", "epochs", epochs)
+        _validate.positive_int("fit", "batch_size", batch_size)
+        _validate.real_in("fit", "validation_split", validation_split, 0.0, 1.0)
+        if validation_data is not None and validation_split:
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        seed = _validate.seed("fit", seed)
+        _validate.flag("fit", "shuffle", shuffle)
+        if isinstance(verbose, (bool, np.bool_)):
+            verbose = int(verbose)
+        if not _validate.is_int(verbose) or verbose < 0:
+            raise ValueError(f"fit: verbose must be 0 (silent) or 1 (progress and report), got "
+                             f"{verbose!r}")
+        if not _validate.is_int(accumulate_steps) or accumulate_steps < 1:
+            raise ValueError(f"fit: accumulate_steps must be a positive integer (micro-batches "
+                             f"per optimizer step), got {accumulate_steps!r}")
+        if y is None:
+            raise ValueError("fit: y is required (class indices for classification, targets "
+                             "for regression)")
+        return seed, verbose, int(accumulate_steps)
+
+    def _fit_data(self, x, y, validation_data, validation_split, seed, checkpointing):
+        """The training data and validation pair checked and on the trainer's device, and the
+        training labels on the host. Records the data's digest when checkpoints are in play."""
+        x, y = self._prepare(x, y, "fit")
+        if validation_split:
+            try:
+                x, y, xv, yv = train_val_split(x, y, float(validation_split), seed=seed,
+                                               stratify=self.task == "classification")
+            except ValueError as exc:  # e.g. a fraction too small to hold out one sample
+                raise ValueError(f"fit: validation_split={validation_split!r}: {exc}") from None
+            validation = (xv, yv)
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            validation = self._prepare(*validation_data, "fit (validation_data)")
+        else:
+            validation = None
+        # Kept in checkpoints: resuming on other data of the same size is refused like other
+        # batching changes.
+        self.data_digest = checkpoint.data_digest(x, y) if checkpointing else None
+        # Validated on the host; on the GPU the data moves to the device once, here, and batches
+        # are gathered there (DataLoader follows the arrays' device).
+        y_host = y  # (accumulate_steps > 1 with class weights reads the labels' weights)
+        x, y = self._to_device(x, y)
+        if validation is not None:
+            validation = self._to_device(*validation)
+        return x, y, validation, y_host
+
+    def _record_fit_params(self, x, y, validation, epochs, batch_size, validation_split, seed,
+                           shuffle, accumulate_steps) -> None:
+        self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
+                           "validation_split": float(validation_split), "seed": int(seed),
+                           "shuffle": bool(shuffle), "n_train": int(len(x)),
+                           "n_val": 0 if validation is None else int(len(validation[0])),
+                           "accumulate_steps": accumulate_steps}
+        if self.task == "regression":  # the scale a regression fit is judged on (R², report)
+            self.fit_params["target_variance"] = _report.mean_variance(y)
+            self.fit_params["target_mean_square"] = float(
+                (y.reshape(len(y), -1).astype("float64") ** 2).mean())
+            if validation is not None:
+                self.fit_params["val_target_variance"] = _report.mean_variance(validation[1])
+
+    def _fit_callbacks(self, checkpoint_dir, resume, verbose):
+        """The fit's CallbackList (ember's own first, ModelCheckpoints last: they save after
+        every other callback updated its state), after restoring a resumed run."""
+        callbacks = ([c for c in self.user_callbacks if not isinstance(c, ModelCheckpoint)] +
+                     [c for c in self.user_callbacks if isinstance(c, ModelCheckpoint)])
+        ckpt = None
+        if checkpoint_dir is not None or resume is not None:
+            ckpt = attach_checkpointing(self, checkpoint_dir, resume, callbacks)
+        if not self.resuming:
+            self.history = History()
+            self.global_step = 0
+            self.start_batch = 0
+        self.fit_callbacks = callbacks
+        all_cbs = [TerminateOnNaN(), self.gradient_monitor] + callbacks
+        if verbose:
+            all_cbs.insert(2, ProgressBar())
+        return CallbackList(all_cbs, self), ckpt
+
+    def _train_epoch(self, step, loader, epoch, first, validation, classify, cbs) -> dict:
+        """One pass over the data (from ``start_batch`` in a resumed epoch); returns its logs."""
+        self.epoch = epoch
+        if not first:
+            self.start_batch = 0
+        start = self.start_batch  # > 0 only in the first epoch of a mid-epoch resume
+        t0 = time.perf_counter()
+        cbs.on_epoch_begin(epoch, {})
+        tally = self.epoch_tally if start and self.epoch_tally else EpochTally()
+        self.epoch_tally = tally
+        step.begin_epoch(tally)
+        try:
+            self._run_steps(step, loader, epoch, start, tally, cbs)
+            step.end_epoch(self, loader, epoch, start, tally)
+        except BaseException:
+            step.abort(tally)
+            raise
+        logs = self._epoch_logs(tally, classify, validation, t0)
+        self.history.append(epoch, logs)
+        self.epoch = epoch + 1
+        self.batch_in_epoch = 0
+        self.epoch_tally = None
+        return logs
+
+    def _run_steps(self, step, loader, epoch, start, tally, cbs) -> None:
+        """The epoch's steps: next batch, the step (forward, loss, backward, update), the
+        per-batch callbacks."""
+        for s, batch in enumerate(step.inputs(loader, epoch, start), start):
+            if cbs.wants_batch_begin:  # (with the previous step's logs, as before the split)
+                cbs.on_batch_begin(s, self._batch_logs if step.host_values else {})
+            loss, norm, skipped, n = step(batch, tally)
+            self.global_step += 1
+            self.batch_in_epoch = s + 1
+            if cbs.wants_batch_end:
+                logs = {"loss": loss, "grad_norm": norm, "skipped": skipped, "epoch": epoch,
+                        "size": n}
+                cbs.on_batch_end(s, logs)
+                self._batch_logs = logs
+            if self.stop_training:
+                break
+
+    def _epoch_logs(self, tally, classify, validation, t0) -> dict:
+        seen, steps = tally.seen, tally.steps
+        logs: dict[str, Any] = {"loss": tally.loss_sum / seen if seen else float("nan")}
+        if classify:
+            logs["accuracy"] = tally.correct / seen if seen else float("nan")
+        if validation is not None:
+            for k, v in self._evaluate(*validation).items():
+                logs["val_" + k] = v
+            self.model.train()
+        logs["lr"] = self.optimizer.lr
+        logs["grad_norm"] = tally.norm_sum / steps if steps else float("nan")
+        logs["skipped_steps"] = tally.skipped
+        logs["time"] = time.perf_counter() - t0
+        return logs
+
+    # ---------------------------------------------------------------------------------------
+    def _batched_outputs(self, x, batch_size):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i in range(0, len(x), batch_size):
+                yield i, self.model.forward(x[i:i + batch_size])
+        finally:
+            self.model.train(was_training)
+
+    def evaluate(self, x, y, batch_size: int = 1024) -> dict:
+        """Loss and metrics on ``(x, y)`` in eval mode (dropout off). Returns a dict."""
+        return self._evaluate(*self._to_device(*self._prepare(x, y, "evaluate")), batch_size)
+
+    def _evaluate(self, x, y, batch_size: int = 1024) -> dict:
+        """:meth:`evaluate` of arrays already checked and on the trainer's device."""
+        classify = self.task == "classification"
+        with_accuracy = "accuracy" in self.metrics
+        loss_sum = 0.0
+        weight_sum = 0.0
+        correct = 0.0
+        w = getattr(self.loss, "weight", None)
+        xp = array_module(self.device)
+        if w is not None and xp is not np:
+            w = xp.asarray(w, dtype=xp.float32)  # the class weights must be where the logits are
+        for i, out in self._batched_outputs(x, batch_size):
+            yb = y[i:i + batch_size]
+            n = out.shape[0]
+            if classify:
+                s, _ = ops.softmax_cross_entropy(
+                    out, yb, weight=w, label_smoothing=self.loss.label_smoothing,
+                    reduction="sum", compute_grad=False)
+                loss_sum += s
+                weight_sum += float(xp.asarray(w)[yb].sum()) if w is not None else n
+                if with_accuracy:
+                    correct += ops.accuracy(out, yb) * n
+            else:
+                s, _ = ops.mse(out, yb.reshape(out.shape), reduction="sum", compute_grad=False)
+                loss_sum += s
+                weight_sum += out.size
+        result = {"loss": loss_sum / weight_sum}
+        if self.loss.reduction == "sum":
+            result["loss"] = loss_sum
+        if with_accuracy:
+            result["accuracy"] = correct / len(x)
+        return result
+
+    def predict_raw(self, x, batch_size: int = 1024):
+        """The network's outputs (logits for classification), in eval mode, as a NumPy array
+        (copied back from the GPU when the trainer is on one)."""
+        x, _ = self._prepare(x, None, "predict")
+        if self.device == "cuda":
+            xd, = self._to_device(x)
+            outs = [out for _, out in self._batched_outputs(xd, batch_size)]
+            out = outs[0] if len(outs) == 1 else array_module("cuda").concatenate(outs)
+            return out.get()
+        outs = [out for _, out in self._batched_outputs(x, batch_size)]
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def predict_proba(self, x, batch_size: int = 1024):
+        """Class probabilities (softmax of the logits)."""
+        if self.task != "classification":
+            raise ValueError("predict_proba: the model was trained for regression")
+        z = self.predict_raw(x, batch_size).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z.astype(np.float32)
+
+    def predict(self, x, batch_size: int = 1024):
+        """Class indices (classification) or predicted values (regression)."""
+        out = self.predict_raw(x, batch_size)
+        if self.task == "classification":
+            return ops.argmax(out)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    # ---------------------------------------------------------------------------------------
+    def diagnosis(self) -> dict:
+        """Plain verdicts from the history: fit quality and gradient health (see
+        :func:`ember.train.report.diagnosis`)."""
+        return _report.diagnosis(self)
+
+    def report(self) -> str:
+        """A short text report: parameters vs hyperparameters, final metrics, verdict."""
+        return _report.report(self)
+
+
+def load_trainer(path, device: Optional[str] = None, *, preprocessing: bool = True):
+    """A :class:`ember.Trainer` with the saved model, loss and optimizer state, ready for
+    ``predict``/``evaluate`` or further training (fine-tuning).
+
+    The model is :func:`ember.load_model`'s: for a run written by ``ember train`` a
+    :class:`ember.preprocessing.RunModel`, so ``predict``, ``predict_proba`` and ``evaluate``
+    take the raw features and agree with ``ember predict`` (classification: class indices into
+    ``trainer.model.classes``; regression: values in the target's units, and ``evaluate``'s loss
+    is the MSE in those units). ``preprocessing=False`` gives a trainer of the bare network.
+    """
+    ck = checkpoint.load_checkpoint(as_path(path, "load_trainer: path"))
+    st = checkpoint.check_state(ck, ("model", "loss", "optimizer", "optimizer_step", "history",
+                                     "epoch", "global_step"),
+                                ("metrics", "fit_params", "optimizer_skipped_steps"))
+    model = checkpoint.model_from(ck, device, preprocessing)
+    hp = dict(st["optimizer"])
+    name = hp.pop("optimizer").lower()
+    where = ck["path"] / "trainer.json"
+    try:
+        loss = get_loss(st["loss"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: bad 'loss' ({exc})") from None
+    try:
+        optimizer = get_optimizer(name, model, **_state.optimizer_kwargs(hp))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: bad 'optimizer' ({exc})") from None
+    trainer = Trainer(model, loss=loss, optimizer=optimizer,
+                      metrics=tuple(st.get("metrics", ("accuracy",))), device=model.device)
+    _state.restore_optimizer(trainer, ck)
+    trainer.history = _state.history_from(ck)
+    trainer.fit_params = st.get("fit_params", {})
+    trainer.epoch, trainer.global_step = st["epoch"], st["global_step"]
+    return trainer
