@@ -46,6 +46,11 @@ class Loss:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._grad
 
+    def set_grad(self, grad) -> None:
+        """Make ``grad`` what :meth:`backward` returns: the gradient of a forward computed
+        elsewhere (:class:`ember.nn.FusedPlan` computes loss and gradient in its kernel)."""
+        self._grad = grad
+
     def forward_device(self, pred, target):
         """:meth:`forward` on CUDA arrays without synchronising: the loss as a float64 device
         array of shape (1,) (for the CUDA-graph training step)."""
@@ -114,7 +119,7 @@ class CrossEntropy(Loss):
                              f"{w0[i].item()}")
         return w
 
-    def _check_classes(self, n_classes: int) -> None:
+    def check_classes(self, n_classes: int) -> None:
         """ValueError naming ``weight`` when it does not have one entry per class."""
         weight = self.weight
         if weight is not None and weight.shape[0] != n_classes:
@@ -138,7 +143,7 @@ class CrossEntropy(Loss):
         except ValueError:
             # diagnosed only after the kernel refused (no check on the hot path)
             if getattr(pred, "ndim", 0) == 2:
-                self._check_classes(pred.shape[1])
+                self.check_classes(pred.shape[1])
             raise
         return loss
 
@@ -147,14 +152,13 @@ class CrossEntropy(Loss):
         float64 device array of shape (1,) holding the value :meth:`forward` returns (NaN for a
         label out of range). For the CUDA-graph training step."""
         if getattr(pred, "ndim", 0) == 2:
-            self._check_classes(pred.shape[1])
+            self.check_classes(pred.shape[1])
         cuda = ops.kernels(pred, "CrossEntropy.forward_device", "pred")
         loss, self._grad = cuda.softmax_cross_entropy(
             pred, target, self._device_weight(pred), self.label_smoothing, self.reduction, 1.0,
             True, self._grad_out(pred), None, device_loss="float64")
         return loss
 
-    _forward_device = forward_device  # old private name
 
     def config(self) -> dict:
         w = None if self.weight is None else [float(v) for v in np.asarray(
@@ -190,7 +194,6 @@ class MSE(Loss):
                                     self._grad_out(pred), device_loss="float64")
         return loss
 
-    _forward_device = forward_device  # old private name
 
     def config(self) -> dict:
         return {"type": "MSE", "reduction": self.reduction}

@@ -42,11 +42,6 @@ __all__ = [
 # per kernel on the training path.
 _CPU = ops.cpu_kernels
 
-# Old private names, kept while other modules move to the public ones.
-_xp = array_module
-_is_real = _validate.is_real
-_check_seed = _validate.seed
-
 
 def _state_array(name: str, arr, like):
     """``arr`` (a state-dict entry of the right shape) as a float32 array on ``like``'s device,
@@ -207,10 +202,6 @@ def written_every_step(params) -> None:
     moot, and is dropped."""
     for p in params:
         p._zero = False
-
-
-_mark_zero = mark_zero  # old private names
-_materialize_zeros = materialize_zeros
 
 
 class Module:
@@ -422,7 +413,7 @@ class Module:
             else:
                 p.data = p.data.get() if hasattr(p.data, "get") else p.data
                 p.grad = None if p.grad is None or not hasattr(p.grad, "get") else p.grad.get()
-        self._clear_buffers()
+        self.clear_buffers()
         return self
 
     @property
@@ -432,9 +423,11 @@ class Module:
             return "cuda"
         return "cpu"
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
+        """Drop training scratch (saved inputs, activations, reused buffers): not the model's
+        state, so a copy or a pickle of a trained model does not carry it."""
         for child in self.children():
-            child._clear_buffers()
+            child.clear_buffers()
 
     #: :func:`ember.save_model`, which ember.checkpoint (a layer above this one) sets here.
     saver = None
@@ -636,7 +629,7 @@ class Linear(Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
         self._x = self._z = None
 
 
@@ -667,7 +660,7 @@ class Activation(Module):
     def named_children(self):  # a leaf
         return iter(())
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
         self._z = None
 
 
@@ -771,7 +764,7 @@ class Dropout(Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
         self._offset = None
 
 
@@ -811,7 +804,7 @@ class FusedPlan:
             lin._x = inp
         for lin, (_, z) in zip(layers, saved):
             lin._z = z
-        self.loss._grad = self.grad
+        self.loss.set_grad(self.grad)
         return value, correct
 
 
@@ -1050,7 +1043,7 @@ class Sequential(Module):
         if err:
             raise ValueError("Sequential: " + err)
         if not mse:
-            loss._check_classes(layers[-1].out_features)
+            loss.check_classes(layers[-1].out_features)
         batch = x.shape[0]
         ws, bs, acts, slopes, ys, zs, gws, gbs, gxs, wss, saved = ([] for _ in range(11))
         for idx, lin in enumerate(layers):
@@ -1121,9 +1114,9 @@ class Sequential(Module):
             self._buffers.clear()
         return self
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
         self._buffers.clear()
-        super()._clear_buffers()
+        super().clear_buffers()
 
     def replace(self, index: int, layer: Module) -> "Sequential":
         """Put ``layer`` at ``index`` (e.g. a new output layer for fine-tuning); returns self.
@@ -1144,7 +1137,7 @@ class Sequential(Module):
             if isinstance(lyr, Linear):
                 lyr.activation = "identity"
         self._plan = self._build_plan()
-        self._clear_buffers()
+        self.clear_buffers()
         layer.train(self.training)
         return self
 
@@ -1415,4 +1408,3 @@ def _config_problem(model: Module) -> Optional[str]:
     return None
 
 
-_check_trainable = check_trainable  # old private name

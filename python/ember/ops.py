@@ -96,9 +96,6 @@ def kernels(x: Any, fn: str, name: str):
         f"{fn}: {name} must be a numpy.ndarray or a CUDA array (CuPy), got {type(x).__name__}")
 
 
-_impl = kernels  # the old private name (ember.ops._impl)
-
-
 def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class indices)") -> Any:
     """Integer labels (or indices) as int64, the kernels' type; anything else is a TypeError."""
     if type(labels) is np.ndarray and labels.dtype != np.int64:

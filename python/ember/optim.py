@@ -21,7 +21,7 @@ import numpy as np
 
 from ember import _validate, ops
 from ember.backend import is_cuda_array
-from ember.nn import Module, Parameter, materialize_zeros
+from ember.nn import Module, Parameter, mark_zero, materialize_zeros
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "get_optimizer"]
 
@@ -175,17 +175,15 @@ class Optimizer:
         return tuple((k, tuple(v) if isinstance(v, list) else v)
                      for k, v in self.hyperparameters().items() if k != "lr")
 
-    _device_step = device_step  # old private names
-    _graph_key = graph_key
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear the gradients of the optimized parameters (see :meth:`ember.nn.Module.zero_grad`:
         free, the next backward writes them)."""
+        if not set_to_none:
+            mark_zero(self.params)
+            return
         for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p._grad is not None:
-                p._zero = True
+            p.grad = None
         Parameter.zero_marks += 1
 
     def hyperparameters(self) -> dict:

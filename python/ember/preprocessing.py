@@ -91,7 +91,7 @@ class _Affine(Module):
     def num_features(self) -> int:
         return self._size
 
-    def _clear_buffers(self) -> None:
+    def clear_buffers(self) -> None:
         self._device_consts = {}
 
 
@@ -287,11 +287,11 @@ class RunModel(Sequential):
         idx = idx.get() if hasattr(idx, "get") else idx
         return np.asarray(self.classes)[idx]
 
-    def _clear_buffers(self) -> None:
-        super()._clear_buffers()
+    def clear_buffers(self) -> None:
+        super().clear_buffers()
         for t in (self.standardize, self.rescale):
             if t is not None:
-                t._clear_buffers()
+                t.clear_buffers()
 
     def config(self) -> dict:
         return {"type": "RunModel", "network": self.network.config(),

@@ -321,7 +321,7 @@ class _BaseEmberMLP(BaseEstimator):
         if model is not None:
             if _on_gpu(model):
                 model = state["model_"] = copy.deepcopy(model).to("cpu")
-            model._clear_buffers()  # training scratch (last batch, activations): not state
+            model.clear_buffers()  # training scratch (last batch, activations): not state
         return state
 
 
