@@ -37,6 +37,17 @@ def loss_baseline(trainer) -> Optional[float]:
     return None
 
 
+def _peak(losses: list, bound: float, what: str, reference: str) -> Optional[str]:
+    """``what`` reached over 10x ``bound`` (the loss of ``reference``) at its worst epoch, in
+    words; None when it never did."""
+    worst, last = max(losses), losses[-1]
+    if worst <= 10.0 * bound:
+        return None
+    when = "" if worst == last else f" at epoch {losses.index(worst) + 1} (it ended at {last:.4g})"
+    return (f"{what} reached {worst:.4g}{when}, {worst / bound:.3g}x that of {reference} "
+            f"({bound:.4g})")
+
+
 def divergence(trainer) -> Optional[str]:
     """Why the loss says the steps overshoot (the learning rate is too high), or None: the
     loss became NaN/Inf, ended far above what a model that learned nothing scores, or rose
@@ -54,12 +65,9 @@ def divergence(trainer) -> Optional[str]:
     # far above the targets' variance when they are offset: that is slow, not diverging,
     # and is judged by the rules below and by R².)
     if base is not None and trainer.task == "classification":
-        worst = max(losses)
-        if worst > 10.0 * base:
-            when = "" if worst == last else (
-                f" at epoch {losses.index(worst) + 1} (it ended at {last:.4g})")
-            return (f"the training loss reached {worst:.4g}{when}, {worst / base:.3g}x that "
-                    f"of a uniform guess ({base:.4g})")
+        peak = _peak(losses, base, "the training loss", "a uniform guess")
+        if peak:
+            return peak
         val = [v for v in trainer.history.history.get("val_loss", []) if v is not None]
         if val and math.isfinite(val[-1]) and val[-1] > 10.0 * base:
             return (f"the validation loss is {val[-1]:.4g}, {val[-1] / base:.3g}x that of a "
@@ -68,13 +76,10 @@ def divergence(trainer) -> Optional[str]:
     if square is not None and trainer.loss.config().get("type") == "MSE":
         # A network starts out predicting about 0 (outputs of order 1): an MSE far above
         # both the targets' mean square and 1 came from steps that overshot.
-        bound = max(float(square), 1.0)
-        worst = max(losses)
-        if worst > 10.0 * bound:
-            when = "" if worst == last else (
-                f" at epoch {losses.index(worst) + 1} (it ended at {last:.4g})")
-            return (f"the training loss (MSE) reached {worst:.4g}{when}, "
-                    f"{worst / bound:.3g}x that of predicting 0 ({bound:.4g})")
+        peak = _peak(losses, max(float(square), 1.0), "the training loss (MSE)",
+                     "predicting 0")
+        if peak:
+            return peak
     if len(losses) >= 2 and (base is None or last > base):
         best = min(losses)
         if last > 2.0 * best:
