@@ -49,6 +49,16 @@ inline const char* dtype_typestr(DType t) {
 }
 inline int64_t dtype_size(DType t) { return t == DType::f32 ? 4 : 8; }
 
+// The NumPy name of an interface typestr ("<f8" -> "float64"): a wrong dtype is named in the
+// same words on both devices. The typestr itself when NumPy does not know it.
+inline std::string typestr_name(const std::string& typestr) {
+  try {
+    return py::str(py::module_::import("numpy").attr("dtype")(typestr)).cast<std::string>();
+  } catch (const py::error_already_set&) {
+    return typestr;
+  }
+}
+
 inline std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "(";
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -169,7 +179,7 @@ inline void read_cuda(py::handle obj, const std::string& where, DType dtype, Arr
   const std::string typestr = py::str(iface["typestr"]).cast<std::string>();
   f.dtype_ok = typestr == dtype_typestr(dtype);
   if (!f.dtype_ok) {
-    f.dtype = typestr;
+    f.dtype = typestr_name(typestr);
     return;
   }
   a.obj = py::reinterpret_borrow<py::object>(obj);

@@ -65,12 +65,7 @@ inline SoftmaxCrossEntropyCall softmax_cross_entropy_args(
   require(a.compute_grad || grad_obj.is_none(), c, "grad is given but compute_grad is False");
   if (a.compute_grad) {
     a.grad = out_arg(c, grad_obj, "grad", {a.rows, a.classes});
-    if (c.cuda()) {
-      // (CUDA's message for a partial overlap is pinned by tests/test_cuda_ops.py.)
-      if (!same_memory(a.grad, a.logits)) no_overlap(c, a.grad, a.logits);
-    } else {
-      same_or_no_overlap(c, a.grad, a.logits);
-    }
+    same_or_no_overlap(c, a.grad, a.logits);
     no_overlap(c, a.grad, a.labels);
     no_overlap(c, a.grad, a.weight);
   }

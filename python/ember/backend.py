@@ -49,7 +49,8 @@ def cuda_module():
 
 __all__ = [
     "info", "cuda_built", "cuda_available", "cuda_training_available", "set_num_threads", "get_num_threads",
-    "resolve_device", "resolve_training_device", "is_cuda_array", "array_module", "cuda_module",
+    "resolve_device", "resolve_training_device", "is_cuda_array", "to_host", "array_module",
+    "cuda_module",
     "NOT_BUILT_WITH_CUDA",
     "GPU_TRAINING_VERIFIED",
 ]
@@ -186,6 +187,11 @@ def resolve_training_device(device: str) -> str:
 def is_cuda_array(x: Any) -> bool:
     """True for arrays that live on a GPU (expose ``__cuda_array_interface__``)."""
     return hasattr(x, "__cuda_array_interface__")
+
+
+def to_host(a):
+    """``a`` on the host: a CuPy array copied back (``a.get()``), anything else as it is."""
+    return a.get() if hasattr(a, "get") else a
 
 
 def array_module(where):

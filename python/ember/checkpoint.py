@@ -53,7 +53,7 @@ from ember import _io, nn
 from ember import preprocessing as pre
 from ember._io import as_path, json_default, prepare_dir, read_pointer, same_dir
 from ember._version import __version__
-from ember.backend import cuda_available
+from ember.backend import cuda_available, to_host
 from ember.errors import CheckpointError
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "write_checkpoint", "save_model",
@@ -80,8 +80,7 @@ _TMP_POINTER = re.compile(r"(?:latest|best)\.[0-9a-f]{32}\.tmp")
 
 
 def _to_host(a) -> np.ndarray:
-    a = a.get() if hasattr(a, "get") else a
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(to_host(a))
 
 
 _ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",

@@ -31,7 +31,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ember import _validate, ops
-from ember.backend import array_module, is_cuda_array
+from ember.backend import array_module, is_cuda_array, to_host
 
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
@@ -53,7 +53,7 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
             labels outside [0, n_classes), or non-integer labels for classification.
         TypeError: non-numeric data.
     """
-    xa = np.asarray(x.get() if hasattr(x, "get") else x)
+    xa = np.asarray(to_host(x))
     if not _real_dtype(xa.dtype):
         raise TypeError(f"{where}: x must hold real numbers (int, float or bool), got dtype "
                         f"{xa.dtype}")
@@ -77,7 +77,7 @@ def check_xy(x, y, *, task: Optional[str] = None, n_features: Optional[int] = No
     xa = x32
     if y is None:
         return xa, None
-    ya = np.asarray(y.get() if hasattr(y, "get") else y)
+    ya = np.asarray(to_host(y))
     if ya.ndim == 0 or ya.shape[0] != xa.shape[0]:
         raise ValueError(f"{where}: x has {xa.shape[0]} samples but y has "
                          f"{ya.shape[0] if ya.ndim else 'a scalar'}")

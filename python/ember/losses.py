@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ember import _validate, ops
-from ember.backend import is_cuda_array
+from ember.backend import is_cuda_array, to_host
 
 __all__ = ["Loss", "CrossEntropy", "MSE", "LOSSES", "get_loss"]
 
@@ -159,10 +159,9 @@ class CrossEntropy(Loss):
             True, self._grad_out(pred), None, device_loss="float64")
         return loss
 
-
     def config(self) -> dict:
         w = None if self.weight is None else [float(v) for v in np.asarray(
-            self.weight.get() if hasattr(self.weight, "get") else self.weight)]
+            to_host(self.weight))]
         return {"type": "CrossEntropy", "label_smoothing": self.label_smoothing, "weight": w,
                 "reduction": self.reduction}
 
@@ -193,7 +192,6 @@ class MSE(Loss):
         loss, self._grad = cuda.mse(pred, target, self.reduction, 1.0, True,
                                     self._grad_out(pred), device_loss="float64")
         return loss
-
 
     def config(self) -> dict:
         return {"type": "MSE", "reduction": self.reduction}

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ember import _validate, ops
-from ember.backend import is_cuda_array
+from ember.backend import is_cuda_array, to_host
 from ember.nn import Module, Parameter, mark_zero, materialize_zeros
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS", "get_optimizer"]
@@ -175,7 +175,6 @@ class Optimizer:
         return tuple((k, tuple(v) if isinstance(v, list) else v)
                      for k, v in self.hyperparameters().items() if k != "lr")
 
-
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Clear the gradients of the optimized parameters (see :meth:`ember.nn.Module.zero_grad`:
         free, the next backward writes them)."""
@@ -212,7 +211,7 @@ class Optimizer:
                     raise ValueError(f"optimizer state {name}.{k} has shape {tuple(arr.shape)}, "
                                      f"parameter has {p.shape}")
                 if type(mine[k]) is np.ndarray:
-                    mine[k][...] = arr.get() if hasattr(arr, "get") else np.asarray(arr)
+                    mine[k][...] = np.asarray(to_host(arr))
                 else:
                     mine[k][...] = __import__("cupy").asarray(arr)
         self.step_count = int(sd.get("step", 0))

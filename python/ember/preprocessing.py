@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ember import nn
-from ember.backend import array_module
+from ember.backend import array_module, to_host
 from ember.nn import Module, Sequential
 
 __all__ = ["Standardize", "Rescale", "RunModel", "from_config"]
@@ -40,7 +40,7 @@ def _vector(where: str, name: str, values, positive: bool = False) -> np.ndarray
         raise TypeError(f"{where}: {name} must be a sequence of numbers, got "
                         f"{type(values).__name__}")
     try:
-        a = np.asarray(values.get() if hasattr(values, "get") else values)
+        a = np.asarray(to_host(values))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{where}: {name} must be a sequence of numbers ({exc})") from None
     if a.dtype.kind not in "biuf" or a.dtype.kind == "b":
@@ -284,7 +284,7 @@ class RunModel(Sequential):
                              "model: predict gives the values)")
         out = self.predict(x, batch_size=batch_size)
         idx = out.argmax(axis=1)
-        idx = idx.get() if hasattr(idx, "get") else idx
+        idx = to_host(idx)
         return np.asarray(self.classes)[idx]
 
     def clear_buffers(self) -> None:

@@ -50,7 +50,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ember import _validate, ops
-from ember.backend import is_cuda_array
+from ember.backend import is_cuda_array, to_host
 from ember.callbacks import Callback, EarlyStopping
 from ember.data import train_val_split
 from ember.nn import MLP, Linear
@@ -314,7 +314,7 @@ class _BaseEmberMLP(BaseEstimator):
         trainer = state.pop("_trainer", None)
         if trainer is not None:
             opt = trainer.optimizer.state_dict()
-            opt["state"] = {n: {k: (a.get() if hasattr(a, "get") else a) for k, a in st.items()}
+            opt["state"] = {n: {k: to_host(a) for k, a in st.items()}
                             for n, st in opt["state"].items()}
             state["_optimizer_state"] = opt
         model = state.get("model_")

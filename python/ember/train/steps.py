@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from ember import nn, ops
+from ember.backend import to_host
 from ember.callbacks import ModelCheckpoint, ProgressBar, TerminateOnNaN
 from ember.losses import MSE, CrossEntropy
 from ember.optim import SGD, Adam, AdamW
@@ -108,8 +109,8 @@ class Accumulating(Step):
         self.mean = getattr(self.loss, "reduction", "mean") != "sum"
         weight = getattr(self.loss, "weight", None) if self.mean else None
         # a step's mean divides by its samples' summed class weights
-        self.class_weight = None if weight is None else np.asarray(
-            weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+        self.class_weight = (None if weight is None else
+                             np.asarray(to_host(weight), dtype=np.float64))
         self.y_host = y_host
 
     def inputs(self, loader, epoch: int, start: int):
