@@ -31,8 +31,12 @@ from typing import Optional
 
 import numpy as np
 
-from ember import _cuda_ops
 from ember.train.state import EpochTally
+
+try:
+    from ember import _cuda_ops
+except ImportError:  # built without CUDA: no step is captured, but Recorder still imports
+    _cuda_ops = None
 
 __all__ = ["GraphRunner", "Recorder"]
 
