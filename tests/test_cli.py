@@ -257,9 +257,12 @@ def test_sigint_leaves_a_resumable_run_that_completes_identically(tmp_path):
     # ~60 ms an epoch: the signal lands while training is still going on
     args = ["--epochs", "30", "--patience", "0", "--batch-size", "4", "--hidden", "128,128"]
     env = subprocess_env()
+    # (SIGINT's default action restored in the child: a test run started in the background of
+    # a shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-m", "ember", "train", *args, "--out",
                              "runs/interrupted"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     latest = tmp_path / "runs" / "interrupted" / "checkpoints" / "latest"
     deadline = time.monotonic() + 60
     while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
