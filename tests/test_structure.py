@@ -65,7 +65,7 @@ RESTRICTED = {
 #: Imports allowed inside a function: optional or platform-specific dependencies, and the
 #: GPU-only ember modules (their import needs, or only makes sense with, a GPU build).
 LOCAL_IMPORT_OK = {"cupy", "matplotlib", "tqdm", "sklearn", "torch", "tomllib", "tomli",
-                   "threadpoolctl", "safetensors", "fcntl"}
+                   "threadpoolctl", "safetensors", "fcntl", "tensorboardX"}
 LOCAL_IMPORT_OK_EMBER = {"ember._cuda_ops", "ember._cuda", "ember.train.cuda_graph"}
 
 #: The checkpoint format knows no training classes.
@@ -81,7 +81,7 @@ LAYERS = [
                 "ember.backend", "ember._cpu", "ember._cuda"]),
     ("kernel API", ["ember.ops", "ember._cuda_ops"]),
     ("model", ["ember.nn", "ember.losses", "ember.optim", "ember.schedules", "ember.data",
-               "ember.datasets", "ember.preprocessing"]),
+               "ember.datasets", "ember.preprocessing", "ember.metrics"]),
     ("checkpoint format", ["ember.checkpoint"]),
     ("callbacks", ["ember.callbacks", "ember.callbacks.*"]),
     ("train", ["ember.train", "ember.train.*", "ember.trainer"]),

@@ -12,7 +12,7 @@ Example:
 from ember.errors import CheckpointError, CudaError  # first: ember._cuda looks CudaError up
 from ember import backend, ops
 from ember.backend import cuda_available, get_num_threads, info, set_num_threads
-from ember import data, datasets, losses, nn, optim, preprocessing, schedules
+from ember import data, datasets, losses, metrics, nn, optim, preprocessing, schedules
 from ember import checkpoint
 from ember.checkpoint import load_model, save_model
 from ember import callbacks, train
@@ -29,5 +29,5 @@ __all__ = [
     "__version__", "backend", "ops", "info", "set_num_threads", "get_num_threads",
     "cuda_available", "CudaError", "CheckpointError", "nn", "losses", "optim", "schedules",
     "data", "datasets", "callbacks", "train", "Trainer", "History", "checkpoint", "load_model",
-    "load_trainer", "save_model", "preprocessing",
+    "load_trainer", "save_model", "preprocessing", "metrics",
 ]

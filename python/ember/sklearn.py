@@ -168,6 +168,10 @@ class _BaseEmberMLP(BaseEstimator):
         _validate.one_of(name, "device", self.device, ("auto", "cpu", "cuda"))
         self._hidden = sizes
 
+    def _fit_class_weight(self, incremental: bool):
+        """The ``class_weight`` of :meth:`ember.Trainer.fit` (the classifier's; None here)."""
+        return None
+
     def _batch_size_for(self, n: int) -> int:
         return min(200 if self.batch_size == "auto" else int(self.batch_size), n)
 
@@ -242,7 +246,8 @@ class _BaseEmberMLP(BaseEstimator):
             # A new seed per call, so that successive partial_fit epochs see new orders.
             history = trainer.fit(X, y, epochs=1 if incremental else int(self.max_iter),
                                   batch_size=batch_size, seed=self._seed + self.n_iter_,
-                                  shuffle=bool(self.shuffle), verbose=int(bool(self.verbose)))
+                                  shuffle=bool(self.shuffle), verbose=int(bool(self.verbose)),
+                                  class_weight=self._fit_class_weight(incremental))
         finally:
             trainer.user_callbacks = []
         losses = [float(v) for v in history["loss"]]
@@ -352,6 +357,11 @@ class EmberClassifier(ClassifierMixin, _BaseEmberMLP):
         validation_fraction: fraction held out when ``early_stopping``.
         dropout: dropout probability after each hidden activation.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        class_weight: None (every sample counts the same), ``"balanced"`` (weights
+            ``n_samples / (n_classes * np.bincount(y))`` of the training data, after the
+            ``early_stopping`` split; not for ``partial_fit``) or a dict ``{label: weight}``
+            (labels not named weigh 1), as in scikit-learn's classifiers: each sample's loss is
+            weighted by its class (see :meth:`ember.Trainer.fit`).
 
     Attributes:
         classes_: the class labels (any sortable labels: ints, strings...).
@@ -373,6 +383,44 @@ class EmberClassifier(ClassifierMixin, _BaseEmberMLP):
     """
 
     _task = "classification"
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, optimizer="adam",
+                 alpha=1e-4, batch_size="auto", learning_rate_init=1e-3, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, momentum=0.9,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 dropout=0.0, device="cpu", class_weight=None):
+        super().__init__(hidden_layer_sizes, activation, optimizer=optimizer, alpha=alpha,
+                         batch_size=batch_size, learning_rate_init=learning_rate_init,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, momentum=momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction,
+                         n_iter_no_change=n_iter_no_change, dropout=dropout, device=device)
+        self.class_weight = class_weight
+
+    def _fit_class_weight(self, incremental: bool):
+        """``class_weight`` as :meth:`ember.Trainer.fit` takes it: labels -> class indices
+        (ValueError naming it for a bad value or a label not in ``classes_``)."""
+        cw, name = self.class_weight, type(self).__name__
+        if cw is None:
+            return None
+        if isinstance(cw, str) and cw == "balanced":
+            if incremental:
+                raise ValueError(f"{name}: class_weight='balanced' is not supported by "
+                                 "partial_fit (it needs the frequencies of all the data); pass "
+                                 "a dict, e.g. from sklearn.utils.class_weight."
+                                 "compute_class_weight('balanced', classes=classes, y=y)")
+            return cw
+        if not isinstance(cw, dict):
+            raise ValueError(f"{name}: class_weight must be None, 'balanced' or a dict "
+                             f"{{label: weight}}, got {cw!r}")
+        out = {}
+        for label, w in cw.items():
+            where = [i for i, c in enumerate(self.classes_) if c == label]
+            if not where:
+                raise ValueError(f"{name}: class_weight names the label {label!r}, which is "
+                                 f"not in classes_ {self.classes_!r}")
+            out[where[0]] = w  # (the weights are checked by Trainer.fit)
+        return out
 
     def _validate_xy(self, X, y, reset, classes=None):
         X, y = _validate_data(self, X, y, reset=reset, dtype=np.float32, order="C",

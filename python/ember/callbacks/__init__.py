@@ -17,10 +17,11 @@ from ember.callbacks.lr_scheduler import LRScheduler
 from ember.callbacks.model_checkpoint import ModelCheckpoint
 from ember.callbacks.progress_bar import ProgressBar
 from ember.callbacks.reduce_lr import ReduceLROnPlateau
+from ember.callbacks.tensorboard import TensorBoard
 from ember.callbacks.terminate_on_nan import TerminateOnNaN
 
 __all__ = [
     "Callback", "CallbackList", "Monitor", "mode_for", "EarlyStopping", "ReduceLROnPlateau",
     "TerminateOnNaN", "ProgressBar", "GradientMonitor", "GradientWarning", "LRScheduler",
-    "ModelCheckpoint",
+    "ModelCheckpoint", "TensorBoard",
 ]

@@ -1,9 +1,11 @@
-"""The ``ember`` command line: train, evaluate, predict, info, bench.
+"""The ``ember`` command line: train, lr-find, evaluate, predict, info, bench.
 
     ember train                          # an MLP on the bundled digits, into runs/<timestamp>/
     ember train --data my.csv --target label --hidden 128,64 --epochs 30 --out runs/mine
     ember train --resume runs/mine       # continue an interrupted run (or: the original
                                          # command with --resume appended)
+    ember lr-find --hidden 128,64 -o lr  # suggest a learning rate (lr_find.csv, lr_find.png)
+    ember train --lr auto                # the same finder first, then train at its suggestion
     ember evaluate runs/mine --data test.csv
     ember predict runs/mine --data new.csv --out preds.csv
     ember info                           # version, backends, ISA, devices, threads
@@ -39,9 +41,10 @@ import warnings
 from typing import Optional
 
 from ember._version import __version__
-from ember.cli.commands import (cmd_bench, cmd_evaluate, cmd_info, cmd_predict, cmd_train,
-                                silence_stdout)
-from ember.cli.options import DEVICES, TRAIN_OPTIONS, UsageError, choice, int_at_least
+from ember.cli.commands import (cmd_bench, cmd_evaluate, cmd_info, cmd_lr_find, cmd_predict,
+                                cmd_train, silence_stdout)
+from ember.cli.options import (DEVICES, LR_FIND_OPTIONS, TRAIN_OPTIONS, UsageError, choice,
+                               int_at_least)
 from ember.errors import CheckpointError, CudaError
 
 __all__ = ["main"]
@@ -70,6 +73,7 @@ def _build_parser() -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_train_parser(sub)
+    _add_lr_find_parser(sub)
     _add_run_parsers(sub)
     _add_install_parsers(sub)
     return p
@@ -81,7 +85,7 @@ def _add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train", help="train an MLP (default: on the bundled digits) into a run directory",
         description="Train an MLP and write a run directory: checkpoints/, config.json, "
-        "history.csv, curves.png, summary.json. With no options it trains a 256-256 ReLU MLP "
+        "history.csv, curves.png, confusion.png (classification), summary.json. With no options it trains a 256-256 ReLU MLP "
         "with Adam on the bundled digits (>= 97% test accuracy in seconds).",
         epilog="Options can also come from a TOML file (--config): keys are the option names "
         "(hidden = [256, 256], batch_size = 64, lr = 3e-4, ...), at top level or in a [train] "
@@ -89,11 +93,7 @@ def _add_train_parser(sub) -> None:
         "leaving a resumable run: 'ember train --resume DIR' continues it with the same "
         "configuration.",
         )
-    for name, (default, conv, metavar, help_) in TRAIN_OPTIONS.items():
-        if help_ is None:
-            continue
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=conv, metavar=metavar,
-                       default=argparse.SUPPRESS, help=help_)
+    _add_option_table(t, TRAIN_OPTIONS)
     t.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
                    default=argparse.SUPPRESS,
                    help="do not standardize features (by default each feature is centred and "
@@ -105,11 +105,50 @@ def _add_train_parser(sub) -> None:
                    "interrupted run that ember named itself under runs/ (no --out) started "
                    "with exactly these options. Options that differ from the run's are "
                    "refused; a finished run is left as it is")
+    t.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True,
+                   default=argparse.SUPPRESS,
+                   help="also write TensorBoard event files into RUN/tensorboard/ (view them "
+                   "with 'tensorboard --logdir RUN'; needs pip install \"ember[tensorboard]\")")
     t.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
                    help="read options from a TOML file; command-line flags override it")
     t.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
                    default=argparse.SUPPRESS, help="print nothing but errors")
     t.set_defaults(func=cmd_train)
+
+
+def _add_option_table(p, table: dict, short: Optional[dict] = None) -> None:
+    """One flag per entry of an option table (TRAIN_OPTIONS, LR_FIND_OPTIONS) that has a help
+    text; ``short`` adds short forms (``{"out": "-o"}``)."""
+    for name, (default, conv, metavar, help_) in table.items():
+        if help_ is None:
+            continue
+        flags = ["--" + name.replace("_", "-")] + ([short[name]] if short and name in short
+                                                   else [])
+        p.add_argument(*flags, dest=name, type=conv, metavar=metavar,
+                       default=argparse.SUPPRESS, help=help_)
+
+
+def _add_lr_find_parser(sub) -> None:
+    """``ember lr-find``: the options of ``ember train`` (the same data, split, model and
+    optimizer), the finder's own, --no-standardize, --config and -q."""
+    f = sub.add_parser(
+        "lr-find", help="suggest a learning rate (the learning-rate range test)",
+        description="Train the model 'ember train' would train, with the same options, on its "
+        "training split for a few steps while the learning rate grows exponentially from "
+        "--start-lr to --end-lr; print the suggested learning rate (fastai's 'valley' rule) and "
+        "write lr_find.csv (lr, loss, smoothed) and lr_find.png into a new directory "
+        "(runs/lr-find-<timestamp>, or --out/-o DIR). 'ember train --lr auto' does this "
+        "first and trains at the suggestion.")
+    _add_option_table(f, TRAIN_OPTIONS, short={"out": "-o"})
+    _add_option_table(f, LR_FIND_OPTIONS)
+    f.add_argument("--no-standardize", dest="standardize", action="store_const", const=False,
+                   default=argparse.SUPPRESS, help="do not standardize features (as ember train)")
+    f.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
+                   help="read the train options from a TOML file (as ember train); "
+                   "command-line flags override it")
+    f.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
+                   default=argparse.SUPPRESS, help="print only the suggested learning rate")
+    f.set_defaults(func=cmd_lr_find)
 
 
 def _add_run_parsers(sub) -> None:

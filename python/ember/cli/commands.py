@@ -26,16 +26,17 @@ from ember.backend import (cuda_training_available, get_num_threads, resolve_dev
                            set_num_threads)
 from ember.backend import info as backend_info
 from ember.bench import bench_gemm, bench_training, blas_threads
-from ember.callbacks import EarlyStopping, ModelCheckpoint
+from ember.callbacks import EarlyStopping, ModelCheckpoint, TensorBoard
 from ember.cli.data import eval_data, prepare_training, untransform_y
-from ember.cli.options import resolve_train_options
+from ember.cli.options import LR_FIND_OPTIONS, UsageError, resolve_train_options
 from ember.cli.runs import (load_run, new_run_dir, resume_options, run_to_resume, run_trainer,
-                            write_atomic, write_config, write_results)
+                            write_atomic, write_config, write_lr_find, write_results)
+from ember.metrics import format_classification_report, regression_report
 from ember.nn import MLP
 from ember.train import Trainer
 
-__all__ = ["cmd_train", "cmd_evaluate", "cmd_predict", "cmd_info", "cmd_bench", "make_trainer",
-           "silence_stdout"]
+__all__ = ["cmd_train", "cmd_lr_find", "cmd_evaluate", "cmd_predict", "cmd_info", "cmd_bench",
+           "make_trainer", "silence_stdout"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,6 +117,12 @@ def make_trainer(opts: dict, spec: dict, checkpoint_dir: Path) -> Trainer:
                                        restore_best_weights=True))
     callbacks.append(ModelCheckpoint(checkpoint_dir, save_best=has_val, keep_last=2))
     classify = spec["task"] == "classification"
+    if opts.get("class_weight") is not None and not classify:
+        raise UsageError(f"--class-weight applies to classification, not {spec['task']}")
+    if opts.get("tensorboard"):
+        if importlib.util.find_spec("tensorboardX") is None:
+            raise UsageError('--tensorboard needs tensorboardX: pip install "ember[tensorboard]"')
+        callbacks.append(TensorBoard(checkpoint_dir.parent / "tensorboard"))
     trainer = Trainer(model, loss="cross_entropy" if classify else "mse",
                       optimizer=opts["optimizer"], lr=opts["lr"],
                       metrics=("accuracy",) if classify else (), callbacks=callbacks,
@@ -127,7 +134,20 @@ def make_trainer(opts: dict, spec: dict, checkpoint_dir: Path) -> Trainer:
 def _metrics(trainer, spec: dict, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> dict:
     """Loss and metrics; regression metrics are in the target's own units (the loss is the
     MSE of the standardized target, as in the training curves)."""
-    m = {k: float(v) for k, v in trainer.evaluate(x, y, batch_size=batch_size).items()}
+    return _metrics_and_report(trainer, spec, x, y, batch_size)[0]
+
+
+def _metrics_and_report(trainer, spec: dict, x: np.ndarray, y: np.ndarray,
+                        batch_size: int = 1024, report: bool = False) -> tuple[dict, Any]:
+    """:func:`_metrics`, and with ``report`` the evaluation report (ember.metrics) of the same
+    predictions: per class, named by the data's labels (classification), or in the target's
+    own units (regression); None without ``report``."""
+    classify = spec["task"] == "classification"
+    names = [str(c) for c in spec["classes"]] if classify and spec.get("classes") else None
+    ev = trainer.evaluate(x, y, batch_size=batch_size, report=report and classify,
+                          class_names=names)
+    rep = ev.pop("report", None)
+    m = {k: float(v) for k, v in ev.items()}
     if spec["task"] == "regression":
         pred = untransform_y(spec, trainer.predict_raw(x, batch_size))
         true = untransform_y(spec, y)
@@ -136,7 +156,9 @@ def _metrics(trainer, spec: dict, x: np.ndarray, y: np.ndarray, batch_size: int 
         ss_tot = float(np.sum((true - true.mean(axis=0)) ** 2))
         m.update({"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(err))),
                   "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")})
-    return m
+        if report:
+            rep = regression_report(true, pred)
+    return m, rep
 
 
 def _fmt_metrics(m: dict) -> str:
@@ -179,11 +201,18 @@ def _train(ns: dict) -> int:
     if not resuming:
         run_dir = new_run_dir(opts["out"])
     ckpt_dir = run_dir / "checkpoints"
+    found, lr_info = None, (cfg.get("lr_find") if resuming else None)
+    if opts["lr"] == "auto":  # --lr auto: the learning-rate finder first (sets opts["lr"])
+        found, lr_info = _find_lr(opts, spec, arrays, ckpt_dir, required=True)
     trainer = make_trainer(opts, spec, ckpt_dir)  # validates every hyperparameter
     opts["out"] = str(run_dir)
 
     if not resuming:
-        write_config(run_dir, opts, spec, trainer.device)
+        write_config(run_dir, opts, spec, trainer.device, lr_find=lr_info)
+        if found is not None:
+            write_lr_find(run_dir, found, _lr_find_title(opts, spec))
+            _say(opts, f"ember: --lr auto: the learning-rate finder suggests {opts['lr']:.3g} "
+                       f"({_readings(found)}); wrote lr_find.csv and lr_find.png")
     model_desc = "-".join(str(s) for s in [spec["n_features"], *opts["hidden"],
                                            spec["n_outputs"]])
     _say(opts, f"ember: {'resuming' if resuming else 'training'} MLP {model_desc} "
@@ -199,19 +228,24 @@ def _train(ns: dict) -> int:
     metrics = {"train": _metrics(trainer, spec, arrays["x_train"], arrays["y_train"])}
     if "x_val" in arrays:
         metrics["validation"] = _metrics(trainer, spec, arrays["x_val"], arrays["y_val"])
+    report = None  # the evaluation report of the test split (ember.metrics)
     if "x_test" in arrays:
-        metrics["test"] = _metrics(trainer, spec, arrays["x_test"], arrays["y_test"])
+        metrics["test"], report = _metrics_and_report(trainer, spec, arrays["x_test"],
+                                                      arrays["y_test"], report=True)
     t_eval = time.perf_counter() - t0
 
     summary = write_results(run_dir, trainer, spec, opts, model_desc, metrics,
                             {"load_data_s": t_data, "train_s": t_train, "evaluate_s": t_eval},
-                            t_start, resuming)
+                            t_start, resuming, report=report, lr_find=lr_info)
     epochs_run = summary["epochs_run"]
     lines = [f"{name} metrics: {_fmt_metrics(m)}" for name, m in metrics.items()]
+    classify = report is not None and spec["task"] == "classification"
+    if classify:
+        lines.append(f"test report:\n{format_classification_report(report)}")
     took = (f"{epochs_run} epochs in all, {t_train:.1f}s of training in this session" if resuming
             else f"trained {epochs_run} epochs in {t_train:.1f}s")
     lines.append(f"{took}; wrote {run_dir}/ (checkpoints/, config.json, history.csv, "
-                 "curves.png, summary.json)")
+                 f"curves.png, {'confusion.png, ' if classify else ''}summary.json)")
     _say(opts, *lines)
     return 0
 
@@ -226,7 +260,8 @@ def _fit(trainer, opts: dict, arrays: dict, run_dir: Path, resuming: bool) -> bo
                     batch_size=opts["batch_size"],
                     validation_data=(arrays["x_val"], arrays["y_val"]) if has_val else None,
                     seed=opts["seed"], verbose=0 if opts["quiet"] else 1,
-                    checkpoint_dir=ckpt_dir, resume="latest" if resuming else None)
+                    checkpoint_dir=ckpt_dir, resume="latest" if resuming else None,
+                    class_weight=opts.get("class_weight"))
     except KeyboardInterrupt:
         latest = ckpt_dir / "latest"
         done = int(latest.read_text().strip()[6:10]) if latest.is_file() else 0  # ckpt-eNNNN-..
@@ -240,6 +275,81 @@ def _fit(trainer, opts: dict, arrays: dict, run_dir: Path, resuming: bool) -> bo
 
 
 # ------------------------------------------------------------------------------------------
+# lr-find, and train --lr auto
+
+
+def _find_lr(opts: dict, spec: dict, arrays: dict, ckpt_dir: Path,
+             start_lr: float = LR_FIND_OPTIONS["start_lr"][0],
+             end_lr: float = LR_FIND_OPTIONS["end_lr"][0],
+             num_steps: int = LR_FIND_OPTIONS["num_steps"][0],
+             required: bool = False) -> tuple[Any, dict]:
+    """The learning-rate range test of the trainer ``opts`` describe (the one ``ember train``
+    builds; its lr is the finder's), on the training split with the run's batch size and
+    seed. Sets ``opts["lr"]`` to the suggestion rounded to 3 significant digits (what is
+    printed, so ``--lr <printed>`` trains the same run); returns the result and what
+    config.json and summary.json record of it. With ``required``, a ValueError when it has no
+    suggestion (too few steps before the loss diverged)."""
+    probe = make_trainer({**opts, "lr": None}, spec, ckpt_dir)  # (nothing is written there)
+    result = probe.lr_find(arrays["x_train"], arrays["y_train"], start_lr=start_lr,
+                           end_lr=end_lr, num_steps=num_steps, batch_size=opts["batch_size"],
+                           seed=opts["seed"])
+    info = {"requested": "auto", "suggestion": result.suggestion, "steepest": result.steepest,
+            "minimum_tenth": result.minimum_tenth, "start_lr": start_lr, "end_lr": end_lr,
+            "num_steps": num_steps, "steps_run": len(result.lrs),
+            "stopped_early": result.stopped_early}
+    if result.suggestion is not None:
+        opts["lr"] = info["lr"] = float(f"{result.suggestion:.3g}")
+    elif required:
+        raise ValueError(f"--lr auto: the loss diverged after {len(result.lrs)} steps of the "
+                         "learning-rate finder, too few to suggest a learning rate; give --lr")
+    return result, info
+
+
+def _readings(result) -> str:
+    steps = (f"{len(result.lrs)} of {result.num_steps} steps, stopped early: the loss diverged"
+             if result.stopped_early else f"{len(result.lrs)} steps")
+    return (f"valley rule; steepest descent at {result.steepest:.3g}, minimum/10 "
+            f"{result.minimum_tenth:.3g}; {steps}")
+
+
+def _finder_setup(opts: dict, spec: dict) -> str:
+    model_desc = "-".join(str(s) for s in [spec["n_features"], *opts["hidden"],
+                                           spec["n_outputs"]])
+    return f"MLP {model_desc}, {opts['optimizer']}, batch {opts['batch_size']}"
+
+
+def _lr_find_title(opts: dict, spec: dict) -> str:
+    return f"ember lr-find: {_finder_setup(opts, spec)}"
+
+
+def cmd_lr_find(ns: dict) -> int:
+    """``ember lr-find``: the suggestion printed, lr_find.csv and lr_find.png written."""
+    opts = resolve_train_options(ns)
+    kw = {k: ns.get(k, v[0]) for k, v in LR_FIND_OPTIONS.items()}
+    if kw["end_lr"] <= kw["start_lr"]:
+        raise UsageError(f"--end-lr ({kw['end_lr']:g}) must be greater than --start-lr "
+                         f"({kw['start_lr']:g})")
+    resolve_device(opts["device"])  # fail on --device cuda without a GPU before any work
+    spec, arrays = prepare_training(opts)
+    out_dir = new_run_dir(opts["out"], prefix="lr-find-")
+    result, info = _find_lr(opts, spec, arrays, out_dir / "checkpoints", **kw)
+    write_lr_find(out_dir, result, _lr_find_title(opts, spec))
+    if result.suggestion is None:
+        raise ValueError(f"lr-find: the loss diverged after {len(result.lrs)} steps, too few "
+                         f"to suggest a learning rate (see {out_dir}/lr_find.png); try a "
+                         "smaller --end-lr or more --num-steps")
+    if opts["quiet"]:
+        print(f"{info['lr']:.3g}")
+        return 0
+    _say(opts, f"ember: learning-rate finder on {spec['description']} "
+               f"({spec['splits']['train']} training rows), {_finder_setup(opts, spec)}",
+         f"suggested learning rate: {info['lr']:.3g} ({_readings(result)})",
+         f"wrote {out_dir}/ (lr_find.csv, lr_find.png); train at it with the same options "
+         f"and --lr {info['lr']:.3g} (or --lr auto)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # evaluate, predict, info, bench
 
 
@@ -247,12 +357,15 @@ def cmd_evaluate(ns: dict) -> int:
     run_dir, cfg = load_run(ns["run"])
     x, y, where = eval_data(cfg, ns, require_target=True)
     trainer = run_trainer(run_dir, ns["device"])
-    m = _metrics(trainer, cfg["data"], x, y, batch_size=ns["batch_size"])
+    m, report = _metrics_and_report(trainer, cfg["data"], x, y, batch_size=ns["batch_size"],
+                                    report=True)
     if ns.get("json"):
-        print(json.dumps({"run": str(run_dir), "data": where, "n": int(len(x)), "metrics": m},
-                         indent=2))
+        print(json.dumps({"run": str(run_dir), "data": where, "n": int(len(x)), "metrics": m,
+                          "report": report}, indent=2))
     else:
         print(f"{run_dir} on {where} ({len(x)} rows): {_fmt_metrics(m)}")
+        if cfg["data"]["task"] == "classification":
+            print(format_classification_report(report))
     return 0
 
 

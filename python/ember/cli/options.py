@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 
 __all__ = ["UsageError", "DIGITS", "TASKS", "OPTIMIZERS", "DEVICES", "ACTIVATIONS",
-           "MAX_INFERRED_CLASSES", "TRAIN_OPTIONS", "RUN_KEYS", "int_at_least", "choice",
+           "MAX_INFERRED_CLASSES", "TRAIN_OPTIONS", "RUN_KEYS", "LR_FIND_OPTIONS",
+           "int_at_least", "choice",
            "given_options", "resolve_train_options"]
 
 DIGITS = "digits"  # the --data value meaning the bundled dataset
@@ -91,6 +92,13 @@ def _positive_float(v):
     return x
 
 
+def _lr(v):
+    """A learning rate > 0, or ``"auto"``: the learning-rate finder's suggestion."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    return _positive_float(v)
+
+
 def _nonneg_float(v):
     x = _as_float(v)
     if x < 0:
@@ -125,6 +133,16 @@ def _hidden(v) -> list:
             raise ValueError(f"hidden sizes must be >= 1, got {v!r}")
         sizes.append(n)
     return sizes
+
+
+def _class_weight(v):
+    """``"balanced"``, or None for ``"none"`` (every sample weighs the same)."""
+    s = str(v).strip().lower() if isinstance(v, str) else v
+    if s in (None, "none"):
+        return None
+    if s != "balanced":
+        raise ValueError(f"invalid choice {v!r} (choose from balanced, none)")
+    return s
 
 
 def _path(v) -> str:
@@ -164,8 +182,10 @@ TRAIN_OPTIONS: dict[str, tuple] = {
     "dropout": (0.0, _fraction(), "P", "dropout probability after each hidden layer "
                 "(default: 0)"),
     "optimizer": ("adam", choice(*OPTIMIZERS), "{sgd,adam,adamw}", "optimizer (default: adam)"),
-    "lr": (None, _conv("number > 0", _positive_float), "LR",
-           "learning rate (default: 1e-3 for adam/adamw, 1e-2 for sgd)"),
+    "lr": (None, _conv("number > 0 or auto", _lr), "LR",
+           "learning rate, or 'auto': run the learning-rate finder on the training split "
+           "first and train at its suggestion (see 'ember lr-find') (default: 1e-3 for "
+           "adam/adamw, 1e-2 for sgd)"),
     "momentum": (None, _conv("number >= 0", _nonneg_float), "M",
                  "SGD momentum (default: 0.9; sgd only)"),
     "weight_decay": (None, _conv("number >= 0", _nonneg_float), "WD",
@@ -185,11 +205,29 @@ TRAIN_OPTIONS: dict[str, tuple] = {
                "where to train (default: auto: a usable GPU, else the CPU)"),
     "out": (None, _conv("path", _path), "DIR", "run directory to create (default: "
             "runs/<YYYYmmdd-HHMMSS>); an existing non-empty directory is never overwritten"),
+    "class_weight": (None, _conv("class weight", _class_weight), "{balanced,none}",
+                     "classification: weigh each sample's loss by its class, 'balanced' = "
+                     "n_samples / (n_classes * count of the class) on the training split, for "
+                     "imbalanced classes (default: none, every sample the same)"),
     "standardize": (True, _conv("bool", _bool), None, None),
+    # --tensorboard: also write TensorBoard event files into <run>/tensorboard/ (None: off)
+    "tensorboard": (None, _conv("bool", _bool), None, None),
     "quiet": (False, _conv("bool", _bool), None, None),
 }
 # Options that describe the run itself, as opposed to how the output is shown.
 RUN_KEYS = [k for k in TRAIN_OPTIONS if k != "quiet"]
+
+# The learning-rate finder's own options (``ember lr-find``, besides those of ``ember train``):
+# name: (default, converter, metavar, help), as in TRAIN_OPTIONS.
+LR_FIND_OPTIONS: dict[str, tuple] = {
+    "start_lr": (1e-7, _conv("number > 0", _positive_float), "LR",
+                 "the first learning rate (default: 1e-7)"),
+    "end_lr": (10.0, _conv("number > 0", _positive_float), "LR",
+               "the last learning rate (default: 10)"),
+    "num_steps": (100, int_at_least(2), "N", "steps, one batch each, the learning rate "
+                  "growing by the same factor every step (default: 100; the test stops early "
+                  "once the smoothed loss exceeds 4 times its minimum)"),
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,7 +289,7 @@ def resolve_train_options(ns: dict) -> dict:
     opt = opts["optimizer"]
     if opts["momentum"] is not None and opt != "sgd":
         raise UsageError(f"--momentum applies to --optimizer sgd, not {opt}")
-    if opts["lr"] is None:
+    if opts["lr"] is None:  # ("auto" stays: the finder replaces it, see cli.commands)
         opts["lr"] = 1e-2 if opt == "sgd" else 1e-3
     if opts["momentum"] is None and opt == "sgd":
         opts["momentum"] = 0.9

@@ -3,10 +3,13 @@
 
 A run directory holds ``checkpoints/`` (ember.checkpoint), ``config.json`` (the resolved options
 and the data spec, written before training), and once training has finished ``history.csv``,
-``curves.png`` and ``summary.json`` (a run without summary.json is an interrupted one).
+``curves.png``, ``confusion.png`` (classification with a test split) and ``summary.json`` (a run
+without summary.json is an interrupted one).
 :func:`new_run_dir` names new runs (``runs/<YYYYmmdd-HHMMSS>`` without --out) and never
 overwrites; :func:`run_to_resume` is the resume policy; :func:`load_run` reads and checks a run
 for evaluate and predict. Files are written atomically (a temporary file renamed into place).
+With ``--lr auto`` (and in the folder of ``ember lr-find``) :func:`write_lr_find` adds
+``lr_find.csv`` and ``lr_find.png``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ember._io import json_default
 from ember._version import __version__
 from ember.backend import resolve_training_device
@@ -28,7 +33,7 @@ from ember.cli.options import (DIGITS, RUN_KEYS, TRAIN_OPTIONS, UsageError, give
                                resolve_train_options)
 
 __all__ = ["write_atomic", "load_run", "run_to_resume", "resume_options", "new_run_dir",
-           "write_config", "write_results", "run_trainer"]
+           "write_config", "write_results", "run_trainer", "write_lr_find"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -98,7 +103,8 @@ def _differing(given: dict, cfg: dict) -> list[str]:
             was = source
         else:
             was = saved.get(key)
-            same = value == was
+            # --lr auto: the run recorded the rate the finder chose (and that it chose it)
+            same = value == was or (key == "lr" and value == "auto" and "lr_find" in cfg)
         if not same:
             flag = "--no-standardize" if key == "standardize" else "--" + key.replace("_", "-")
             shown = "" if key == "standardize" else " " + (
@@ -167,11 +173,12 @@ def run_to_resume(ns: dict) -> tuple[Path, dict]:
 _AUTO_RUN_NAME = re.compile(r"\d{8}-\d{6}(-\d+)?")
 
 
-def new_run_dir(out: Optional[str]) -> Path:
+def new_run_dir(out: Optional[str], prefix: str = "") -> Path:
     """Where a new run goes: ``--out`` (refused when it exists and is not an empty directory),
-    else ``runs/<YYYYmmdd-HHMMSS>`` (with ``-2``, ``-3``... when that exists). Creates nothing."""
+    else ``runs/<prefix><YYYYmmdd-HHMMSS>`` (with ``-2``, ``-3``... when that exists; ``ember
+    lr-find`` uses the prefix ``lr-find-``). Creates nothing."""
     if out is None:
-        base = Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path("runs") / (prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
         d, n = base, 1
         while d.exists():
             n += 1
@@ -195,6 +202,8 @@ def resume_options(cfg: dict, quiet: bool) -> dict:
     is still there and unchanged (an exact resume needs the same data)."""
     opts = dict(cfg["options"])
     opts["quiet"] = quiet
+    for key in ("class_weight", "tensorboard"):  # (runs from before these options: off)
+        opts.setdefault(key, None)
     spec_saved = cfg["data"]
     if spec_saved["sha256"] is not None:
         src = Path(spec_saved["source"])
@@ -206,25 +215,35 @@ def resume_options(cfg: dict, quiet: bool) -> dict:
     return opts
 
 
-def write_config(run_dir: Path, opts: dict, spec: dict, device: str) -> None:
+def write_config(run_dir: Path, opts: dict, spec: dict, device: str,
+                 lr_find: Optional[dict] = None) -> None:
     """Create ``run_dir`` and write its config.json: every resolved option and the data
-    ``spec`` that evaluate, predict and --resume rebuild the data pipeline from."""
+    ``spec`` that evaluate, predict and --resume rebuild the data pipeline from; with
+    ``--lr auto``, what the learning-rate finder chose (``"lr_find"``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
            "ember_version": __version__,
            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "options": {k: opts[k] for k in RUN_KEYS}, "data": spec,
            "device": device}
+    if lr_find is not None:
+        cfg["lr_find"] = lr_find
     _dump_json(run_dir / "config.json", cfg)
 
 
 def write_results(run_dir: Path, trainer, spec: dict, opts: dict, model_desc: str,
-                  metrics: dict, timings: dict, t_start: float, resuming: bool) -> dict:
+                  metrics: dict, timings: dict, t_start: float, resuming: bool,
+                  report: Optional[dict] = None, lr_find: Optional[dict] = None) -> dict:
     """Write a finished run's history.csv, curves.png and summary.json; returns the summary.
     ``timings`` holds ``load_data_s``, ``train_s`` and ``evaluate_s``; ``t_start`` is the
-    ``time.perf_counter()`` at which the command started."""
+    ``time.perf_counter()`` at which the command started. ``report``, the evaluation report
+    of the test split (ember.metrics), goes into summary.json (``"report": {"test": ...}``)
+    and, for classification, into confusion.png. ``lr_find`` (``--lr auto``: what the
+    learning-rate finder chose) goes into summary.json as ``"lr_find"``."""
     trainer.history.to_csv(run_dir / "history.csv")
     _plot_curves(trainer, spec, model_desc, run_dir / "curves.png")
+    if report is not None and spec["task"] == "classification":
+        _plot_confusion(report, spec, model_desc, run_dir / "confusion.png")
     model = trainer.model
     epochs_run = len(trainer.history)
     t_train = timings["train_s"]
@@ -239,7 +258,8 @@ def write_results(run_dir: Path, trainer, spec: dict, opts: dict, model_desc: st
                        "trainable": model.num_parameters(trainable_only=True),
                        "shapes": {n: list(p.shape) for n, p in model.named_parameters()}},
         "hyperparameters": {k: opts[k] for k in RUN_KEYS
-                            if k not in ("data", "target", "out") and opts[k] is not None}
+                            if k not in ("data", "target", "out", "tensorboard") and
+                            opts[k] is not None}
         | {"task": spec["task"], "optimizer_details": trainer.optimizer.hyperparameters(),
            "loss": trainer.loss.config()},
         "metrics": metrics,
@@ -248,6 +268,8 @@ def write_results(run_dir: Path, trainer, spec: dict, opts: dict, model_desc: st
         "stop_reason": trainer.stop_reason,
         "best_epoch": None if trainer.restored_epoch is None else trainer.restored_epoch + 1,
         "diagnosis": trainer.diagnosis(),
+        **({"report": {"test": report}} if report is not None else {}),
+        **({"lr_find": lr_find} if lr_find is not None else {}),  # --lr auto: the finder's
         "timings": {**timings, "total_s": time.perf_counter() - t_start,
                     "train_samples_per_s": (spec["splits"]["train"] * epochs_run / t_train
                                             if t_train > 0 and not resuming else None),
@@ -273,6 +295,40 @@ def _plot_curves(trainer, spec: dict, model_desc: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_confusion(report: dict, spec: dict, model_desc: str, path: Path) -> None:
+    """The test split's confusion matrix: counts annotated, colours normalised per row (the
+    share of each true class predicted as each class), classes named by the data's labels."""
+    from matplotlib.figure import Figure  # a Figure of its own: the Agg canvas, no pyplot
+    cm = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    names = [str(c) for c in spec["classes"]]
+    k = len(names)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    side = min(max(4.5, 0.5 * k + 2.5), 16)
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, labels=names, rotation=45 if max(map(len, names)) > 3 else 0,
+                  ha="right" if max(map(len, names)) > 3 else "center")
+    ax.set_yticks(ticks, labels=names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 30:
+        size = max(5, min(10, 120 // k))
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=size,
+                        color="white" if share[i, j] > 0.5 else "black")
+    acc = report.get("accuracy")
+    data = DIGITS if spec["source"] == DIGITS else Path(spec["source"]).name
+    ax.set_title(f"ember: MLP {model_desc} on {data}, test split" +
+                 (f" (accuracy {acc:.4f})" if acc is not None else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def run_trainer(run_dir: Path, device: str):
     """The Trainer in the run's latest checkpoint (the bare network, no standardization)."""
     ckpt = run_dir / "checkpoints"
@@ -284,3 +340,16 @@ def run_trainer(run_dir: Path, device: str):
     # path with training), and evaluate reports the loss of the standardized target as training
     # did. load_trainer's default (a RunModel taking raw features) gives the same predictions.
     return load_trainer(ckpt, device=resolve_training_device(device), preprocessing=False)
+
+
+def write_lr_find(run_dir: Path, result, title: str) -> None:
+    """Write what the learning-rate finder measured into ``run_dir`` (created if need be):
+    ``lr_find.csv`` (``lr,loss,smoothed`` per step) and ``lr_find.png`` (the curve, the
+    suggestion marked)."""
+    import matplotlib.pyplot as plt
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["lr,loss,smoothed"] + [f"{lr!r},{loss!r},{s!r}" for lr, loss, s in result.rows()]
+    write_atomic(run_dir / "lr_find.csv", "\n".join(lines) + "\n")
+    fig = result.plot(title=title)
+    fig.savefig(run_dir / "lr_find.png", dpi=110)
+    plt.close(fig)

@@ -21,8 +21,8 @@ What a replay needs, and how it is kept:
   the step number and learning rate from device memory and advances the step itself.
 
 Differences from the step-by-step loop, all documented on :class:`ember.Trainer`: per-batch
-callbacks other than ember's own (TerminateOnNaN, ProgressBar, ModelCheckpoint without
-``every_n_steps``) make the fit go step by step; a non-finite loss stops training at the end of
+callbacks other than ember's own (TerminateOnNaN, ProgressBar, ModelCheckpoint and TensorBoard
+without ``every_n_steps``) make the fit go step by step; a non-finite loss stops training at the end of
 the epoch in which it appeared (the optimizer skips such steps meanwhile) rather than at once.
 """
 from __future__ import annotations

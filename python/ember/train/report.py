@@ -202,7 +202,8 @@ def report(trainer) -> str:
         [f"epochs={fp.get('epochs')}", f"batch_size={fp.get('batch_size')}",
          f"optimizer={hp['optimizer']}", f"lr={chosen:.6g}"] +
         [f"{k}={v}" for k, v in hp.items() if k not in ("optimizer", "lr") and v] +
-        [f"loss={trainer.loss.config()['type']}", f"seed={fp.get('seed')}"]))
+        [f"loss={trainer.loss.config()['type']}", f"seed={fp.get('seed')}"] +
+        ([f"class_weight={fp['class_weight']}"] if fp.get("class_weight") else [])))
     if not math.isclose(now, chosen, rel_tol=1e-12, abs_tol=0.0):
         lines.append(f"learning rate now: {now:.6g} (set by a schedule or "
                      "ReduceLROnPlateau; the run started at the chosen "

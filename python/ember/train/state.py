@@ -91,7 +91,7 @@ def _trainer_json(trainer, callbacks, finished: Optional[str]) -> dict:
         "task": trainer.task,
         "device": trainer.device,
         "model": trainer.model.config(),
-        "loss": trainer.loss.config(),
+        "loss": trainer.loss_config(),  # (a fit's class_weight is in fit_params)
         "metrics": list(trainer.metrics),
         "optimizer": trainer.optimizer.hyperparameters(),
         "optimizer_step": trainer.optimizer.step_count,
@@ -209,10 +209,12 @@ def _check_same_run(trainer, ck: dict) -> None:
         raise CheckpointError(f"{where}: saved with optimizer {saved_opt}, the "
                               f"trainer uses {type(trainer.optimizer).__name__}")
     fp = st.get("fit_params", {})
-    for key in ("batch_size", "seed", "shuffle", "n_train", "accumulate_steps"):
-        if key in fp and fp[key] != trainer.fit_params.get(key):
+    for key in ("batch_size", "seed", "shuffle", "n_train", "accumulate_steps", "class_weight"):
+        # (a checkpoint from before class_weight was trained without: None)
+        saved = fp.get(key) if key == "class_weight" else fp.get(key, trainer.fit_params.get(key))
+        if saved != trainer.fit_params.get(key):
             raise CheckpointError(
-                f"{where}: the run was saved with {key}={fp[key]!r} but "
+                f"{where}: the run was saved with {key}={saved!r} but "
                 f"fit was called with {key}={trainer.fit_params.get(key)!r}; an exact resume "
                 "needs the same data and batching")
     saved_digest, digest = st.get("data_digest"), trainer.data_digest

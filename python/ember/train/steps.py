@@ -26,7 +26,7 @@ import numpy as np
 
 from ember import nn, ops
 from ember.backend import to_host
-from ember.callbacks import ModelCheckpoint, ProgressBar, TerminateOnNaN
+from ember.callbacks import ModelCheckpoint, ProgressBar, TensorBoard, TerminateOnNaN
 from ember.losses import MSE, CrossEntropy
 from ember.optim import SGD, Adam, AdamW
 
@@ -233,8 +233,8 @@ def graph_ok(trainer, callbacks) -> Optional[str]:
     for cb in callbacks.batch_end_callbacks:
         if type(cb) in (TerminateOnNaN, ProgressBar):
             continue
-        if type(cb) is ModelCheckpoint and not cb.every_n_steps:
-            continue
+        if type(cb) in (ModelCheckpoint, TensorBoard) and not cb.every_n_steps:
+            continue  # (reads no batch's values)
         return f"callback {type(cb).__name__} wants every batch's values"
     if not plain_stack(model):  # (a captured step writes each gradient once)
         return "a parameter is shared by two layers"

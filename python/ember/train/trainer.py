@@ -24,14 +24,16 @@ import numpy as np
 
 from ember import _validate, checkpoint, ops
 from ember._io import as_path
-from ember.backend import array_module, resolve_training_device
+from ember.backend import array_module, resolve_training_device, to_host
 from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler,
                              ModelCheckpoint, ProgressBar, TerminateOnNaN)
 from ember.data import DataLoader, check_xy, train_val_split
 from ember.errors import CheckpointError
 from ember.losses import Loss, get_loss
+from ember.metrics import classification_report, regression_report
 from ember.nn import Module, check_trainable
 from ember.optim import Optimizer, get_optimizer
+from ember.train import lr_find as _lr_find
 from ember.train import report as _report
 from ember.train import state as _state
 from ember.train import steps as _steps
@@ -67,9 +69,10 @@ class Trainer:
     replays it (see :mod:`ember.train.steps`): the same kernels and the same bits as going step by
     step, without the Python between them. The loss, accuracy and gradient norm stay on the GPU
     until the epoch ends, so per-batch callbacks other than ember's own (TerminateOnNaN,
-    ProgressBar, ModelCheckpoint without ``every_n_steps``) make the fit go step by step, and a
-    non-finite loss stops training at the end of the epoch in which it appeared (the optimizer
-    skips those steps meanwhile; the stop reason names the first such batch) instead of at once.
+    ProgressBar, ModelCheckpoint and TensorBoard without ``every_n_steps``) make the fit go step
+    by step, and a non-finite loss stops training at the end of the epoch in which it appeared
+    (the optimizer skips those steps meanwhile; the stop reason names the first such batch)
+    instead of at once.
     :attr:`step_path` says which way the last fit went.
     """
 
@@ -142,6 +145,9 @@ class Trainer:
         #: the callbacks of the fit in progress, ModelCheckpoints last (what checkpoints save)
         self.fit_callbacks: list = []
         self.gradient_monitor = GradientMonitor()
+        #: the loss's class weights that the fit in progress set from its ``class_weight``
+        #: (None otherwise; the loss's own weight, if any, is the user's)
+        self.fit_class_weights = None
 
     # ---------------------------------------------------------------------------------------
     def output_size(self) -> Optional[int]:
@@ -183,8 +189,16 @@ class Trainer:
         rate, not the one a schedule or ReduceLROnPlateau has set since (``optimizer.lr``)."""
         fit = {k: v for k, v in self.fit_params.items() if k not in _report.DATA_FACTS}
         return {**fit, **self.optimizer.hyperparameters(), "lr": _report.chosen_lr(self),
-                "loss": self.loss.config(), "device": self.device,
+                "loss": self.loss_config(), "device": self.device,
                 "model": self._architecture()}
+
+    def loss_config(self) -> dict:
+        """The loss's ``config()`` as the user set it up: without the class weights that a
+        fit's ``class_weight`` gives it for the fit's length (fit_params records those)."""
+        cfg = self.loss.config()
+        if self.fit_class_weights is not None:
+            cfg["weight"] = None
+        return cfg
 
     def _architecture(self):
         """The model's ``config()``, or None for a custom module without one."""
@@ -213,7 +227,7 @@ class Trainer:
     def fit(self, x, y, epochs: int = 10, batch_size: int = 32, validation_data=None,
             validation_split: float = 0.0, seed: int = 0, shuffle: bool = True,
             verbose: int = 1, checkpoint_dir=None, resume=None,
-            accumulate_steps: int = 1) -> History:
+            accumulate_steps: int = 1, class_weight=None) -> History:
         """Train for ``epochs`` passes over ``(x, y)``.
 
         Args:
@@ -236,6 +250,17 @@ class Trainer:
                 ``global_step``, the optimizer's step count, per-batch callbacks (their
                 ``loss`` is the step's), ``every_n_steps`` checkpoints and schedules count
                 optimizer steps. 1 (the default): one step per batch.
+            class_weight: classification only: weigh each sample's loss by its class, for
+                imbalanced classes. ``"balanced"``: scikit-learn's ``n_samples / (n_classes *
+                bincount(y))`` over the classes present in the training split (after
+                ``validation_split``; a class absent from it gets 1); a dict ``{class index:
+                weight}`` (finite, >= 0; classes not named get 1); None (the default): every
+                sample counts the same. The weights are the loss's class weights for the length
+                of the fit (so ``loss`` and ``val_loss`` in the history are weighted), then the
+                loss is as it was (``evaluate`` afterwards reports the unweighted loss). It is
+                recorded in ``fit_params`` (hyperparameters, checkpoints): resuming a run with
+                another class_weight is refused. A loss with its own ``weight`` takes no
+                class_weight (give one of the two).
 
         Returns:
             The :class:`History` (also ``trainer.history``).
@@ -247,7 +272,8 @@ class Trainer:
         """
         try:
             return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
-                             shuffle, verbose, checkpoint_dir, resume, accumulate_steps)
+                             shuffle, verbose, checkpoint_dir, resume, accumulate_steps,
+                             class_weight)
         except KeyboardInterrupt:  # Ctrl-C: say how to continue the run, then stop as asked
             hint = self._resume_hint() if self.resume_hint else None
             if hint:
@@ -258,6 +284,8 @@ class Trainer:
                 if isinstance(cb, ModelCheckpoint):
                     cb.release()
             _steps.clear_fit_settings(self.model)  # the fit's step settings are not the model's
+            if self.fit_class_weights is not None:  # class_weight: the loss is as it was
+                self.loss.weight = self.fit_class_weights = None
 
     #: Print how to resume when a fit with checkpoints is interrupted (Ctrl-C); a program
     #: with its own message (``ember train``) turns it off.
@@ -279,17 +307,17 @@ class Trainer:
                 f"{str(cb.directory)!r}, resume='latest'")
 
     def _fit(self, x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle,
-             verbose, checkpoint_dir, resume, accumulate_steps) -> History:
-        seed, verbose, accumulate_steps = self._check_fit_args(
+             verbose, checkpoint_dir, resume, accumulate_steps, class_weight) -> History:
+        seed, verbose, accumulate_steps, class_weight = self._check_fit_args(
             x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle, verbose,
-            accumulate_steps)
+            accumulate_steps, class_weight)
         checkpointing = (checkpoint_dir is not None or resume is not None or
                          any(isinstance(c, ModelCheckpoint) for c in self.user_callbacks))
         check_trainable(self.model, checkpointing)
         x, y, validation, y_host = self._fit_data(x, y, validation_data, validation_split, seed,
-                                                  checkpointing)
+                                                  checkpointing, class_weight)
         self._record_fit_params(x, y, validation, epochs, batch_size, validation_split, seed,
-                                shuffle, accumulate_steps)
+                                shuffle, accumulate_steps, class_weight)
         # The loop is done with each batch before drawing the next: reused buffers.
         loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                             reuse_buffers=True)
@@ -326,9 +354,10 @@ class Trainer:
         return self.history
 
     def _check_fit_args(self, x, y, epochs, batch_size, validation_data, validation_split, seed,
-                        shuffle, verbose, accumulate_steps):
+                        shuffle, verbose, accumulate_steps, class_weight):
         """fit's scalar arguments checked (ValueError naming the argument); returns the seed,
-        verbose and accumulate_steps as ints."""
+        verbose and accumulate_steps as ints and class_weight as recorded (see
+        :meth:`_check_class_weight`)."""
         _validate.positive_int("fit", "epochs", epochs)
         _validate.positive_int("fit", "batch_size", batch_size)
         _validate.real_in("fit", "validation_split", validation_split, 0.0, 1.0)
@@ -347,11 +376,65 @@ class Trainer:
         if y is None:
             raise ValueError("fit: y is required (class indices for classification, targets "
                              "for regression)")
-        return seed, verbose, int(accumulate_steps)
+        return seed, verbose, int(accumulate_steps), self._check_class_weight(class_weight)
 
-    def _fit_data(self, x, y, validation_data, validation_split, seed, checkpointing):
+    def _check_class_weight(self, class_weight):
+        """fit's ``class_weight`` checked (ValueError naming it): None, ``"balanced"``, or the
+        dict as fit_params records it (``{"<class index>": weight}``, JSON's keys)."""
+        if class_weight is None:
+            return None
+        if self.task != "classification":
+            raise ValueError(f"fit: class_weight applies to classification; the loss "
+                             f"{type(self.loss).__name__} is a regression loss")
+        if not hasattr(self.loss, "weight"):
+            raise ValueError(f"fit: class_weight needs a loss with class weights; "
+                             f"{type(self.loss).__name__} has none")
+        if self.loss.weight is not None:
+            raise ValueError("fit: the loss has its own class weights (CrossEntropy(weight=...)) "
+                             "and class_weight was given: give one of the two")
+        n_classes = self.output_size()
+        if n_classes is None:
+            raise ValueError("fit: class_weight needs the model's number of classes (the "
+                             "outputs of its last weight matrix); the model has none")
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ValueError(f"fit: class_weight must be None, 'balanced' or a dict "
+                                 f"{{class index: weight}}, got {class_weight!r}")
+            return class_weight
+        if not isinstance(class_weight, dict):
+            raise ValueError(f"fit: class_weight must be None, 'balanced' or a dict {{class "
+                             f"index: weight}}, got {type(class_weight).__name__}")
+        out = {}
+        for c, w in class_weight.items():
+            if not _validate.is_int(c) or not 0 <= c < n_classes:
+                raise ValueError(f"fit: class_weight names class {c!r}, not a class index of "
+                                 f"the model (0 to {n_classes - 1})")
+            if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.number)) \
+                    or not np.isfinite(w) or w < 0:
+                raise ValueError(f"fit: class_weight[{c!r}] must be a finite number >= 0, got "
+                                 f"{w!r}")
+            out[str(int(c))] = float(w)
+        return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+    def _class_weights(self, class_weight, y) -> np.ndarray:
+        """The per-class weights (float32, one per output) of a checked ``class_weight`` on
+        the training labels ``y`` (host)."""
+        n_classes = self.output_size()
+        w = np.ones(n_classes, dtype=np.float64)
+        if class_weight == "balanced":
+            counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+            present = counts > 0
+            w[present] = len(y) / (int(present.sum()) * counts[present])
+        else:
+            for c, v in class_weight.items():
+                w[int(c)] = v
+        return w.astype(np.float32)
+
+    def _fit_data(self, x, y, validation_data, validation_split, seed, checkpointing,
+                  class_weight):
         """The training data and validation pair checked and on the trainer's device, and the
-        training labels on the host. Records the data's digest when checkpoints are in play."""
+        training labels on the host. Records the data's digest when checkpoints are in play, and
+        sets the loss's class weights of ``class_weight`` (on the training split)."""
         x, y = self._prepare(x, y, "fit")
         if validation_split:
             try:
@@ -372,18 +455,22 @@ class Trainer:
         # Validated on the host; on the GPU the data moves to the device once, here, and batches
         # are gathered there (DataLoader follows the arrays' device).
         y_host = y  # (accumulate_steps > 1 with class weights reads the labels' weights)
+        if class_weight is not None:  # where the logits are (the CPU's fused step: NumPy)
+            w = self._class_weights(class_weight, y)
+            self.fit_class_weights = self.loss.weight = (
+                array_module("cuda").asarray(w) if self.device == "cuda" else w)
         x, y = self._to_device(x, y)
         if validation is not None:
             validation = self._to_device(*validation)
         return x, y, validation, y_host
 
     def _record_fit_params(self, x, y, validation, epochs, batch_size, validation_split, seed,
-                           shuffle, accumulate_steps) -> None:
+                           shuffle, accumulate_steps, class_weight) -> None:
         self.fit_params = {"epochs": int(epochs), "batch_size": int(batch_size),
                            "validation_split": float(validation_split), "seed": int(seed),
                            "shuffle": bool(shuffle), "n_train": int(len(x)),
                            "n_val": 0 if validation is None else int(len(validation[0])),
-                           "accumulate_steps": accumulate_steps}
+                           "accumulate_steps": accumulate_steps, "class_weight": class_weight}
         if self.task == "regression":  # the scale a regression fit is judged on (R², report)
             self.fit_params["target_variance"] = _report.mean_variance(y)
             self.fit_params["target_mean_square"] = float(
@@ -478,12 +565,45 @@ class Trainer:
         finally:
             self.model.train(was_training)
 
-    def evaluate(self, x, y, batch_size: int = 1024) -> dict:
-        """Loss and metrics on ``(x, y)`` in eval mode (dropout off). Returns a dict."""
-        return self._evaluate(*self._to_device(*self._prepare(x, y, "evaluate")), batch_size)
+    def evaluate(self, x, y, batch_size: int = 1024, report: bool = False,
+                 class_names: Optional[Sequence] = None) -> dict:
+        """Loss and metrics on ``(x, y)`` in eval mode (dropout off). Returns a dict.
 
-    def _evaluate(self, x, y, batch_size: int = 1024) -> dict:
-        """:meth:`evaluate` of arrays already checked and on the trainer's device."""
+        With ``report=True`` the dict also holds ``"report"``: for classification
+        :func:`ember.metrics.classification_report` of the predicted classes (the argmax of the
+        outputs the loss was computed from) against ``y``, over every output class (named by
+        ``class_names``, else by the model's ``classes`` when it has them, as a run's
+        :class:`ember.preprocessing.RunModel` does, else by index); for regression
+        :func:`ember.metrics.regression_report` of the outputs.
+        """
+        _validate.flag("evaluate", "report", report)
+        x, y = self._prepare(x, y, "evaluate")
+        result = self._evaluate(*self._to_device(x, y), batch_size, report=report)
+        if report:
+            result["report"] = self._evaluation_report(y, result.pop("outputs"), class_names)
+        return result
+
+    def _evaluation_report(self, y, outputs, class_names) -> dict:
+        """The evaluation report of the host labels/targets ``y`` and the batches' outputs
+        (predicted classes, or the network's outputs) that _evaluate kept."""
+        outputs = np.concatenate([to_host(o) for o in outputs])
+        if self.task != "classification":
+            return regression_report(y.reshape(len(y), -1), outputs)
+        n_out = self.output_size()
+        labels = None if n_out is None else list(range(n_out))
+        names = class_names
+        if names is None:
+            names = getattr(self.model, "classes", None)
+        if names is not None:
+            names = [str(c) for c in names]
+            if labels is None:
+                labels = list(range(len(names)))
+        return classification_report(y, outputs, labels=labels, names=names)
+
+    def _evaluate(self, x, y, batch_size: int = 1024, report: bool = False) -> dict:
+        """:meth:`evaluate` of arrays already checked and on the trainer's device. With
+        ``report``, ``"outputs"`` holds each batch's predicted classes (classification) or
+        outputs (regression), on the device."""
         classify = self.task == "classification"
         with_accuracy = "accuracy" in self.metrics
         loss_sum = 0.0
@@ -493,9 +613,12 @@ class Trainer:
         xp = array_module(self.device)
         if w is not None and xp is not np:
             w = xp.asarray(w, dtype=xp.float32)  # the class weights must be where the logits are
+        kept = []  # with report: each batch's predictions
         for i, out in self._batched_outputs(x, batch_size):
             yb = y[i:i + batch_size]
             n = out.shape[0]
+            if report:
+                kept.append(ops.argmax(out) if classify else out.copy())
             if classify:
                 s, _ = ops.softmax_cross_entropy(
                     out, yb, weight=w, label_smoothing=self.loss.label_smoothing,
@@ -513,6 +636,8 @@ class Trainer:
             result["loss"] = loss_sum
         if with_accuracy:
             result["accuracy"] = correct / len(x)
+        if report:
+            result["outputs"] = kept
         return result
 
     def predict_raw(self, x, batch_size: int = 1024):
@@ -553,6 +678,14 @@ class Trainer:
     def report(self) -> str:
         """A short text report: parameters vs hyperparameters, final metrics, verdict."""
         return _report.report(self)
+
+    def lr_find(self, x, y, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+                num_steps: int = 100, batch_size: int = 32, seed: int = 0):
+        """The learning-rate range test on ``(x, y)``; the trainer is left as it was. Returns
+        an :class:`ember.train.lr_find.LRFindResult` (``.suggestion``, ``.plot()``); see
+        :func:`ember.train.lr_find.lr_find`."""
+        return _lr_find.lr_find(self, x, y, start_lr=start_lr, end_lr=end_lr,
+                                num_steps=num_steps, batch_size=batch_size, seed=seed)
 
 
 def load_trainer(path, device: Optional[str] = None, *, preprocessing: bool = True):
