@@ -312,3 +312,29 @@ def test_cli_train_lr_auto_records_the_rate(_in_tmp, capsys):
     assert "has finished" in capsys.readouterr().out
     assert cli.main(["train", "--lr", "0.5", "--hidden", "32", "--epochs", "3", "--out",
                      "auto", "--resume"]) == 2
+
+
+def test_class_weight_weighs_the_sweep_as_the_fit_will_and_is_undone():
+    # A 90/10 problem: with class_weight="balanced" the sweep's losses are those of a loss
+    # weighted by n / (2 * count) per class (checked against CrossEntropy(weight=...) given by
+    # hand), and the trainer's loss has no weights afterwards.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    y = (rng.random(200) < 0.1).astype(np.int64)
+    x[y == 1] += 1.0
+    counts = np.bincount(y, minlength=2)
+    by_hand = (len(y) / (2 * counts)).astype(np.float32)
+
+    def sweep(**kw):
+        t = ember.Trainer(MLP([3, 8, 2], seed=0), optimizer="sgd", **kw.pop("trainer", {}))
+        return t, t.lr_find(x, y, num_steps=20, **kw)
+
+    t, weighted = sweep(class_weight="balanced")
+    assert t.loss.weight is None
+    _, plain = sweep()
+    _, manual = sweep(trainer={"loss": ember.losses.CrossEntropy(weight=by_hand)})
+    np.testing.assert_array_equal(weighted.losses, manual.losses)
+    assert not np.array_equal(weighted.losses, plain.losses)
+    with pytest.raises(ValueError, match=r"^lr_find: class_weight"):
+        ember.Trainer(MLP([3, 8, 2]), loss="mse").lr_find(x, y.astype(np.float32).reshape(-1, 1),
+                                                          class_weight="balanced")

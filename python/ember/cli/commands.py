@@ -292,7 +292,7 @@ def _find_lr(opts: dict, spec: dict, arrays: dict, ckpt_dir: Path,
     probe = make_trainer({**opts, "lr": None}, spec, ckpt_dir)  # (nothing is written there)
     result = probe.lr_find(arrays["x_train"], arrays["y_train"], start_lr=start_lr,
                            end_lr=end_lr, num_steps=num_steps, batch_size=opts["batch_size"],
-                           seed=opts["seed"])
+                           seed=opts["seed"], class_weight=opts.get("class_weight"))
     info = {"requested": "auto", "suggestion": result.suggestion, "steepest": result.steepest,
             "minimum_tenth": result.minimum_tenth, "start_lr": start_lr, "end_lr": end_lr,
             "num_steps": num_steps, "steps_run": len(result.lrs),

@@ -43,7 +43,7 @@ from typing import Optional
 import numpy as np
 
 from ember import _validate, nn
-from ember.backend import array_module
+from ember.backend import array_module, to_host
 from ember.callbacks import CallbackList
 from ember.data import DataLoader, check_xy
 from ember.train import steps as _steps
@@ -280,7 +280,8 @@ def _run(trainer, loader, lrs) -> tuple[list, list, bool]:
 
 
 def lr_find(trainer, x, y, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100, batch_size: int = 32, seed: int = 0) -> LRFindResult:
+            num_steps: int = 100, batch_size: int = 32, seed: int = 0,
+            class_weight=None) -> LRFindResult:
     """Run the learning-rate range test of ``trainer`` on ``(x, y)`` and put the trainer back.
 
     Args:
@@ -291,6 +292,8 @@ def lr_find(trainer, x, y, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             each step.
         batch_size: samples per step (>= 1).
         seed: the batches' order (a seeded shuffle per epoch, as ``fit``'s).
+        class_weight: as ``fit``'s (None, ``"balanced"`` or ``{class: weight}``), on ``y``:
+            the loss weighs the classes so during the test, as the fit that follows will.
 
     Returns:
         An :class:`LRFindResult`.
@@ -305,14 +308,20 @@ def lr_find(trainer, x, y, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     """
     start_lr, end_lr, num_steps, batch_size, seed = _check_args(
         start_lr, end_lr, num_steps, batch_size, seed)
+    class_weight = trainer.check_class_weight(class_weight, "lr_find")
     x, y = _data(trainer, x, y)
     nn.check_trainable(trainer.model, False)
     loader = DataLoader(x, y, batch_size=batch_size, shuffle=True, seed=seed,
                         reuse_buffers=True)
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     saved = _snapshot(trainer)
+    if class_weight is not None:  # (checked above: the loss has no weights of its own)
+        w = trainer.class_weights(class_weight, to_host(y))
+        trainer.loss.weight = array_module(trainer.device).asarray(w)
     try:
         done_lrs, losses, stopped = _run(trainer, loader, lrs)
     finally:
         _restore(trainer, saved)
+        if class_weight is not None:
+            trainer.loss.weight = None
     return LRFindResult(done_lrs, losses, num_steps, stopped)

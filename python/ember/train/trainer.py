@@ -357,7 +357,7 @@ class Trainer:
                         shuffle, verbose, accumulate_steps, class_weight):
         """fit's scalar arguments checked (ValueError naming the argument); returns the seed,
         verbose and accumulate_steps as ints and class_weight as recorded (see
-        :meth:`_check_class_weight`)."""
+        :meth:`check_class_weight`)."""
         _validate.positive_int("fit", "epochs", epochs)
         _validate.positive_int("fit", "batch_size", batch_size)
         _validate.real_in("fit", "validation_split", validation_split, 0.0, 1.0)
@@ -376,47 +376,47 @@ class Trainer:
         if y is None:
             raise ValueError("fit: y is required (class indices for classification, targets "
                              "for regression)")
-        return seed, verbose, int(accumulate_steps), self._check_class_weight(class_weight)
+        return seed, verbose, int(accumulate_steps), self.check_class_weight(class_weight)
 
-    def _check_class_weight(self, class_weight):
-        """fit's ``class_weight`` checked (ValueError naming it): None, ``"balanced"``, or the
+    def check_class_weight(self, class_weight, where: str = "fit"):
+        """A ``class_weight`` of fit (or ``where``) checked (ValueError naming it): None, ``"balanced"``, or the
         dict as fit_params records it (``{"<class index>": weight}``, JSON's keys)."""
         if class_weight is None:
             return None
         if self.task != "classification":
-            raise ValueError(f"fit: class_weight applies to classification; the loss "
+            raise ValueError(f"{where}: class_weight applies to classification; the loss "
                              f"{type(self.loss).__name__} is a regression loss")
         if not hasattr(self.loss, "weight"):
-            raise ValueError(f"fit: class_weight needs a loss with class weights; "
+            raise ValueError(f"{where}: class_weight needs a loss with class weights; "
                              f"{type(self.loss).__name__} has none")
         if self.loss.weight is not None:
-            raise ValueError("fit: the loss has its own class weights (CrossEntropy(weight=...)) "
+            raise ValueError(f"{where}: the loss has its own class weights (CrossEntropy(weight=...)) "
                              "and class_weight was given: give one of the two")
         n_classes = self.output_size()
         if n_classes is None:
-            raise ValueError("fit: class_weight needs the model's number of classes (the "
+            raise ValueError(f"{where}: class_weight needs the model's number of classes (the "
                              "outputs of its last weight matrix); the model has none")
         if isinstance(class_weight, str):
             if class_weight != "balanced":
-                raise ValueError(f"fit: class_weight must be None, 'balanced' or a dict "
+                raise ValueError(f"{where}: class_weight must be None, 'balanced' or a dict "
                                  f"{{class index: weight}}, got {class_weight!r}")
             return class_weight
         if not isinstance(class_weight, dict):
-            raise ValueError(f"fit: class_weight must be None, 'balanced' or a dict {{class "
+            raise ValueError(f"{where}: class_weight must be None, 'balanced' or a dict {{class "
                              f"index: weight}}, got {type(class_weight).__name__}")
         out = {}
         for c, w in class_weight.items():
             if not _validate.is_int(c) or not 0 <= c < n_classes:
-                raise ValueError(f"fit: class_weight names class {c!r}, not a class index of "
+                raise ValueError(f"{where}: class_weight names class {c!r}, not a class index of "
                                  f"the model (0 to {n_classes - 1})")
             if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.number)) \
                     or not np.isfinite(w) or w < 0:
-                raise ValueError(f"fit: class_weight[{c!r}] must be a finite number >= 0, got "
+                raise ValueError(f"{where}: class_weight[{c!r}] must be a finite number >= 0, got "
                                  f"{w!r}")
             out[str(int(c))] = float(w)
         return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
-    def _class_weights(self, class_weight, y) -> np.ndarray:
+    def class_weights(self, class_weight, y) -> np.ndarray:
         """The per-class weights (float32, one per output) of a checked ``class_weight`` on
         the training labels ``y`` (host)."""
         n_classes = self.output_size()
@@ -456,7 +456,7 @@ class Trainer:
         # are gathered there (DataLoader follows the arrays' device).
         y_host = y  # (accumulate_steps > 1 with class weights reads the labels' weights)
         if class_weight is not None:  # where the logits are (the CPU's fused step: NumPy)
-            w = self._class_weights(class_weight, y)
+            w = self.class_weights(class_weight, y)
             self.fit_class_weights = self.loss.weight = (
                 array_module("cuda").asarray(w) if self.device == "cuda" else w)
         x, y = self._to_device(x, y)
@@ -680,12 +680,13 @@ class Trainer:
         return _report.report(self)
 
     def lr_find(self, x, y, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-                num_steps: int = 100, batch_size: int = 32, seed: int = 0):
+                num_steps: int = 100, batch_size: int = 32, seed: int = 0, class_weight=None):
         """The learning-rate range test on ``(x, y)``; the trainer is left as it was. Returns
         an :class:`ember.train.lr_find.LRFindResult` (``.suggestion``, ``.plot()``); see
         :func:`ember.train.lr_find.lr_find`."""
         return _lr_find.lr_find(self, x, y, start_lr=start_lr, end_lr=end_lr,
-                                num_steps=num_steps, batch_size=batch_size, seed=seed)
+                                num_steps=num_steps, batch_size=batch_size, seed=seed,
+                                class_weight=class_weight)
 
 
 def load_trainer(path, device: Optional[str] = None, *, preprocessing: bool = True):
