@@ -12,7 +12,24 @@ from __future__ import annotations
 
 import csv
 
-__all__ = ["History"]
+__all__ = ["History", "pyplot", "finish_figure"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def finish_figure(fig, path=None):
+    """Lay ``fig`` out and, when ``path`` is given, save it there and close it. Returns it."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        pyplot().close(fig)
+    return fig
 
 
 class History:
@@ -82,10 +99,8 @@ class History:
         Uses matplotlib's non-interactive Agg backend, so it works without a display.
         Returns the matplotlib Figure.
         """
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
+        plt = pyplot()
 
         metrics = [k for k in self.history if not k.startswith("val_") and
                    k not in ("lr", "grad_norm", "time", "skipped_steps")]
@@ -104,11 +119,7 @@ class History:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle(title)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish_figure(fig, path)
 
     def __repr__(self) -> str:
         return f"History(epochs={len(self.epochs)}, keys={list(self.history)})"

@@ -47,6 +47,7 @@ from ember.backend import array_module, to_host
 from ember.callbacks import CallbackList
 from ember.data import DataLoader, check_xy
 from ember.train import steps as _steps
+from ember.train.history import finish_figure, pyplot
 from ember.train.state import EpochTally
 
 __all__ = ["LRFindResult", "lr_find", "BETA", "DIVERGENCE_FACTOR"]
@@ -148,11 +149,7 @@ class LRFindResult:
         """The loss against the learning rate (log axis): raw and smoothed, the suggestion
         marked (and the steepest point). Saved to ``path`` if given; matplotlib's Agg backend,
         so no display is needed. Returns the Figure."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
         ax.plot(self.lrs, self.losses, color="0.75", lw=1, label="loss")
         ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label=f"smoothed (beta {BETA})")
         for index, name, style in ((self.suggestion_index, "suggestion", "o"),
@@ -174,11 +171,7 @@ class LRFindResult:
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
+        return finish_figure(fig, path)
 
     def __repr__(self) -> str:
         def fmt(v):
