@@ -39,6 +39,21 @@ def _stream() -> int:
     return _cp().cuda.get_current_stream().ptr
 
 
+@contextlib.contextmanager
+def on_caller_stream(x):
+    """Within the block, CuPy's current stream, the one the kernels run on, is the current stream
+    of ``x``'s library on ``x``'s device: ``torch.cuda.current_stream()`` for a PyTorch tensor (so
+    the kernels are ordered with the caller's PyTorch work); CuPy's own otherwise."""
+    if type(x).__module__.partition(".")[0] != "torch":
+        yield
+        return
+    import torch
+    cp = _cp()
+    with cp.cuda.Device(x.device.index), \
+            cp.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream):
+        yield
+
+
 # While ember._cuda_graph records or captures a training step, the allocator it installs for its
 # thread (see allocating_from): the bindings' outputs then come from buffers the step owns, the
 # same ones at every replay. Per thread, so another thread's kernels allocate as usual.

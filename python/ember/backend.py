@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def cuda_module():
 __all__ = [
     "info", "cuda_built", "cuda_available", "cuda_training_available", "set_num_threads", "get_num_threads",
     "resolve_device", "resolve_training_device", "is_cuda_array", "to_host", "array_module",
-    "cuda_module",
+    "cuda_module", "cuda_unusable_reason", "is_foreign_array", "dlpack_on_cuda", "as_kernel_array",
     "NOT_BUILT_WITH_CUDA",
     "GPU_TRAINING_VERIFIED",
 ]
@@ -88,6 +89,11 @@ def _cuda_devices() -> tuple[int, str]:
 def cuda_available() -> bool:
     """True when a CUDA device, the CUDA module and CuPy are all present."""
     return _cuda_devices()[0] > 0
+
+
+def cuda_unusable_reason() -> str:
+    """Why CUDA is not usable here ("" when it is: :func:`cuda_available`)."""
+    return _cuda_devices()[1] if not cuda_available() else ""
 
 
 def cuda_training_available() -> tuple[bool, str]:
@@ -187,6 +193,98 @@ def resolve_training_device(device: str) -> str:
 def is_cuda_array(x: Any) -> bool:
     """True for arrays that live on a GPU (expose ``__cuda_array_interface__``)."""
     return hasattr(x, "__cuda_array_interface__")
+
+
+#: The libraries whose arrays ``ember.ops`` gives its results back in (see as_kernel_array); their
+#: CUDA arrays are converted too, so that the kernels run on the library's current stream.
+_CALLER_TYPED = ("torch", "jax", "jaxlib")
+
+
+def _library(x: Any) -> str:
+    return type(x).__module__.partition(".")[0]
+
+
+def is_foreign_array(x: Any) -> bool:
+    """True for an array that ``ember.ops`` converts at its entry (:func:`as_kernel_array`): an
+    object exposing ``__dlpack__`` that is neither a NumPy array nor a CUDA array the CUDA
+    kernels take as it is (CuPy's, or another ``__cuda_array_interface__`` array). PyTorch
+    tensors and JAX arrays are foreign on either device."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__"):
+        return False
+    # (the library first: a CUDA tensor that requires grad raises on __cuda_array_interface__)
+    return _library(x) in _CALLER_TYPED or not is_cuda_array(x)
+
+
+def dlpack_on_cuda(x: Any) -> bool:
+    """Whether a ``__dlpack__`` object lives in GPU memory (DLPack's kDLCUDA or
+    kDLCUDAManaged)."""
+    if _library(x) == "torch":
+        return x.is_cuda  # (__dlpack_device__ costs a PyTorch tensor ~4 us)
+    return int(x.__dlpack_device__()[0]) in (2, 13)
+
+
+def _torch_from_array(a):
+    """``torch.from_dlpack(a)``; for a NumPy array ``torch.from_numpy``, the same zero-copy
+    tensor in a third of the time."""
+    import torch
+    return torch.from_numpy(a) if type(a) is np.ndarray else torch.from_dlpack(a)
+
+
+def _wrap_back(library: str):
+    """The from_dlpack of ``library``, which its array's presence says is imported already."""
+    if library == "torch":
+        return _torch_from_array
+    if library in ("jax", "jaxlib"):
+        return sys.modules["jax"].dlpack.from_dlpack
+    return None
+
+
+def as_kernel_array(x: Any):
+    """``(array, wrap_back)``: ``x`` as an array the kernels take, sharing its memory (no copy),
+    and the function that gives a result array back in ``x``'s library (``torch.from_dlpack``
+    (``torch.from_numpy`` for a NumPy result), ``jax.dlpack.from_dlpack``; None: results stay NumPy or CuPy arrays).
+
+    A foreign array (:func:`is_foreign_array`) in host memory becomes a NumPy view
+    (``np.from_dlpack``: read-only for a JAX array; ``Tensor.numpy()``, the same view, for a
+    PyTorch tensor), one in GPU memory a CuPy array (``cupy.from_dlpack``). A PyTorch tensor that requires grad is detached first: the kernels
+    record no autograd. Anything else (NumPy and CuPy arrays included) comes back as it is, with
+    None.
+    """
+    if type(x) is np.ndarray:
+        return x, None
+    library = _library(x)
+    if library == "torch":
+        if x.requires_grad:
+            x = x.detach()
+        # x.numpy(): the view np.from_dlpack gives, in a quarter of the time
+        return (_cupy_from_dlpack(x) if x.is_cuda else x.numpy()), _torch_from_array
+    if not is_foreign_array(x):
+        return x, None
+    if not dlpack_on_cuda(x):
+        return np.from_dlpack(x), _wrap_back(library)
+    array = _cupy_from_dlpack(x)
+    if library in ("jax", "jaxlib"):  # immutable: CuPy has no read-only flag, the interface has
+        array = _ReadOnlyCuda(array)
+    return array, _wrap_back(library)
+
+
+class _ReadOnlyCuda:
+    """A CuPy array that ``__cuda_array_interface__`` says is read-only (the memory of a JAX
+    array, which the kernels must refuse as an output); its other attributes are the array's."""
+
+    def __init__(self, array: Any):
+        self._array = array
+        iface = dict(array.__cuda_array_interface__)
+        iface["data"] = (iface["data"][0], True)
+        self.__cuda_array_interface__ = iface
+
+    def __getattr__(self, name: str):
+        return getattr(self._array, name)
+
+
+def _cupy_from_dlpack(x: Any):
+    import cupy
+    return cupy.from_dlpack(x)
 
 
 def to_host(a):

@@ -2,8 +2,17 @@
 
 Every function takes float32, C-contiguous arrays (labels: integer arrays) and runs ember's fused
 kernel for the device the first array lives on: NumPy arrays run on the CPU kernels
-(``ember._cpu``), arrays exposing ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors) on the
-CUDA kernels (``ember._cuda``), on CuPy's current stream.
+(``ember._cpu``), arrays exposing ``__cuda_array_interface__`` (CuPy) on the CUDA kernels
+(``ember._cuda``), on CuPy's current stream.
+
+Arrays of other libraries are taken without a copy through DLPack: PyTorch tensors, JAX arrays,
+anything exposing ``__dlpack__``. Host ones become NumPy views (``np.from_dlpack``), GPU ones CuPy
+arrays (``cupy.from_dlpack``; a PyTorch tensor's kernels run on ``torch.cuda.current_stream()``).
+New results come back in the library of the call's first array (``torch.from_dlpack``: a tensor
+in, a tensor out, sharing memory; scalars stay Python floats), outputs given (``out=``, ``grad=``,
+...) are written in place and returned as they were passed. The same checks apply (a float64 or
+non-contiguous tensor is refused by name; a JAX array is read-only, so it cannot be an output). A
+tensor that requires grad is used detached: the kernels record no autograd.
 
 Outputs are allocated when not given (``out=None``); pass ``out=`` to reuse a buffer. Arguments are
 checked before any work: a wrong dtype or array type raises ``TypeError``; a wrong rank or shape, a
@@ -26,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -81,11 +91,14 @@ OptimPlan = _cpu.OptimPlan
 
 def kernels(x: Any, fn: str, name: str):
     """The kernel namespace for the device ``x`` lives on: :data:`cpu_kernels` for a NumPy
-    array, ``ember._cuda_ops`` for a CUDA array (see the notes above). ``fn`` and ``name``
+    array, ``ember._cuda_ops`` for a CUDA array (see the notes above), and for another library's
+    array (PyTorch, JAX, ``__dlpack__``) one that converts every call's arrays (_CallerArrays). ``fn`` and ``name``
     (the caller and its argument) name ``x`` in the error: TypeError for another type,
     ValueError for a CUDA array when ember was built without CUDA."""
     if type(x) is np.ndarray:
         return _cpu
+    if backend.is_foreign_array(x):  # PyTorch, JAX, any __dlpack__ object: see _CallerArrays
+        return _CallerArrays(x, fn, name)
     if is_cuda_array(x):
         if _cuda_ops is None:
             raise ValueError(f"{fn}: {name} is a CUDA array but {backend.NOT_BUILT_WITH_CUDA}")
@@ -96,9 +109,85 @@ def kernels(x: Any, fn: str, name: str):
         f"{fn}: {name} must be a numpy.ndarray or a CUDA array (CuPy), got {type(x).__name__}")
 
 
+def _cuda_refusal(fn: str, name: str) -> str:
+    """Why a CUDA array cannot run here ("" when it can)."""
+    if _cuda_ops is None:
+        return f"{fn}: {name} is a CUDA array but {backend.NOT_BUILT_WITH_CUDA}"
+    why = backend.cuda_unusable_reason()
+    return f"{fn}: {name} is a CUDA array but CUDA is not usable: {why}" if why else ""
+
+
+class _CallerArrays:
+    """The kernel namespace for another library's arrays (``kernels(x, ...)`` of a PyTorch tensor,
+    a JAX array, a ``__dlpack__`` object): a call converts every array argument on ``x``'s device,
+    list items included, without a copy (:func:`ember.backend.as_kernel_array`; the same object
+    twice gives the same array, so ``out=x`` stays in place), runs the kernels of that device (on
+    the caller's current stream on a GPU) and gives the arrays it returns back: an output passed in
+    as the caller's own object, a new one in the library of the call's first array. Errors are the
+    kernels' own, with PyTorch's ``.contiguous()`` as the hint for a strided tensor."""
+
+    def __init__(self, x: Any, fn: str, name: str):
+        self.on_cuda = backend.dlpack_on_cuda(x)
+        if self.on_cuda and _cuda_refusal(fn, name):
+            raise ValueError(_cuda_refusal(fn, name))
+        self._first = x
+        self._kernels = _cuda_ops if self.on_cuda else _cpu
+
+    def __getattr__(self, kernel: str):
+        function = getattr(self._kernels, kernel)
+        return lambda *args: self._call(function, args)
+
+    def _convert(self, a: Any, done: dict) -> Any:
+        if a is None or type(a) is np.ndarray or isinstance(a, (str, int, float)):
+            return a
+        if isinstance(a, (list, tuple)):
+            return [self._convert(item, done) for item in a]
+        if id(a) not in done:  # another device's array is left for the kernels to refuse
+            on_device = backend.is_foreign_array(a) and backend.dlpack_on_cuda(a) == self.on_cuda
+            done[id(a)] = (a, *(backend.as_kernel_array(a) if on_device else (a, None)))
+        return done[id(a)][1]
+
+    def _call(self, function, args: tuple) -> Any:
+        # (on the GPU, converted on the caller's stream: cupy.from_dlpack then adds no wait)
+        with _cuda_ops.on_caller_stream(self._first) if self.on_cuda else nullcontext():
+            done: dict = {}  # id(caller's object) -> (caller's object, kernel array, wrap_back)
+            args = tuple(self._convert(a, done) for a in args)
+            wraps = [w for obj, _, w in done.values() if w is not None and obj is self._first]
+            wrap = wraps[0] if wraps else next((w for *_, w in done.values() if w), None)
+            given = {id(array): obj for obj, array, _ in done.values()}
+            try:
+                result = function(*args)
+            except (TypeError, ValueError) as exc:
+                raise _hinted(exc, self._first)
+
+            def back(r):
+                if id(r) in given:
+                    return given[id(r)]
+                if wrap is not None and (type(r) is np.ndarray or is_cuda_array(r)):
+                    return wrap(r)
+                return r
+            return tuple(back(r) for r in result) if isinstance(result, tuple) else back(result)
+
+
+def _hinted(exc: Exception, x: Any) -> Exception:
+    """``exc`` with the copy hint of ``x``'s library (PyTorch: ``.contiguous()``)."""
+    msg = str(exc)
+    if type(x).__module__.partition(".")[0] != "torch" or ".ascontiguousarray" not in msg:
+        return exc
+    msg = re.sub(r"\(use (numpy|cupy)\.ascontiguousarray\)", "(use tensor.contiguous())", msg)
+    new = type(exc)(msg)
+    new.__cause__, new.__suppress_context__ = None, True
+    return new
+
+
 def _labels(labels: Any, fn: str, name: str = "labels", what: str = " (class indices)") -> Any:
-    """Integer labels (or indices) as int64, the kernels' type; anything else is a TypeError."""
-    if type(labels) is np.ndarray and labels.dtype != np.int64:
+    """Integer labels (or indices) as int64, the kernels' type; anything else is a TypeError.
+    Host arrays of other libraries (PyTorch, JAX) are viewed as NumPy arrays first."""
+    if type(labels) is not np.ndarray:
+        if not backend.is_foreign_array(labels) or backend.dlpack_on_cuda(labels):
+            return labels  # (the kernels check it)
+        labels = backend.as_kernel_array(labels)[0]
+    if labels.dtype != np.int64:
         if labels.dtype.kind not in "iu":  # (NumPy counts timedelta64 as an integer)
             raise TypeError(f"{fn}: {name} must be an integer array{what}, "
                             f"got dtype {labels.dtype}")
@@ -381,8 +470,11 @@ def gather_rows(x, index, *, out=None):
     are rejected, not wrapped. CuPy arrays go to ``cupy.take`` after the same checks (the range
     check synchronises the stream there).
     """
-    if type(x) is not np.ndarray and is_cuda_array(x):
-        return kernels(x, "gather_rows", "x").gather_rows(x, index, out)
+    if type(x) is not np.ndarray and (backend.is_foreign_array(x) or is_cuda_array(x)):
+        k = kernels(x, "gather_rows", "x")
+        if k is _cuda_ops or k.on_cuda:  # CUDA indices are widened there
+            return k.gather_rows(x, index, out)
+        return k.gather_rows(x, _labels(index, "gather_rows", "index", ""), out)
     return _cpu.gather_rows(x, _labels(index, "gather_rows", "index", ""), out)
 
 
@@ -429,7 +521,8 @@ def _array_list(fn: str, name: str, obj: Any) -> Optional[list]:
     array is refused: iterating it would pass its rows (or elements) as the arrays."""
     if obj is None:
         return None
-    if isinstance(obj, np.ndarray) or is_cuda_array(obj):
+    if type(obj) not in (list, tuple) and (isinstance(obj, np.ndarray) or
+                                           hasattr(obj, "__dlpack__") or is_cuda_array(obj)):
         raise TypeError(f"{fn}: {name} must be a list of arrays (one per parameter), got a "
                         f"single {type(obj).__name__}; wrap it in a list")
     if isinstance(obj, (str, bytes)) or not hasattr(obj, "__iter__"):
