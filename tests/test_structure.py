@@ -86,7 +86,7 @@ LAYERS = [
     ("callbacks", ["ember.callbacks", "ember.callbacks.*"]),
     ("train", ["ember.train", "ember.train.*", "ember.trainer"]),
     ("top", ["ember.sklearn", "ember.bench", "ember.cli", "ember.cli.*", "ember.__main__",
-             "ember"]),
+             "ember.torch", "ember.torch.*", "ember"]),
 ]
 
 #: csrc/cuda/<name>.cu with no csrc/cpu/<name>.cpp: the CUDA runtime's own pieces.

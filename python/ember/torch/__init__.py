@@ -1,0 +1,19 @@
+"""ember's fused kernels from PyTorch: ``import ember.torch`` (``import ember`` never imports
+torch).
+
+- :class:`Linear` -- ``torch.nn.Linear`` with an activation fused, forward and backward on
+  ember's kernels; :func:`convert` puts it into an existing model in place.
+- :func:`cross_entropy` -- ``torch.nn.functional.cross_entropy`` in one ember pass.
+- :mod:`ember.torch.optim` -- ``SGD``, ``Adam``, ``AdamW``: one fused ember call per step,
+  torch-compatible ``state_dict()``.
+- :func:`linear` -- the functional form of :class:`Linear`.
+
+CPU float32 tensors only for now (a CUDA tensor raises NotImplementedError).
+"""
+from __future__ import annotations
+
+from ember.torch import optim
+from ember.torch.functional import ACTIVATIONS, cross_entropy, linear
+from ember.torch.modules import Linear, convert
+
+__all__ = ["Linear", "convert", "linear", "cross_entropy", "optim", "ACTIVATIONS"]

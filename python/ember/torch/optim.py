@@ -1,0 +1,176 @@
+"""``SGD``, ``Adam``, ``AdamW``: ``torch.optim.Optimizer`` subclasses whose ``step()`` updates all
+the parameters of a group in one fused ember call (``ops.sgd_step`` / ``ops.adam_step``).
+
+The state has torch's names and types (``step`` a 0-d float32 tensor, ``exp_avg``,
+``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``), so ``state_dict()`` loads into the torch
+optimizer of the same name and back. Float32 CPU parameters only.
+
+One difference from torch: a step whose gradients hold a NaN or Inf is skipped (parameters and
+state untouched, ``step`` not advanced) and recorded in ``last_skipped``; ``last_grad_norm`` is
+the global gradient norm of the last step.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ember import ops
+from ember.torch.functional import as_array
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+_K = ops.cpu_kernels
+
+
+class _EmberOptimizer(torch.optim.Optimizer):
+    """What the three share: the loop over groups, the closure, the result of the last step."""
+
+    last_grad_norm: float = 0.0
+    last_skipped: bool = False
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        norm_sq, skipped = 0.0, False
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                norm, skip = self.step_group(group, params)
+                norm_sq += norm * norm
+                skipped |= skip
+        self.last_grad_norm, self.last_skipped = norm_sq ** 0.5, skipped
+        return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        self.__dict__.pop("_views", None)  # the state tensors are replaced
+        super().load_state_dict(state_dict)
+
+    def step_group(self, group: dict, params: List[torch.Tensor]):
+        """Update ``params`` (those of ``group`` with a gradient); ``(grad_norm, skipped)``."""
+        raise NotImplementedError
+
+    def arrays(self, tensors, name: str) -> list:
+        """NumPy views of ``tensors``; those of parameters and state are kept between steps
+        (making one costs ~4 us), gradients are viewed afresh (zero_grad frees them)."""
+        if name == "grads":
+            return self.views(tensors, name)
+        cache = self.__dict__.setdefault("_views", {})
+        out = []
+        for t in tensors:
+            hit = cache.get(id(t))
+            if hit is None or hit[0] is not t or hit[1] != t.data_ptr():
+                hit = cache[id(t)] = (t, t.data_ptr(), self.views([t], name)[0])
+            out.append(hit[2])
+        return out
+
+    def views(self, tensors, name: str) -> list:
+        where = f"{type(self).__name__}.step"
+        out = []
+        for t in tensors:
+            if t.is_sparse:
+                raise RuntimeError(f"{where}: sparse gradients are not supported")
+            if name != "grads" and not t.is_contiguous():  # a copy would not be updated
+                raise ValueError(f"{where}: every {name} must be contiguous (ember updates them "
+                                 f"in place)")
+            out.append(as_array(t, where, name))
+        return out
+
+
+class SGD(_EmberOptimizer):
+    """``torch.optim.SGD`` (momentum, dampening, weight decay, Nesterov, maximize) in one ember
+    call per parameter group (two on the step that creates some momentum buffers)."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
+
+    def step_group(self, group, params):
+        hyper = dict(lr=float(group["lr"]), momentum=group["momentum"],
+                     dampening=group["dampening"], weight_decay=group["weight_decay"],
+                     nesterov=group["nesterov"], maximize=group.get("maximize", False))
+        if hyper["momentum"] == 0:
+            return _K.sgd_step(self.arrays(params, "params"),
+                               self.arrays([p.grad for p in params], "grads"), None,
+                               *hyper.values(), 1, 0.0)
+        # a new buffer is set to the gradient (step 1), an existing one updated (step 2)
+        buckets: Dict[int, list] = {1: [], 2: []}
+        for p in params:
+            st = self.state[p]
+            if st.get("momentum_buffer") is None:
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                buckets[1].append(p)
+            else:
+                buckets[2].append(p)
+        norm_sq, skipped = 0.0, False
+        for step, ps in buckets.items():
+            if ps:
+                norm, skip = _K.sgd_step(
+                    self.arrays(ps, "params"), self.arrays([p.grad for p in ps], "grads"),
+                    self.arrays([self.state[p]["momentum_buffer"] for p in ps],
+                                "momentum_buffer"), *hyper.values(), step, 0.0)
+                norm_sq, skipped = norm_sq + norm * norm, skipped or skip
+        return norm_sq ** 0.5, skipped
+
+
+class Adam(_EmberOptimizer):
+    """``torch.optim.Adam`` (AMSGrad, L2 weight decay, maximize; ``decoupled_weight_decay`` is
+    AdamW) in one ember call per parameter group and step count (one, unless parameters joined
+    at different steps)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False):
+        if not 0.0 <= lr or not 0.0 <= eps or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid Adam hyperparameters: lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def step_group(self, group, params):
+        amsgrad = group["amsgrad"]
+        buckets: Dict[int, list] = {}
+        for p in params:
+            st = self.state[p]
+            if len(st) == 0:
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            if amsgrad and "max_exp_avg_sq" not in st:
+                st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            buckets.setdefault(int(st["step"].item()) + 1, []).append(p)
+        beta1, beta2 = group["betas"]
+        norm_sq, skipped = 0.0, False
+        for step, ps in buckets.items():
+            states = [self.state[p] for p in ps]
+            vmax = self.arrays([s["max_exp_avg_sq"] for s in states], "max_exp_avg_sq") \
+                if amsgrad else None
+            norm, skip = _K.adam_step(
+                self.arrays(ps, "params"), self.arrays([p.grad for p in ps], "grads"),
+                self.arrays([s["exp_avg"] for s in states], "exp_avg"),
+                self.arrays([s["exp_avg_sq"] for s in states], "exp_avg_sq"), vmax,
+                float(group["lr"]), float(beta1), float(beta2), group["eps"],
+                group["weight_decay"], amsgrad, group.get("decoupled_weight_decay", False),
+                group.get("maximize", False), step, 0.0)
+            if not skip:
+                for s in states:
+                    s["step"].fill_(step)
+            norm_sq, skipped = norm_sq + norm * norm, skipped or skip
+        return norm_sq ** 0.5, skipped
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay (default 1e-2)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True)

@@ -1,0 +1,247 @@
+"""ember.torch: ember's kernels behind torch.nn / torch.optim, checked against torch itself."""
+import copy
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import ember.torch as et  # noqa: E402
+
+ACTS = {"identity": lambda z: z, "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid, "silu": F.silu,
+        "leaky_relu": lambda z: F.leaky_relu(z, 0.2),
+        "gelu_tanh": lambda z: F.gelu(z, approximate="tanh")}
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def mlp(seed=0, d=(20, 64, 64, 5)):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d[0], d[1]), nn.ReLU(), nn.Linear(d[1], d[2]), nn.GELU(),
+                         nn.Linear(d[2], d[3]))
+
+
+def test_import_ember_does_not_import_torch():
+    code = "import sys, ember; assert 'torch' not in sys.modules, 'torch imported'"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={"PYTHONPATH": str(root / "python"), "PATH": ""})
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_linear_matches_float64_autograd(act):
+    torch.manual_seed(1)
+    slope = 0.2 if act == "leaky_relu" else 0.01
+    lin = et.Linear(13, 7, activation=act, negative_slope=slope)
+    x = torch.randn(9, 13, requires_grad=True)
+    y = lin(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    x64 = x.detach().double().requires_grad_()
+    w64 = lin.weight.detach().double().requires_grad_()
+    b64 = lin.bias.detach().double().requires_grad_()
+    y64 = ACTS[act](F.linear(x64, w64, b64))
+    y64.backward(g.double())
+    assert rel_err(y, y64) < 1e-5
+    for mine, ref in ((x.grad, x64.grad), (lin.weight.grad, w64.grad), (lin.bias.grad, b64.grad)):
+        assert rel_err(mine, ref) < 1e-5
+
+
+def test_linear_no_bias_and_batch_dims():
+    torch.manual_seed(2)
+    lin = et.Linear(6, 4, bias=False, activation="tanh")
+    assert lin.bias is None
+    x = torch.randn(2, 3, 6)
+    assert lin(x).shape == (2, 3, 4)
+    assert rel_err(lin(x), torch.tanh(F.linear(x, lin.weight))) < 1e-6
+    assert lin(torch.randn(0, 6)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.1, True)])
+def test_cross_entropy_matches_float64_autograd(reduction, smoothing, weighted):
+    torch.manual_seed(3)
+    logits = torch.randn(17, 6, requires_grad=True)
+    target = torch.randint(0, 6, (17,))
+    weight = torch.rand(6) + 0.5 if weighted else None
+    loss = et.cross_entropy(logits, target, weight, label_smoothing=smoothing,
+                            reduction=reduction)
+    l64 = logits.detach().double().requires_grad_()
+    ref = F.cross_entropy(l64, target, None if weight is None else weight.double(),
+                          reduction=reduction, label_smoothing=smoothing)
+    assert rel_err(loss, ref) < 1e-5
+    g = torch.rand_like(ref) + 0.5  # an upstream gradient other than 1
+    (loss * g.float()).sum().backward()
+    (ref * g).sum().backward()
+    assert rel_err(logits.grad, l64.grad) < 1e-5
+
+
+def test_no_grad_and_frozen_parameters():
+    lin = et.Linear(5, 3, activation="sigmoid")
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        y = lin(x)
+    assert not y.requires_grad
+    assert rel_err(y, torch.sigmoid(F.linear(x, lin.weight, lin.bias))) < 1e-6
+    lin.weight.requires_grad_(False)
+    xr = x.clone().requires_grad_()
+    lin(xr).sum().backward()
+    assert lin.weight.grad is None and lin.bias.grad is not None and xr.grad is not None
+    lin.bias.requires_grad_(False)
+    out = lin(x)  # nothing needs a gradient
+    assert not out.requires_grad
+
+
+def test_gradients_accumulate():
+    lin = et.Linear(5, 3, activation="relu")
+    x1, x2 = torch.randn(4, 5), torch.randn(6, 5)
+    lin(x1).sum().backward()
+    g1 = lin.weight.grad.clone()
+    lin(x2).sum().backward()
+    ref = copy.deepcopy(lin)
+    ref.weight.grad = None
+    F.relu(F.linear(x2, ref.weight, ref.bias)).sum().backward()
+    assert rel_err(lin.weight.grad, g1 + ref.weight.grad) < 1e-6
+
+
+def test_in_place_change_of_a_saved_input_is_caught():
+    lin = et.Linear(5, 3, activation="gelu")
+    x = torch.randn(4, 5, requires_grad=True)
+    h = x * 2
+    y = lin(h)
+    h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_cuda_and_float64_are_refused_clearly():
+    lin = et.Linear(5, 3)
+    with pytest.raises(TypeError, match="float32"):
+        lin(torch.randn(2, 5, dtype=torch.float64))
+    if torch.cuda.is_available():
+        with pytest.raises(NotImplementedError, match="GPU path is not written yet"):
+            lin.cuda()(torch.randn(2, 5, device="cuda"))
+
+
+def _train(model, opt, loss_fn, x, y, steps=50):
+    for i in range(steps):
+        sl = slice((i * 32) % 256, (i * 32) % 256 + 32)
+        opt.zero_grad()
+        loss_fn(model(x[sl]), y[sl]).backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("opt_name", ["Adam", "AdamW", "SGD"])
+def test_training_equals_torch(opt_name):
+    """20-64-64-5 MLP, 50 steps: ember's layers, loss and optimizer vs torch, vs float64."""
+    torch.manual_seed(4)
+    x, y = torch.randn(256, 20), torch.randint(0, 5, (256,))
+    kw = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=1e-4),
+          "Adam": dict(lr=1e-3, weight_decay=1e-4), "AdamW": dict(lr=1e-3)}[opt_name]
+    ref = mlp()
+    ref64 = copy.deepcopy(ref).double()
+    mine = et.convert(copy.deepcopy(ref))
+    _train(ref, getattr(torch.optim, opt_name)(ref.parameters(), **kw), F.cross_entropy, x, y)
+    _train(ref64, getattr(torch.optim, opt_name)(ref64.parameters(), **kw), F.cross_entropy,
+           x.double(), y)
+    _train(mine, getattr(et.optim, opt_name)(mine.parameters(), **kw), et.cross_entropy, x, y)
+    for (name, p), q, q64 in zip(mine.named_parameters(), ref.parameters(), ref64.parameters()):
+        assert rel_err(p, q) < 1e-5, name
+        # as close to the float64 run as torch's own float32 run is (within a small margin)
+        assert rel_err(p, q64) < 2 * rel_err(q, q64) + 1e-6, name
+
+
+def test_convert_keeps_names_and_state_dicts_load_both_ways():
+    ref = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.3), nn.Linear(8, 8), nn.Tanh(),
+                        nn.Linear(8, 8), nn.GELU(approximate="tanh"), nn.Dropout(0.0),
+                        nn.Linear(8, 2))
+    keys = list(ref.state_dict())
+    model = et.convert(copy.deepcopy(ref))
+    assert list(model.state_dict()) == keys
+    kinds = [(type(m).__name__, getattr(m, "activation", None)) for m in model]
+    assert kinds == [("Linear", "leaky_relu"), ("Identity", None), ("Linear", "tanh"),
+                     ("Identity", None), ("Linear", "gelu_tanh"), ("Identity", None),
+                     ("Dropout", None), ("Linear", "identity")]
+    assert all(isinstance(m, et.Linear) for m in model if isinstance(m, nn.Linear))
+    assert model[0].negative_slope == 0.3
+    x = torch.randn(3, 4)
+    assert rel_err(model(x), ref(x)) < 1e-6
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = mlp_like = nn.Sequential(*[copy.deepcopy(m) for m in ref])
+    for p in mlp_like.parameters():
+        nn.init.zeros_(p)
+    fresh.load_state_dict(torch.load(buf))
+    assert rel_err(fresh(x), ref(x)) < 1e-6
+    other = et.convert(nn.Sequential(*[copy.deepcopy(m) for m in fresh]))
+    for p in other.parameters():
+        nn.init.zeros_(p)
+    other.load_state_dict(ref.state_dict())
+    assert rel_err(other(x), ref(x)) < 1e-6
+
+
+def test_convert_keeps_the_parameters_an_optimizer_holds():
+    model = mlp()
+    params = list(model.parameters())
+    et.convert(model)
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+
+
+@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=1e-2, amsgrad=True)),
+                                     ("AdamW", dict(lr=1e-2)),
+                                     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True))])
+def test_optimizer_state_dicts_load_both_ways(name, kw):
+    torch.manual_seed(5)
+    x, y = torch.randn(256, 20), torch.randint(0, 5, (256,))
+    a, b = mlp(), mlp()
+    opt_t = getattr(torch.optim, name)(a.parameters(), **kw)
+    opt_e = getattr(et.optim, name)(b.parameters(), **kw)
+    _train(a, opt_t, F.cross_entropy, x, y, steps=5)
+    _train(b, opt_e, F.cross_entropy, x, y, steps=5)
+    keys_t = {k for s in opt_t.state_dict()["state"].values() for k in s}
+    keys_e = {k for s in opt_e.state_dict()["state"].values() for k in s}
+    assert keys_t == keys_e
+    # torch -> ember: continuing in ember equals continuing in torch
+    a2 = copy.deepcopy(a)
+    cont_e = getattr(et.optim, name)(a2.parameters(), **kw)
+    cont_e.load_state_dict(copy.deepcopy(opt_t.state_dict()))  # (torch shares tensors)
+    _train(a2, cont_e, F.cross_entropy, x, y, steps=5)
+    _train(a, opt_t, F.cross_entropy, x, y, steps=5)
+    for p, q in zip(a2.parameters(), a.parameters()):
+        assert rel_err(p, q) < 1e-5
+    # ember -> torch (through torch.save / torch.load)
+    buf = io.BytesIO()
+    torch.save(opt_e.state_dict(), buf)
+    buf.seek(0)
+    b2 = copy.deepcopy(b)
+    cont_t = getattr(torch.optim, name)(b2.parameters(), **kw)
+    cont_t.load_state_dict(torch.load(buf))
+    _train(b2, cont_t, F.cross_entropy, x, y, steps=5)
+    _train(b, opt_e, F.cross_entropy, x, y, steps=5)
+    for p, q in zip(b2.parameters(), b.parameters()):
+        assert rel_err(p, q) < 1e-5
+
+
+def test_optimizer_skips_frozen_and_gradless_parameters():
+    model = et.convert(mlp())
+    model[0].weight.requires_grad_(False)
+    before = model[0].weight.detach().clone()
+    opt = et.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+    et.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert torch.equal(model[0].weight, before)
+    assert model[0].weight not in opt.state and len(opt.state) == 5
+    assert opt.last_grad_norm > 0 and not opt.last_skipped
+    assert opt.step(lambda: 3.0) == 3.0
