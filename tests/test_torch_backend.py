@@ -3,9 +3,9 @@ import copy
 import io
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -32,9 +32,7 @@ def mlp(seed=0, d=(20, 64, 64, 5)):
 
 def test_import_ember_does_not_import_torch():
     code = "import sys, ember; assert 'torch' not in sys.modules, 'torch imported'"
-    root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={"PYTHONPATH": str(root / "python"), "PATH": ""})
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env())
 
 
 @pytest.mark.parametrize("act", sorted(ACTS))
