@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ember import _validate
 from ember.callbacks.base import Callback
 
 __all__ = ["TensorBoard", "EventFile", "flatten_hyperparameters"]
@@ -120,13 +121,9 @@ class TensorBoard(Callback):
     def __init__(self, log_dir, every_n_steps: Optional[int] = None):
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"TensorBoard: log_dir must be a path, got {type(log_dir).__name__}")
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or
-                                          not isinstance(every_n_steps, int) or
-                                          every_n_steps < 1):
-            raise ValueError(f"TensorBoard: every_n_steps must be a positive integer or None, "
-                             f"got {every_n_steps!r}")
         self.log_dir = Path(log_dir)
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = _validate.int_at_least("TensorBoard", "every_n_steps",
+                                                    every_n_steps, 1, none_ok=True)
         #: the last epoch step and optimizer step written (None: none yet)
         self.last_epoch_step: Optional[int] = None
         self.last_batch_step: Optional[int] = None

@@ -45,7 +45,7 @@ import numpy as np
 from ember import _validate, nn
 from ember.backend import array_module, to_host
 from ember.callbacks import CallbackList
-from ember.data import DataLoader, check_xy
+from ember.data import DataLoader
 from ember.train import steps as _steps
 from ember.train.history import finish_figure, pyplot
 from ember.train.state import EpochTally
@@ -198,17 +198,7 @@ def _data(trainer, x, y):
     if y is None:
         raise ValueError("lr_find: y is required (class indices for classification, targets "
                          "for regression)")
-    n_out = trainer.output_size()
-    classify = trainer.task == "classification"
-    x, y = check_xy(x, y, task=trainer.task, n_features=trainer.input_size(),
-                    n_classes=n_out if classify else None, where="lr_find")
-    if not classify and n_out is not None and y.shape[1] != n_out:
-        raise ValueError(f"lr_find: y has {y.shape[1]} target column(s), the model outputs "
-                         f"{n_out}")
-    if trainer.device == "cuda":
-        xp = array_module("cuda")
-        x, y = xp.asarray(x), xp.asarray(y)
-    return x, y
+    return trainer.to_device(*trainer.check_data(x, y, "lr_find"))
 
 
 def _snapshot(trainer) -> dict:

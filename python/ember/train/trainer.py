@@ -165,7 +165,9 @@ class Trainer:
                 return p.shape[1]
         return None
 
-    def _prepare(self, x, y, where):
+    def check_data(self, x, y, where: str):
+        """``(x, y)`` checked against the model and task (``where`` names the caller in errors),
+        as host arrays: features float32, labels int64 or targets float32 (2-D)."""
         n_out = self.output_size()
         n_classes = n_out if self.task == "classification" else None
         x, y = check_xy(x, y, task=self.task, n_features=self.input_size(),
@@ -176,7 +178,7 @@ class Trainer:
                              f"{n_out}")
         return x, y
 
-    def _to_device(self, *arrays):
+    def to_device(self, *arrays):
         """The (already checked, host) arrays on the trainer's device: unchanged on the CPU,
         copied once to CuPy arrays on the GPU (None stays None)."""
         if self.device != "cuda":
@@ -435,7 +437,7 @@ class Trainer:
         """The training data and validation pair checked and on the trainer's device, and the
         training labels on the host. Records the data's digest when checkpoints are in play, and
         sets the loss's class weights of ``class_weight`` (on the training split)."""
-        x, y = self._prepare(x, y, "fit")
+        x, y = self.check_data(x, y, "fit")
         if validation_split:
             try:
                 x, y, xv, yv = train_val_split(x, y, float(validation_split), seed=seed,
@@ -446,7 +448,7 @@ class Trainer:
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
-            validation = self._prepare(*validation_data, "fit (validation_data)")
+            validation = self.check_data(*validation_data, "fit (validation_data)")
         else:
             validation = None
         # Kept in checkpoints: resuming on other data of the same size is refused like other
@@ -459,9 +461,9 @@ class Trainer:
             w = self.class_weights(class_weight, y)
             self.fit_class_weights = self.loss.weight = (
                 array_module("cuda").asarray(w) if self.device == "cuda" else w)
-        x, y = self._to_device(x, y)
+        x, y = self.to_device(x, y)
         if validation is not None:
-            validation = self._to_device(*validation)
+            validation = self.to_device(*validation)
         return x, y, validation, y_host
 
     def _record_fit_params(self, x, y, validation, epochs, batch_size, validation_split, seed,
@@ -577,8 +579,8 @@ class Trainer:
         :func:`ember.metrics.regression_report` of the outputs.
         """
         _validate.flag("evaluate", "report", report)
-        x, y = self._prepare(x, y, "evaluate")
-        result = self._evaluate(*self._to_device(x, y), batch_size, report=report)
+        x, y = self.check_data(x, y, "evaluate")
+        result = self._evaluate(*self.to_device(x, y), batch_size, report=report)
         if report:
             result["report"] = self._evaluation_report(y, result.pop("outputs"), class_names)
         return result
@@ -643,9 +645,9 @@ class Trainer:
     def predict_raw(self, x, batch_size: int = 1024):
         """The network's outputs (logits for classification), in eval mode, as a NumPy array
         (copied back from the GPU when the trainer is on one)."""
-        x, _ = self._prepare(x, None, "predict")
+        x, _ = self.check_data(x, None, "predict")
         if self.device == "cuda":
-            xd, = self._to_device(x)
+            xd, = self.to_device(x)
             outs = [out for _, out in self._batched_outputs(xd, batch_size)]
             out = outs[0] if len(outs) == 1 else array_module("cuda").concatenate(outs)
             return out.get()
