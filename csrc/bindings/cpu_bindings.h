@@ -11,4 +11,5 @@ void bind_dropout(pybind11::module_& m);     // dropout_forward, dropout_backwar
 void bind_optim(pybind11::module_& m);       // sgd_step, adam_step
 void bind_gather(pybind11::module_& m);      // gather_rows
 void bind_mlp(pybind11::module_& m);         // MlpPlan (Sequential's training fast path)
+void bind_predict(pybind11::module_& m);     // ForwardPlan (the frozen predictor's forward)
 }  // namespace ember::bind

@@ -38,4 +38,5 @@ PYBIND11_MODULE(_cpu, m) {
   ember::bind::bind_optim(m);
   ember::bind::bind_gather(m);
   ember::bind::bind_mlp(m);
+  ember::bind::bind_predict(m);
 }

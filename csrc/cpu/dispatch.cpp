@@ -103,6 +103,10 @@ bool set_isa(const char* name) {
 
 void gemm(const GemmArgs& a) { EMBER_DISPATCH(gemm, a) }
 void linear_backward(const LinearBackwardArgs& a) { EMBER_DISPATCH(linear_backward, a) }
+int64_t gemm_packed_b_size(int64_t n, int64_t k) { EMBER_DISPATCH(gemm_packed_b_size, n, k) }
+void gemm_pack_b(int64_t n, int64_t k, const float* b, int64_t ldb, bool trans_b, float* dst) {
+  EMBER_DISPATCH(gemm_pack_b, n, k, b, ldb, trans_b, dst)
+}
 void activation_forward(int64_t n, const float* x, float* y, Activation act, float param) {
   EMBER_DISPATCH(activation_forward, n, x, y, act, param)
 }

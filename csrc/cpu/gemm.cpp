@@ -381,8 +381,10 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
   const int64_t m0 = 0, m1 = g.m, n0 = 0, n1 = g.n;
   const KBlocks kb(g.k);
   float* apack = t_apack.get(size_t(kMR) * kb.size);
-  float* bpack = t_bpack.get(size_t(kb.size) * std::min<int64_t>(kNC, round_up(n1 - n0, kNR)));
-  if (!apack || !bpack) return false;
+  float* bpack = g.packed_b ? nullptr
+                            : t_bpack.get(size_t(kb.size) *
+                                          std::min<int64_t>(kNC, round_up(n1 - n0, kNR)));
+  if (!apack || (!g.packed_b && !bpack)) return false;
   const bool post_act = !in_register_act(g.act);
 
   for (int64_t jc = n0; jc < n1; jc += kNC) {
@@ -392,8 +394,14 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
       const int64_t kc = std::max<int64_t>(0, std::min(kb.size, g.k - k0));
       const bool first = blk == 0, last = blk == kb.count - 1;
 
-      // Pack op(B)[k0:k0+kc, jc:jc+nc] into panels of width kNR (the last rounded up to kVL).
-      for (int64_t jr = 0; jr < nc; jr += kNR) {
+      // Pack op(B)[k0:k0+kc, jc:jc+nc] into panels of width kNR (the last rounded up to kVL),
+      // unless it came packed (then panel(jr) points into that copy: the same floats).
+      auto panel = [&](int64_t jr) -> const float* {
+        if (!g.packed_b) return bpack + jr * kc;
+        const int64_t j = g.packed_n0 + jc + jr;  // a multiple of kNR
+        return g.packed_b + j * g.k + round_up(std::min<int64_t>(kNR, nc - jr), kVL) * k0;
+      };
+      for (int64_t jr = 0; jr < nc && !g.packed_b; jr += kNR) {
         const int cols = int(std::min<int64_t>(kNR, nc - jr));
         const int w = int(round_up(cols, kVL));
         float* dst = bpack + jr * kc;
@@ -445,7 +453,7 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
             te.ldp = g.ldc;
             te.dz = d.z ? d.z + ic * d.ld + j : nullptr;
           }
-          kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, bpack + jr * kc, c,
+          kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, panel(jr), c,
                                                        g.ldc, te);
           if (last && post_act) apply_act_rows(c, g.ldc, rows, cols, g.act, g.act_param);
         }
@@ -634,6 +642,7 @@ GemmArgs sub_problem(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int6
   r.c = g.c + m0 * g.ldc + n0;
   if (g.bias) r.bias = g.bias + n0;
   if (g.preact) r.preact = g.preact + m0 * g.ldc + n0;
+  r.packed_n0 = g.packed_n0 + n0;
   return r;
 }
 
@@ -715,6 +724,35 @@ void gemm_dact(const GemmArgs& g, const DAct& d) {
 }  // namespace
 
 void gemm(const GemmArgs& g) { gemm_dact(g, DAct{}); }
+
+// The packed layout: column panels of kNR (the last one its width rounded up to kVL), panel p at
+// p*kNR*k; in a panel of width w, K block b (KBlocks) at w*k0(b), as kc x w floats: what
+// gemm_block packs into its buffer for that panel and block. Padding columns are zeros.
+int64_t gemm_packed_b_size(int64_t n, int64_t k) {
+  GemmArgs g;
+  g.n = n;
+  g.k = k;
+  if (n <= 0 || k <= 0 || use_narrow(g)) return 0;
+  return (n / kNR * kNR + round_up(n % kNR, kVL)) * k;
+}
+
+void gemm_pack_b(int64_t n, int64_t k, const float* b, int64_t ldb, bool trans_b, float* dst) {
+  const KBlocks kb(k);
+  for (int64_t j = 0; j < n; j += kNR) {
+    const int cols = int(std::min<int64_t>(kNR, n - j));
+    const int w = int(round_up(cols, kVL));
+    for (int64_t blk = 0; blk < kb.count; ++blk) {
+      const int64_t k0 = blk * kb.size;
+      const int64_t kc = std::max<int64_t>(0, std::min(kb.size, k - k0));
+      float* d = dst + j * k + w * k0;
+      if (trans_b) {
+        pack_transposed(b + j * ldb + k0, ldb, cols, kc, d, w);
+      } else {
+        pack_rows(b + k0 * ldb + j, ldb, cols, kc, d, w);
+      }
+    }
+  }
+}
 
 void linear_backward(const LinearBackwardArgs& a) {
   const float* dz = a.grad_out;

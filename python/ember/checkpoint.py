@@ -404,8 +404,9 @@ def resolve_checkpoint(path) -> Path:
     raise CheckpointError(f"{p}: not an ember checkpoint (no trainer.json, no 'latest' pointer)")
 
 
-def _verify(ckpt: Path) -> dict[str, bytes]:
-    """Check the manifest and return the verified file contents."""
+def _verify(ckpt: Path, only=None) -> dict[str, bytes]:
+    """Check the manifest and return the verified file contents (of the files in ``only``,
+    when given: the others are neither read nor checked)."""
     man = ckpt / _MANIFEST
     if not man.is_file():
         raise CheckpointError(f"{man}: missing — not a complete ember checkpoint")
@@ -420,6 +421,8 @@ def _verify(ckpt: Path) -> dict[str, bytes]:
             raise CheckpointError(f"{man}: does not list {req}")
     contents = {}
     for fname, digest in entries.items():
+        if only is not None and fname not in only:
+            continue
         fp = ckpt / fname
         if "/" in fname or not fp.is_file():
             raise CheckpointError(f"{fp}: missing (listed in the manifest)")
@@ -497,13 +500,16 @@ def check_finite_weights(ck: dict) -> None:
                               "(the run's weights were not finite when saved)")
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, *, weights_only: bool = False) -> dict:
     """Verify and read a checkpoint. Returns ``{"path", "state", "model", "optimizer",
     "callbacks"}`` (state from trainer.json, the rest name -> array), and the same state as
     ``"trainer"``: the shape of :meth:`ember.Trainer.state_dict`, which
-    :meth:`ember.Trainer.load_state_dict` takes."""
+    :meth:`ember.Trainer.load_state_dict` takes. ``weights_only=True`` reads (and verifies)
+    only trainer.json and model.safetensors: ``"optimizer"`` and ``"callbacks"`` are empty."""
     ckpt = resolve_checkpoint(as_path(path, "load_checkpoint: path"))
-    contents = _verify(ckpt)
+    contents = _verify(ckpt, ("trainer.json", "model.safetensors") if weights_only else None)
+    if weights_only:
+        contents.setdefault("optimizer.safetensors", b"")
     try:
         state = json.loads(contents["trainer.json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -518,8 +524,9 @@ def load_checkpoint(path) -> dict:
         "state": state,
         "trainer": state,
         "model": _load_arrays(contents["model.safetensors"], str(ckpt / "model.safetensors")),
-        "optimizer": _load_arrays(contents["optimizer.safetensors"],
-                                  str(ckpt / "optimizer.safetensors")),
+        "optimizer": (_load_arrays(contents["optimizer.safetensors"],
+                                   str(ckpt / "optimizer.safetensors"))
+                      if contents["optimizer.safetensors"] else {}),
         "callbacks": (_load_arrays(contents["callbacks.safetensors"],
                                    str(ckpt / "callbacks.safetensors"))
                       if "callbacks.safetensors" in contents else {}),

@@ -989,6 +989,31 @@ class Sequential(Module):
         if "_escapes" not in state:  # pickled by an ember before it kept them
             self._plan = self._build_plan()
 
+    def frozen_layers(self) -> Optional[list]:
+        """The eval-mode forward as ``[(linear, activation_name, negative_slope), ...]``: each
+        :class:`Linear` with the activation that follows it (past any Dropout or Identity, which
+        eval mode skips), or None when the model holds anything else (another module, two
+        activations in a row, an activation first) or has its own ``forward``. What
+        :class:`ember.inference.Predictor` compiles into one call."""
+        if type(self).forward is not Sequential.forward:
+            return None
+        out: list = []
+        open_act = False  # the last Linear may still take an activation
+        for layer in self.layers:
+            cls = type(layer)
+            if cls is Linear:
+                out.append([layer, "identity", 0.01])
+                open_act = True
+            elif cls is Dropout or cls is Identity:
+                continue
+            elif (isinstance(layer, Activation) and cls.__module__ == __name__
+                  and cls.forward is Activation.forward and open_act):
+                out[-1][1], out[-1][2] = layer.name, float(layer.negative_slope)
+                open_act = False
+            else:
+                return None
+        return [tuple(e) for e in out] or None
+
     # -- the training fast path -------------------------------------------------------------
     def is_linear_stack(self) -> bool:
         """Whether this model is a plain stack of :class:`Linear` layers (activations fused into

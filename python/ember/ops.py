@@ -53,7 +53,7 @@ __all__ = [
     "activation_forward", "activation_backward", "softmax_cross_entropy", "mse", "argmax",
     "accuracy", "column_sum", "sum", "global_norm", "gather_rows", "dropout_forward",
     "dropout_backward", "sgd_step", "adam_step", "adamw_step", "kernels", "cpu_kernels",
-    "MlpPlan", "OptimPlan",
+    "MlpPlan", "OptimPlan", "ForwardPlan",
 ]
 
 #: Activation names accepted by every ``activation=`` argument. ``"gelu"`` is the exact (erf) form,
@@ -82,6 +82,12 @@ cpu_kernels = _cpu
 #: backward) over fixed arrays, checked once; ``plan.step(x, y)`` returns ``(loss, correct)``.
 #: CPU only (used by :meth:`ember.nn.Sequential.fused_plan`).
 MlpPlan = _cpu.MlpPlan
+#: ``ForwardPlan(in_features, weights, biases, activations, slopes, mean, std, block_rows)``: a
+#: frozen Linear stack's eval forward in one call, the weights copied and packed once;
+#: ``plan.run(x)`` checks x (float32 C-contiguous 2-D, the width, finite) and returns a new
+#: array, the bits of the layer-by-layer forward. CPU only (used by
+#: :class:`ember.inference.Predictor`).
+ForwardPlan = _cpu.ForwardPlan
 #: ``OptimPlan(params, grads, states)``: an optimizer's lists checked once; ``plan.sgd(...)`` and
 #: ``plan.adam(...)`` take the hyperparameters positionally as :func:`sgd_step` and
 #: :func:`adam_step` pass them. CPU; on the GPU, ``kernels(x, ...).optim_plan(params, grads,

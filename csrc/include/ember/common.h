@@ -38,6 +38,11 @@ struct GemmArgs {
   float* preact = nullptr;        // m x n (row stride ldc): alpha*AB + beta*C + bias, before act; or null
   Activation act = Activation::identity;
   float act_param = 0.01f;        // leaky_relu slope
+  // CPU only: op(B) already packed by gemm_pack_b (B is then not read unless the GEMM is one that
+  // reads B in place, which gemm_packed_b_size tells by returning 0). packed_n0: the column of
+  // the packed matrix where this problem's column 0 is (0 for a whole GEMM).
+  const float* packed_b = nullptr;
+  int64_t packed_n0 = 0;
 };
 
 // The operand part of a GemmArgs (alpha 1, beta 0, no bias, no activation until set).

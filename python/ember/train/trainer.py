@@ -29,6 +29,7 @@ from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRSchedule
                              ModelCheckpoint, ProgressBar, TerminateOnNaN)
 from ember.data import DataLoader, check_xy, train_val_split
 from ember.errors import CheckpointError
+from ember.inference import Predictor
 from ember.losses import Loss, get_loss
 from ember.metrics import classification_report, regression_report
 from ember.nn import Module, check_trainable
@@ -646,13 +647,17 @@ class Trainer:
         """The network's outputs (logits for classification), in eval mode, as a NumPy array
         (copied back from the GPU when the trainer is on one)."""
         x, _ = self.check_data(x, None, "predict")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError(f"predict: batch_size must be a positive integer, got "
+                             f"{batch_size!r}")
+        # The frozen predictor's path (ember.inference): a Linear stack runs as one compiled
+        # call on the CPU; anything else, or the GPU, the model's own eval forward.
+        pred = Predictor(self.model, task=self.task, block_rows=int(batch_size), copy=False)
         if self.device == "cuda":
             xd, = self.to_device(x)
-            outs = [out for _, out in self._batched_outputs(xd, batch_size)]
-            out = outs[0] if len(outs) == 1 else array_module("cuda").concatenate(outs)
-            return out.get()
-        outs = [out for _, out in self._batched_outputs(x, batch_size)]
-        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+            return pred(xd).get()
+        return pred(x)
 
     def predict_proba(self, x, batch_size: int = 1024):
         """Class probabilities (softmax of the logits)."""
