@@ -7,7 +7,7 @@ import ember.ops as ops
 from ember import backend
 
 # Names in ember.ops.__all__ that are not functions on arrays.
-NOT_OPS = {"ACTIVATIONS", "cpu_kernels", "MlpPlan", "OptimPlan"}
+NOT_OPS = {"ACTIVATIONS", "cpu_kernels", "MlpPlan", "OptimPlan", "ForwardPlan"}
 
 _rng = np.random.default_rng(22)
 X = _rng.standard_normal((8, 5)).astype(np.float32)        # a batch

@@ -23,6 +23,7 @@
 #include "args.h"
 #include "cpu_bindings.h"
 #include "ember/cpu.h"
+#include "ember/pool.h"
 
 namespace ember::bind {
 namespace {
@@ -150,18 +151,33 @@ class ForwardPlan {
     const int64_t rows = x.dim(0);
     py::array_t<float> out(std::vector<py::ssize_t>{rows, out_});
     float* y = out.mutable_data();
-    std::unique_ptr<Workspace> ws = take(std::min(rows, block_));
+    const int64_t blocks = (rows + block_ - 1) / block_;
     int64_t bad = -1;
     {
       py::gil_scoped_release release;
       bad = first_non_finite(x.cf32(), x.size);
-      if (bad < 0) {
+      if (bad < 0 && (blocks == 1 || cpu::pool_threads() == 1)) {
+        std::unique_ptr<Workspace> ws = take(std::min(rows, block_));
         for (int64_t r0 = 0; r0 < rows; r0 += block_) {
           forward(x.cf32() + r0 * in_, std::min(block_, rows - r0), *ws, y + r0 * out_);
         }
+        give_back(std::move(ws));
+      } else if (bad < 0) {
+        // Blocks of rows side by side, each through all the layers on one thread (its GEMMs
+        // then run on that thread): no wait between layers, and a row's bits do not depend on
+        // the block it is in. One block is split inside its GEMMs instead (batch 1).
+        cpu::parallel_tasks(static_cast<int>(std::min<int64_t>(blocks, 1 << 15)), [&](int t) {
+          const int64_t nt = std::min<int64_t>(blocks, 1 << 15);
+          const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+          std::unique_ptr<Workspace> ws = take(block_);
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * block_;
+            forward(x.cf32() + r0 * in_, std::min(block_, rows - r0), *ws, y + r0 * out_);
+          }
+          give_back(std::move(ws));
+        });
       }
     }
-    give_back(std::move(ws));
     if (bad >= 0) {
       throw py::value_error(std::string(fn) + ": x holds NaN or Inf (first at row " +
                             std::to_string(bad / in_) + ", column " + std::to_string(bad % in_) +
