@@ -20,6 +20,8 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
     if name == "ember.sklearn":
         pytest.importorskip("sklearn")
+    if name == "ember.export":
+        pytest.importorskip("onnxruntime")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"

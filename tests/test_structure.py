@@ -65,7 +65,8 @@ RESTRICTED = {
 #: Imports allowed inside a function: optional or platform-specific dependencies, and the
 #: GPU-only ember modules (their import needs, or only makes sense with, a GPU build).
 LOCAL_IMPORT_OK = {"cupy", "matplotlib", "tqdm", "sklearn", "torch", "tomllib", "tomli",
-                   "threadpoolctl", "safetensors", "fcntl", "tensorboardX"}
+                   "threadpoolctl", "safetensors", "fcntl", "tensorboardX", "onnx",
+                   "onnxruntime"}
 LOCAL_IMPORT_OK_EMBER = {"ember._cuda_ops", "ember._cuda", "ember.train.cuda_graph"}
 
 #: The checkpoint format knows no training classes.
@@ -83,10 +84,11 @@ LAYERS = [
     ("model", ["ember.nn", "ember.losses", "ember.optim", "ember.schedules", "ember.data",
                "ember.datasets", "ember.preprocessing", "ember.metrics"]),
     ("checkpoint format", ["ember.checkpoint"]),
+    ("inference", ["ember.inference"]),
     ("callbacks", ["ember.callbacks", "ember.callbacks.*"]),
     ("train", ["ember.train", "ember.train.*", "ember.trainer"]),
-    ("top", ["ember.sklearn", "ember.bench", "ember.cli", "ember.cli.*", "ember.__main__",
-             "ember.torch", "ember.torch.*", "ember"]),
+    ("top", ["ember.sklearn", "ember.bench", "ember.export", "ember.cli", "ember.cli.*",
+             "ember.__main__", "ember.torch", "ember.torch.*", "ember"]),
 ]
 
 #: csrc/cuda/<name>.cu with no csrc/cpu/<name>.cpp: the CUDA runtime's own pieces.

@@ -15,9 +15,12 @@ from ember.backend import cuda_available, get_num_threads, info, set_num_threads
 from ember import data, datasets, losses, metrics, nn, optim, preprocessing, schedules
 from ember import checkpoint
 from ember.checkpoint import load_model, save_model
+from ember import inference
+from ember.inference import Predictor, load_predictor
 from ember import callbacks, train
 from ember.train import History, Trainer, load_trainer
 from ember import trainer
+from ember import export
 from ember._version import __version__
 # ember.checkpoint is the file format and imports nothing above it; the callback and the
 # function that build on it are importable from there too, as before (ModelCheckpoint lives in
@@ -29,5 +32,6 @@ __all__ = [
     "__version__", "backend", "ops", "info", "set_num_threads", "get_num_threads",
     "cuda_available", "CudaError", "CheckpointError", "nn", "losses", "optim", "schedules",
     "data", "datasets", "callbacks", "train", "Trainer", "History", "checkpoint", "load_model",
-    "load_trainer", "save_model", "preprocessing", "metrics",
+    "load_trainer", "save_model", "preprocessing", "metrics", "export", "inference", "Predictor",
+    "load_predictor",
 ]

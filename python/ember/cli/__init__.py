@@ -1,4 +1,4 @@
-"""The ``ember`` command line: train, lr-find, evaluate, predict, info, bench.
+"""The ``ember`` command line: train, lr-find, evaluate, predict, export, info, bench.
 
     ember train                          # an MLP on the bundled digits, into runs/<timestamp>/
     ember train --data my.csv --target label --hidden 128,64 --epochs 30 --out runs/mine
@@ -8,6 +8,7 @@
     ember train --lr auto                # the same finder first, then train at its suggestion
     ember evaluate runs/mine --data test.csv
     ember predict runs/mine --data new.csv --out preds.csv
+    ember export runs/mine               # runs/mine/model.onnx: raw features in, as predict
     ember info                           # version, backends, ISA, devices, threads
     ember bench --quick                  # kernel GFLOP/s vs NumPy, training samples/s vs PyTorch
 
@@ -41,11 +42,12 @@ import warnings
 from typing import Optional
 
 from ember._version import __version__
-from ember.cli.commands import (cmd_bench, cmd_evaluate, cmd_info, cmd_lr_find, cmd_predict,
-                                cmd_train, silence_stdout)
+from ember.cli.commands import (cmd_bench, cmd_evaluate, cmd_export, cmd_info, cmd_lr_find,
+                                cmd_predict, cmd_train, silence_stdout)
 from ember.cli.options import (DEVICES, LR_FIND_OPTIONS, TRAIN_OPTIONS, UsageError, choice,
                                int_at_least)
 from ember.errors import CheckpointError, CudaError
+from ember.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 __all__ = ["main"]
 
@@ -75,6 +77,7 @@ def _build_parser() -> _Parser:
     _add_train_parser(sub)
     _add_lr_find_parser(sub)
     _add_run_parsers(sub)
+    _add_export_parser(sub)
     _add_install_parsers(sub)
     return p
 
@@ -177,6 +180,43 @@ def _add_run_parsers(sub) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
+def _opset(value: str) -> int:
+    """``--opset``: an integer from MIN_OPSET to MAX_OPSET (argparse's one-line message else)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = None
+    if n is None or not MIN_OPSET <= n <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"must be an integer from {MIN_OPSET} to {MAX_OPSET}, "
+                                         f"got {value!r}")
+    return n
+
+
+def _add_export_parser(sub) -> None:
+    """``ember export``: a run's model as an ONNX file."""
+    x = sub.add_parser(
+        "export", help="write a trained run's model as an ONNX file",
+        description="Write the model of a run (its latest checkpoint) or of a checkpoint as an "
+        "ONNX file (needs pip install \"ember[onnx]\"). For a run written by 'ember train' "
+        "the file includes the run's feature standardization (and, for regression, the "
+        "target's scaling) and, for a classifier, a 'probabilities' output: it takes the same "
+        "raw feature rows as 'ember predict' (input 'x', float32, any number of rows) and "
+        "gives the same answers (output 'logits': argmax is the class index into the run's "
+        "classes, which the file's metadata lists; 'probabilities': the prob_<label> columns; "
+        "for regression, the predicted values).")
+    x.add_argument("path", metavar="RUN_DIR|CHECKPOINT",
+                   help="a run directory written by 'ember train', a checkpoint directory, or "
+                   "a folder holding a 'latest' pointer")
+    x.add_argument("-o", "--out", metavar="FILE.onnx", default=None,
+                   help="where to write the file (default: RUN_DIR/model.onnx for a run, else "
+                   "<checkpoint>.onnx beside the checkpoint directory)")
+    x.add_argument("--opset", type=_opset, default=DEFAULT_OPSET, metavar="N",
+                   help=f"the ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET}; "
+                   "from 20 GELU is the Gelu operator)")
+    x.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    x.set_defaults(func=cmd_export)
+
+
 def _add_install_parsers(sub) -> None:
     """``ember info`` and ``ember bench``: commands about this install."""
     i = sub.add_parser("info", help="version, backends, ISA, devices, threads",
@@ -247,7 +287,7 @@ def main(argv: Optional[list] = None) -> int:
     except UsageError as exc:
         print(f"ember: error: {_error_text(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError, CheckpointError, CudaError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, CheckpointError, CudaError) as exc:
         print(f"ember: error: {_error_text(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

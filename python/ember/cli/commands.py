@@ -27,16 +27,19 @@ from ember.backend import (cuda_training_available, get_num_threads, resolve_dev
 from ember.backend import info as backend_info
 from ember.bench import bench_gemm, bench_training, blas_threads
 from ember.callbacks import EarlyStopping, ModelCheckpoint, TensorBoard
+from ember.checkpoint import load_checkpoint, model_from
 from ember.cli.data import eval_data, prepare_training, untransform_y
 from ember.cli.options import LR_FIND_OPTIONS, UsageError, resolve_train_options
 from ember.cli.runs import (load_run, new_run_dir, resume_options, run_to_resume, run_trainer,
                             write_atomic, write_config, write_lr_find, write_results)
+from ember.export import to_onnx
 from ember.metrics import format_classification_report, regression_report
 from ember.nn import MLP
+from ember.preprocessing import RunModel
 from ember.train import Trainer
 
-__all__ = ["cmd_train", "cmd_lr_find", "cmd_evaluate", "cmd_predict", "cmd_info", "cmd_bench",
-           "make_trainer", "silence_stdout"]
+__all__ = ["cmd_train", "cmd_lr_find", "cmd_evaluate", "cmd_predict", "cmd_export", "cmd_info",
+           "cmd_bench", "make_trainer", "silence_stdout"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -404,6 +407,39 @@ def cmd_predict(ns: dict) -> int:
         raise FileNotFoundError(f"--out {out}: the directory {p.parent} does not exist")
     write_atomic(p, buf.getvalue())
     print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(ns: dict) -> int:
+    """``ember export``: the run's (or checkpoint's) model as an ONNX file, with the run's
+    standardization and, for a classifier, ``probabilities``; prints the path written."""
+    ck = load_checkpoint(ns["path"])  # CheckpointError naming the path when it is none
+    model = model_from(ck, "cpu")
+    if isinstance(model, RunModel):  # an `ember train` run: its config.json says the task
+        classify = model.classes is not None
+    else:  # a checkpoint of a fit in Python: its loss says the task
+        loss = ck["state"].get("loss")
+        classify = isinstance(loss, dict) and loss.get("type") == "CrossEntropy"
+    out = ns.get("out")
+    if out is None:
+        ckpt = ck["path"]
+        run = ckpt.parent.parent  # <run>/checkpoints/<ckpt> for an `ember train` run
+        in_run = ckpt.parent.name == "checkpoints" and (run / "config.json").is_file()
+        out = run / "model.onnx" if in_run else ckpt.with_name(ckpt.name + ".onnx")
+    out = Path(out).expanduser()
+    if out.exists() and not ns.get("force"):
+        raise FileExistsError(f"-o {out}: exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"-o {out}: the directory {out.parent} does not exist")
+    to_onnx(model, out, opset=ns["opset"], probabilities=classify)
+    outputs = "logits, probabilities" if classify else "logits"
+    if isinstance(model, RunModel):
+        takes = ("raw feature rows, standardized in the graph" if model.standardize is not None
+                 else "raw feature rows")
+    else:
+        takes = "the network's input"
+    print(f"wrote {out} (ONNX opset {ns['opset']}, from {ck['path']}; input x: {takes}; "
+          f"outputs: {outputs})")
     return 0
 
 
