@@ -235,3 +235,20 @@ def test_trainer_predict_goes_through_the_predictor(rng):
     for bs in (1, 7, 1024):
         np.testing.assert_array_equal(trainer.predict_raw(x, batch_size=bs), full)
     assert model.training  # the Trainer's model is left as it was
+
+
+@pytest.mark.gpu
+def test_cupy_in_cupy_out_on_the_gpu(rng):
+    cp = pytest.importorskip("cupy")
+    model = _mlp((30, 64, 5), "gelu")
+    pred = Predictor(model, task="classification")
+    x = rng.standard_normal((70, 30)).astype(np.float32)
+    got = pred(cp.asarray(x))
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_allclose(got.get(), pred(x), rtol=1e-4, atol=1e-5)
+    assert isinstance(pred.predict_proba(cp.asarray(x)), cp.ndarray)
+    # A Trainer on the GPU predicts there, through the same class.
+    trainer = ember.Trainer(_mlp((30, 64, 5), "gelu"), loss="cross_entropy", device="cuda")
+    np.testing.assert_allclose(trainer.predict_raw(x), pred(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="predict: x must be 2-D with 30 columns"):
+        pred(cp.zeros((2, 3), dtype=cp.float32))

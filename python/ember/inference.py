@@ -125,6 +125,8 @@ class Predictor:
             TypeError / ValueError: ``x`` is not a 2-D array of real numbers with
                 ``in_features`` columns, is empty, or holds NaN or Inf (the message names it).
         """
+        if type(x) is not np.ndarray and is_cuda_array(x):
+            return self._on_gpu(x)
         if not self._compiled:
             with self._lock:
                 if not self._compiled:
@@ -132,8 +134,6 @@ class Predictor:
         if type(x) is np.ndarray and self._plan is not None and x.dtype == np.float32 and \
                 x.ndim == 2 and x.flags.c_contiguous:
             out = self._plan.run(x)  # checks the width and the values itself
-        elif is_cuda_array(x):
-            return self._on_gpu(x)
         else:
             x, _ = check_xy(x, None, n_features=self.in_features, where="predict")
             if self._plan is None:
