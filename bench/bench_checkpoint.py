@@ -6,8 +6,9 @@ A checkpoint of an MLP 784-2048-2048-2048-10 (10.0M parameters) trained one step
 the weights (40 MB) and two moment arrays (80 MB): ~120 MB in all. "write" is save_checkpoint
 (serialise, SHA-256, fsync every file and directory, rename, pointer update); "load" is
 load_checkpoint (read, verify every SHA-256, parse the three files) — what resuming a run
-costs. MB/s counts the
-bytes of the checkpoint's files. Medians of --repeats runs; the disk is whatever --dir is on.
+costs. MB/s counts the bytes of the checkpoint's files. Medians of --repeats runs; the disk is
+whatever --dir is on. The model, the two operations and the check are bench/workloads.py's, the
+same the pytest-benchmark suite (bench/test_checkpoint_io.py) times.
 """
 from __future__ import annotations
 
@@ -19,11 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-import ember
-from ember import nn
-from ember.checkpoint import load_checkpoint, load_model, save_checkpoint
+import workloads as w
 
 
 def main() -> None:
@@ -33,33 +30,27 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.dir or tempfile.mkdtemp(prefix="ember-ckpt-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    model = nn.MLP([784, 2048, 2048, 2048, 10], seed=0)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 784)).astype(np.float32)
-    y = rng.integers(0, 10, 64)
-    trainer = ember.Trainer(model, optimizer="adam")
-    trainer.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    trainer = w.checkpoint_trainer()
+    model = trainer.model
     writes, loads, sizes = [], [], []
     for i in range(args.repeats):
         t0 = time.perf_counter()
-        path = save_checkpoint(trainer, root, name=f"ckpt-e0001-s{i:08d}")
+        path = w.checkpoint_write(trainer, root, i)
         writes.append(time.perf_counter() - t0)
-        sizes.append(sum(f.stat().st_size for f in path.iterdir()))
+        sizes.append(w.checkpoint_bytes(path))
         t0 = time.perf_counter()
-        ck = load_checkpoint(path)
+        ck = w.checkpoint_load(path)
         loads.append(time.perf_counter() - t0)
-        m = load_model(path)
-        assert np.array_equal(m.state_dict()["0.weight"], model.state_dict()["0.weight"])
-        assert len(ck["optimizer"]) == 2 * len(model.parameters())
-        shutil.rmtree(path)
+        w.checkpoint_check(trainer, path, ck)
+        w.remove_checkpoint(path)
     mb = statistics.median(sizes) / 1e6
-    w, r = statistics.median(writes), statistics.median(loads)
+    wt, rt = statistics.median(writes), statistics.median(loads)
     print(f"checkpoint of {model.num_parameters():,} parameters + Adam state: {mb:.1f} MB in "
           f"{root} ({os.statvfs(root).f_bsize} B blocks)")
     print("| operation | median time | throughput |")
     print("|---|---|---|")
-    print(f"| write (serialise + SHA-256 + fsync + rename) | {w * 1e3:.0f} ms | {mb / w:,.0f} MB/s |")
-    print(f"| load (read + verify SHA-256 + parse) | {r * 1e3:.0f} ms | {mb / r:,.0f} MB/s |")
+    print(f"| write (serialise + SHA-256 + fsync + rename) | {wt * 1e3:.0f} ms | {mb / wt:,.0f} MB/s |")
+    print(f"| load (read + verify SHA-256 + parse) | {rt * 1e3:.0f} ms | {mb / rt:,.0f} MB/s |")
     if args.dir is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,8 +1,10 @@
 """GEMM family benchmark: ember vs NumPy (OpenBLAS), 1 and 2 threads, ratio table.
 
-Every case is checked against a float64 reference before it is timed. Both libraries run with the
-same thread count (ember.set_num_threads; OpenBLAS pinned with threadpoolctl), and samples of the
-two are interleaved so that load from other processes hits both alike; each number is a median.
+Every case is checked against a float64 reference before it is timed. The cases and their
+checks are bench/workloads.py's, the same the pytest-benchmark suite (bench/test_gemm.py) times.
+Both libraries run with the same thread count (ember.set_num_threads; OpenBLAS pinned with
+threadpoolctl), and samples of the two are interleaved so that load from other processes hits
+both alike; each number is a median.
 
     PYTHONPATH=python python bench/bench_gemm.py [--threads 1 2] [--samples 21] [--quick] [--cpu-time]
 """
@@ -15,17 +17,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+import workloads as w
+
 import ember
-import ember.ops as ops
 
 SQUARE = (256, 512, 1024, 2048)
-_SETTLE = 0.3  # seconds for idle OpenMP / OpenBLAS workers to stop spinning
+_SETTLE = w.SETTLE  # seconds for idle OpenMP / OpenBLAS workers to stop spinning
 MLP = ((128, 784, 256), (128, 256, 256), (128, 256, 10))  # (batch, in, out): x @ W.T
-
-
-def rel_error(got, ref) -> float:
-    ref = np.asarray(ref, np.float64)
-    return float(np.linalg.norm(np.asarray(got, np.float64) - ref) / np.linalg.norm(ref))
 
 
 _clock = time.perf_counter
@@ -63,10 +61,13 @@ def compare(ember_fn, numpy_fn, samples: int, rounds: int = 3):
     return (statistics.median(te), min(te)), (statistics.median(tn), min(tn))
 
 
-def check(what: str, got, ref, tol: float = 1e-5) -> None:
-    err = rel_error(got, ref)
-    if not err <= tol:
-        raise SystemExit(f"{what}: relative error {err:.2e} > {tol:.0e}; not timing a wrong kernel")
+def check(case: w.Case) -> None:
+    """Both contenders against the float64 reference before timing (workloads.Case.check)."""
+    for who in ("ember", "numpy"):
+        try:
+            case.check(who)
+        except AssertionError as exc:
+            raise SystemExit(f"not timing a wrong kernel: {exc}") from None
 
 
 def row(name: str, threads: int, flops: float, te, tn, target) -> str:
@@ -86,8 +87,6 @@ def main() -> None:
                     help="1-thread runs: time with the calling thread's CPU clock, which does not "
                          "count time the thread was descheduled (for a machine busy with other jobs)")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    f32 = np.float32
 
     from ember.bench import core_check
     print(f"ember {ember.__version__}, CPU build {ember._cpu.isa()}, numpy {np.__version__}")
@@ -100,61 +99,16 @@ def main() -> None:
         ember.set_num_threads(threads)
         _clock = time.thread_time if args.cpu_time and threads == 1 else time.perf_counter
         with threadpool_limits(limits=threads, user_api="blas"):
-            cases = []
-            for s in SQUARE:
-                if args.quick and s > 1024:
-                    continue
-                cases.append((f"matmul {s}^3", s, s, s, False))
+            cases = [w.matmul(s, s, s) for s in SQUARE if not (args.quick and s > 1024)]
+            cases += [w.matmul(b, o, i) for b, i, o in MLP]
+            targets = [0.85] * len(cases)
             for b, i, o in MLP:
-                cases.append((f"matmul {b}x{i}.{i}x{o}", b, o, i, False))
-            for name, m, n, k, _ in cases:
-                a = rng.standard_normal((m, k), dtype=f32)
-                bm = rng.standard_normal((k, n), dtype=f32)
-                out_e = np.empty((m, n), f32)
-                out_n = np.empty((m, n), f32)
-                check(name, ops.gemm(a, bm, out=out_e), a.astype(np.float64) @ bm)
-                te, tn = compare(lambda: ops.gemm(a, bm, out=out_e),
-                                 lambda: np.matmul(a, bm, out=out_n), args.samples)
-                print(row(name, threads, 2.0 * m * n * k, te, tn, 0.85), flush=True)
-
-            for b, i, o in MLP:
-                x = rng.standard_normal((b, i), dtype=f32)
-                w = (rng.standard_normal((o, i), dtype=f32) / np.sqrt(i)).astype(f32)
-                bias = rng.standard_normal(o, dtype=f32)
-                y = np.empty((b, o), f32)
-                ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + bias, 0)
-                check("linear", ops.linear_forward(x, w, bias, activation="relu", out=y), ref)
-
-                def np_linear():
-                    return np.maximum(x @ w.T + bias, 0)
-
-                te, tn = compare(lambda: ops.linear_forward(x, w, bias, activation="relu", out=y),
-                                 np_linear, args.samples)
-                print(row(f"linear+bias+relu fwd {b}x{i}->{o}", threads, 2.0 * b * i * o, te, tn,
-                          1.2), flush=True)
-
-                gy = rng.standard_normal((b, o), dtype=f32)
-                zz = rng.standard_normal((b, o), dtype=f32)
-                ws = np.empty_like(gy)
-                gx = np.empty((b, i), f32)
-                gw = np.empty((o, i), f32)
-                gb = np.empty(o, f32)
-                dz = gy.astype(np.float64) * (zz > 0)
-                got = ops.linear_backward(gy, x, w, preact=zz, activation="relu", grad_input=gx,
-                                          grad_weight=gw, grad_bias=gb, workspace=ws)
-                check("backward dX", got[0], dz @ w.astype(np.float64))
-                check("backward dW", got[1], dz.T @ x.astype(np.float64))
-                check("backward db", got[2], dz.sum(0))
-
-                def np_backward():
-                    d = gy * (zz > 0)
-                    return d @ w, d.T @ x, d.sum(0)
-
-                te, tn = compare(lambda: ops.linear_backward(
-                    gy, x, w, preact=zz, activation="relu", grad_input=gx, grad_weight=gw,
-                    grad_bias=gb, workspace=ws), np_backward, args.samples)
-                print(row(f"linear+relu bwd {b}x{i}->{o}", threads, 4.0 * b * i * o, te, tn, None),
-                      flush=True)
+                cases += [w.linear_forward(b, i, o), w.linear_backward(b, i, o)]
+                targets += [1.2, None]
+            for case, target in zip(cases, targets):
+                check(case)
+                te, tn = compare(case.prepare("ember"), case.prepare("numpy"), args.samples)
+                print(row(case.name, threads, case.work, te, tn, target), flush=True)
     print("after:  " + core_check(max(args.threads)))
 
 
