@@ -252,3 +252,17 @@ def test_cupy_in_cupy_out_on_the_gpu(rng):
     np.testing.assert_allclose(trainer.predict_raw(x), pred(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="predict: x must be 2-D with 30 columns"):
         pred(cp.zeros((2, 3), dtype=cp.float32))
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_a_rows_bits_do_not_depend_on_the_batch(act, isa, rng):
+    # Batch 1 runs its own kernel (one row across several panels at once); a row inside a batch
+    # runs the register tile. Both must give the same bits, on every ISA and either path.
+    model = _mlp((300, 520, 130, 7), act, seed=9)
+    x = rng.standard_normal((19, 300)).astype(np.float32)
+    pred = Predictor(model)
+    full, each = model.eval().forward(x), pred(x)
+    np.testing.assert_array_equal(each, full)
+    for i in (0, 8, 18):
+        np.testing.assert_array_equal(pred(x[i:i + 1]), full[i:i + 1])
+        np.testing.assert_array_equal(model.forward(x[i:i + 1]), full[i:i + 1])

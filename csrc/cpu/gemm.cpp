@@ -204,6 +204,43 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int6
   }
 }
 
+// One row of C across P full panels (P*NV*kVL columns) at once: what micro_kernel<1, NV> computes
+// panel by panel, element for element the same FMA chain over k, but with P*NV independent
+// accumulators, so a matrix-vector product (batch 1) is not bound by the FMA latency of NV
+// chains. a is read as a[k*cs]; panel p is b[p], its C columns at c + p*kNR, its epilogue e[p].
+template <int P, int NV>
+inline void row_kernel(int64_t kc, const float* __restrict a, int64_t cs,
+                       const float* const* b, float* c, const Epilogue* e) {
+  vf acc[P][NV];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[p][v] = vf{};
+  const float* bp[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) bp[p] = b[p];
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const float ai = a[k * cs];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[p][v] += load_aligned(bp[p] + k * (NV * kVL) + v * kVL) * ai;
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    const Epilogue& ep = e[p];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      epilogue(acc[p][v], c + p * (NV * kVL) + v * kVL, ep.bias ? ep.bias + v * kVL : nullptr,
+               ep.preact ? ep.preact + v * kVL : nullptr, ep.dz ? ep.dz + v * kVL : nullptr, kVL,
+               ep);
+    }
+  }
+}
+constexpr int kRowPanels = 4;
+
 template <int R, int NV>
 inline void run_kernel(int64_t kc, const float* a, int64_t rs, int64_t cs, const float* b,
                        float* c, int64_t ldc, const Epilogue& e) {
@@ -387,8 +424,11 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
   if (!apack || (!g.packed_b && !bpack)) return false;
   const bool post_act = !in_register_act(g.act);
 
-  for (int64_t jc = n0; jc < n1; jc += kNC) {
-    const int64_t nc = std::min(kNC, n1 - jc);
+  // A packed B has its panels at multiples of kNR: column blocks must be whole panels then
+  // (kNC = 256 is not a multiple of the SSE2 build's kNR = 12). Blocking changes no result.
+  const int64_t nc_max = g.packed_b ? kNC / kNR * kNR : kNC;
+  for (int64_t jc = n0; jc < n1; jc += nc_max) {
+    const int64_t nc = std::min(nc_max, n1 - jc);
     for (int64_t blk = 0; blk < kb.count; ++blk) {
       const int64_t k0 = blk * kb.size;
       const int64_t kc = std::max<int64_t>(0, std::min(kb.size, g.k - k0));
@@ -442,10 +482,7 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
         } else {
           pack_rows(g.a + k0 * g.lda + ic, g.lda, rows, kc, apack, kMR);
         }
-        for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const int cols = int(std::min<int64_t>(kNR, nc - jr));
-          const int64_t j = jc + jr;
-          float* c = g.c + ic * g.ldc + j;
+        auto tile_epilogue = [&](int64_t j) {
           Epilogue te = e;
           if (last) {
             te.bias = g.bias ? g.bias + j : nullptr;
@@ -453,6 +490,27 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
             te.ldp = g.ldc;
             te.dz = d.z ? d.z + ic * d.ld + j : nullptr;
           }
+          return te;
+        };
+        int64_t jr = 0;
+        if (rows == 1 && rs != 0) {  // one row, A in place: kRowPanels full panels at a time
+          for (; jr + kRowPanels * kNR <= nc; jr += kRowPanels * kNR) {
+            const float* bps[kRowPanels];
+            Epilogue tes[kRowPanels];
+            for (int q = 0; q < kRowPanels; ++q) {
+              bps[q] = panel(jr + q * kNR);
+              tes[q] = tile_epilogue(jc + jr + q * kNR);
+            }
+            float* c = g.c + ic * g.ldc + jc + jr;
+            row_kernel<kRowPanels, kNV>(kc, ap, cs, bps, c, tes);
+            if (last && post_act) apply_act_rows(c, g.ldc, 1, kRowPanels * kNR, g.act, g.act_param);
+          }
+        }
+        for (; jr < nc; jr += kNR) {
+          const int cols = int(std::min<int64_t>(kNR, nc - jr));
+          const int64_t j = jc + jr;
+          float* c = g.c + ic * g.ldc + j;
+          const Epilogue te = tile_epilogue(j);
           kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, panel(jr), c,
                                                        g.ldc, te);
           if (last && post_act) apply_act_rows(c, g.ldc, rows, cols, g.act, g.act_param);
