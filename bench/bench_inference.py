@@ -1,11 +1,15 @@
 """Inference: ember's frozen predictor against onnxruntime and PyTorch eager, in one run.
 
-Latency at batch 1 (median and p99 over >= 2000 calls, taken in interleaved rounds so that a
-noisy spell hits every peer alike) and throughput at batch 4096, for 64-256-256-10 and
+Latency at batch 1 (median and p99 over 2000 calls) and throughput at batch 4096 (median of 3
+calls) for 64-256-256-10 and
 784-1024-1024-10 ReLU MLPs, at 1 and 2 threads (each library pinned to the same count). The
 batch-1 floor is the Python call itself: an empty pybind11 call and one ``np.empty`` are timed
 too. The model goes to onnxruntime through ``ember.export.to_onnx``; every peer's outputs are
 checked against ember's before anything is timed.
+
+Each library is measured alone in a process of its own, the libraries in turn, 3 processes each
+(the table gives the medians of their figures): in one process, onnxruntime's and OpenMP's idle
+workers kept spinning after a call and held the second core from whoever ran next.
 
     python bench/bench_inference.py [--threads 1 2] [--calls 2000]
 
@@ -109,17 +113,50 @@ def latency(fns: dict, calls: int, rounds: int = 10) -> dict:
             for n, t in times.items()}
 
 
-def throughput(fns: dict, repeats: int = 7) -> dict:
-    """{name: median seconds per call}, interleaved."""
+#: Seconds to wait before timing a library, so that the previous one's idle workers (onnxruntime
+#: and OpenMP spin after a call) have stopped and do not hold the second core.
+SETTLE = 0.3
+
+
+def throughput(fns: dict, repeats: int = 3, rounds: int = 3) -> dict:
+    """{name: median seconds per call}: ``rounds`` rounds, each timing every library in turn
+    (``repeats`` calls after a warm-up, once the previous library's workers have settled)."""
     times = {n: [] for n in fns}
-    for f in fns.values():
-        f()
-    for _ in range(repeats):
+    for _ in range(rounds):
         for n, f in fns.items():
-            t0 = time.perf_counter()
+            time.sleep(SETTLE)
             f()
-            times[n].append(time.perf_counter() - t0)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                f()
+                times[n].append(time.perf_counter() - t0)
     return {n: float(np.median(t)) for n, t in times.items()}
+
+
+def worker(lib: str, label: str, threads: int, calls: int, batch: int) -> dict:
+    """One library alone in this process: its batch-1 latency and batch throughput."""
+    rng = np.random.default_rng(0)
+    widths = MODELS[label]
+    with tempfile.TemporaryDirectory() as tmp:
+        peers = make_peers(widths, threads, tmp)
+        check_peers(peers, widths[0], rng)
+        f = peers[lib]
+        x1 = rng.standard_normal((1, widths[0])).astype(np.float32)
+        xb = rng.standard_normal((batch, widths[0])).astype(np.float32)
+        med, p99 = latency({lib: lambda: f(x1)}, calls)[lib]
+        thr = throughput({lib: lambda: f(xb)}, repeats=3, rounds=1)[lib]
+    return {"median_us": med, "p99_us": p99, "batch_s": thr}
+
+
+def isolated(lib, label, threads, calls, batch) -> dict:
+    """:func:`worker` in a fresh process: no other library's threads share the cores (the
+    onnxruntime and OpenMP pools spin for a while after a call, and slowed whoever ran next)."""
+    import json
+    import subprocess
+    out = subprocess.run([sys.executable, __file__, "--worker", lib, label, str(threads),
+                          "--calls", str(calls), "--batch", str(batch)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -127,35 +164,47 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="processes per library and case, in turn (medians of their figures)")
+    ap.add_argument("--worker", nargs=3, metavar=("LIB", "MODEL", "THREADS"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    rng = np.random.default_rng(0)
+    if args.worker:
+        import json
+        lib, label, threads = args.worker
+        print(json.dumps(worker(lib, label, int(threads), args.calls, args.batch)))
+        return 0
     print(f"ember {ember.__version__}, isa {_cpu.isa()}, cpus available "
-          f"{len(os.sched_getaffinity(0))}")
+          f"{len(os.sched_getaffinity(0))}; each figure: the median over {args.rounds} "
+          "processes per library, taken in turn")
+    from ember.bench import core_check
+    print("before: " + core_check(max(args.threads)))
     with tempfile.TemporaryDirectory() as tmp:
-        for threads in args.threads:
-            for label, widths in MODELS.items():
-                peers = make_peers(widths, threads, tmp)
-                check_peers(peers, widths[0], rng)
-                x1 = rng.standard_normal((1, widths[0])).astype(np.float32)
-                xb = rng.standard_normal((args.batch, widths[0])).astype(np.float32)
-                lat = latency({n: (lambda f=f: f(x1)) for n, f in peers.items()}, args.calls)
-                thr = throughput({n: (lambda f=f: f(xb)) for n, f in peers.items()})
-                print(f"\n{label}, {threads} thread(s)")
-                print(f"  {'':12s} {'batch 1 median':>15s} {'p99':>9s} "
-                      f"{'batch ' + str(args.batch):>13s} {'samples/s':>11s}")
-                for n in peers:
-                    med, p99 = lat[n]
-                    print(f"  {n:12s} {med:12.1f} us {p99:6.1f} us {thr[n] * 1e3:10.2f} ms "
-                          f"{args.batch / thr[n]:11.0f}")
-                if "onnxruntime" in peers:
-                    print(f"  ember / onnxruntime: batch-1 median "
-                          f"{lat['ember'][0] / lat['onnxruntime'][0]:.2f}x the time, p99 "
-                          f"{lat['ember'][1] / lat['onnxruntime'][1]:.2f}x; batch {args.batch} "
-                          f"throughput {thr['onnxruntime'] / thr['ember']:.2f}x")
-        floor = latency(floor_calls(), args.calls)
-        print("\nthe batch-1 floor (a call from Python):")
-        for n, (med, p99) in floor.items():
-            print(f"  {n:22s} {med:6.2f} us (p99 {p99:.2f} us)")
+        libs = list(make_peers(MODELS["64-256-256-10"], 1, tmp))
+    for threads in args.threads:
+        for label in MODELS:
+            runs = {lib: [] for lib in libs}
+            for _ in range(args.rounds):
+                for lib in libs:
+                    runs[lib].append(isolated(lib, label, threads, args.calls, args.batch))
+            fig = {lib: {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+                   for lib, rs in runs.items()}
+            print(f"\n{label}, {threads} thread(s)")
+            print(f"  {'':12s} {'batch 1 median':>15s} {'p99':>9s} "
+                  f"{'batch ' + str(args.batch):>13s} {'samples/s':>11s}")
+            for lib, f in fig.items():
+                print(f"  {lib:12s} {f['median_us']:12.1f} us {f['p99_us']:6.1f} us "
+                      f"{f['batch_s'] * 1e3:10.2f} ms {args.batch / f['batch_s']:11.0f}")
+            if "onnxruntime" in fig:
+                e, o = fig["ember"], fig["onnxruntime"]
+                print(f"  ember / onnxruntime: batch-1 median {e['median_us'] / o['median_us']:.2f}x "
+                      f"the time, p99 {e['p99_us'] / o['p99_us']:.2f}x; batch {args.batch} "
+                      f"throughput {o['batch_s'] / e['batch_s']:.2f}x")
+    print("after:  " + core_check(max(args.threads)))
+    floor = latency(floor_calls(), args.calls)
+    print("\nthe batch-1 floor (a call from Python):")
+    for n, (med, p99) in floor.items():
+        print(f"  {n:22s} {med:6.2f} us (p99 {p99:.2f} us)")
     return 0
 
 
