@@ -159,6 +159,22 @@ def test_predict_digits_npz(digits_run, tmp_path, capsys):
     assert cli.main(["evaluate", str(run), "--data", "d.npz"]) == 0
 
 
+def test_predict_reads_only_the_weights_and_matches_load_predictor(digits_run, tmp_path):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(digits_run[0], run)
+    x, _ = ember.datasets.load_digits()
+    np.savez(tmp_path / "d.npz", x=x[:40])
+    ckpt = ember.checkpoint.resolve_checkpoint(run / "checkpoints")
+    (ckpt / "optimizer.safetensors").write_bytes(b"damaged")  # ember predict never reads it
+    assert cli.main(["predict", str(run), "--data", "d.npz", "--out", "p.csv"]) == 0
+    rows = read_csv(tmp_path / "p.csv")
+    proba = ember.load_predictor(run).predict_proba(x[:40])  # the raw features, the same model
+    got = np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
+    np.testing.assert_allclose(got, proba, rtol=1e-5, atol=1e-6)
+    assert [int(r["prediction"]) for r in rows] == list(proba.argmax(axis=1))
+
+
 def test_classification_csv(blobs_csv, tmp_path, capsys):
     rc = cli.main(["train", "--data", str(blobs_csv), "--target", "label", "--epochs", "20",
                    "--lr", "0.01",

@@ -240,7 +240,8 @@ def _checkpoint_dir(path: Path) -> Path:
     return path
 
 
-def load_predictor(path, *, task: Optional[str] = None, block_rows: int = 512) -> Predictor:
+def load_predictor(path, *, task: Optional[str] = None, block_rows: int = 512,
+                   preprocessing: bool = True) -> Predictor:
     """A :class:`Predictor` from a saved model: a run directory written by ``ember train``
     (with the run's standardization and class labels, so it takes the raw feature rows
     ``ember predict`` takes and gives its answers), a checkpoint directory (or its
@@ -249,13 +250,15 @@ def load_predictor(path, *, task: Optional[str] = None, block_rows: int = 512) -
     verified against the manifest): no optimizer state, no Trainer.
 
     ``task`` overrides what the checkpoint says (its loss: cross-entropy is classification).
+    ``preprocessing=False`` gives the bare network of a run (it takes standardized features and
+    gives standardized regression targets), as :func:`ember.load_model`'s does.
 
     Raises:
         CheckpointError: no checkpoint there, or a corrupt one.
     """
     p = _checkpoint_dir(as_path(path, "load_predictor: path"))
     ck = checkpoint.load_checkpoint(p, weights_only=True)
-    model = checkpoint.model_from(ck, "cpu")
+    model = checkpoint.model_from(ck, "cpu", preprocessing)
     if task is None and not isinstance(model, pre.RunModel) and "loss" in ck["state"]:
         try:
             task = get_loss(ck["state"]["loss"]).task

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 
 from ember._version import __version__
-from ember.backend import (cuda_training_available, get_num_threads, resolve_device,
-                           set_num_threads)
+from ember.backend import (array_module, cuda_training_available, get_num_threads,
+                           resolve_device, resolve_training_device, set_num_threads, to_host)
 from ember.backend import info as backend_info
 from ember.bench import bench_gemm, bench_training, blas_threads
 from ember.callbacks import EarlyStopping, ModelCheckpoint, TensorBoard
 from ember.checkpoint import load_checkpoint, model_from
 from ember.cli.data import eval_data, prepare_training, untransform_y
 from ember.cli.options import LR_FIND_OPTIONS, UsageError, resolve_train_options
-from ember.cli.runs import (load_run, new_run_dir, resume_options, run_to_resume, run_trainer,
-                            write_atomic, write_config, write_lr_find, write_results)
+from ember.cli.runs import (load_run, new_run_dir, resume_options, run_predictor, run_to_resume,
+                            run_trainer, write_atomic, write_config, write_lr_find, write_results)
 from ember.export import to_onnx
 from ember.metrics import format_classification_report, regression_report
 from ember.nn import MLP
@@ -379,17 +379,20 @@ def cmd_predict(ns: dict) -> int:
     if out != "-" and Path(out).exists() and not ns.get("force"):
         raise FileExistsError(f"--out {out}: exists; pass --force to overwrite it")
     x, _, _ = eval_data(cfg, ns, require_target=False)
-    trainer = run_trainer(run_dir, ns["device"])
+    # The frozen predictor (weights only), on the GPU when --device says so.
+    pred = run_predictor(run_dir, spec["task"], ns["batch_size"])
+    if resolve_training_device(ns["device"]) == "cuda":
+        x = array_module("cuda").asarray(x)
     rows: list[list] = []
     if spec["task"] == "classification":
         classes = spec["classes"]
-        proba = trainer.predict_proba(x, batch_size=ns["batch_size"])
+        proba = to_host(pred.predict_proba(x))
         header = ["prediction"] + [f"prob_{c}" for c in classes]
         pred = proba.argmax(axis=1)
         for i in range(len(x)):
             rows.append([classes[pred[i]]] + [f"{p:.6g}" for p in proba[i]])
     else:
-        vals = untransform_y(spec, trainer.predict_raw(x, batch_size=ns["batch_size"]))
+        vals = untransform_y(spec, to_host(pred(x)))
         header = ["prediction"] if vals.shape[1] == 1 else \
             [f"prediction_{j}" for j in range(vals.shape[1])]
         rows = [[f"{v:.8g}" for v in r] for r in vals]

@@ -27,13 +27,14 @@ from ember._io import json_default
 from ember._version import __version__
 from ember.backend import resolve_training_device
 from ember.checkpoint import RUN_FORMAT, RUN_FORMAT_VERSION
+from ember.inference import load_predictor
 from ember.train import load_trainer
 from ember.cli.data import file_sha256
 from ember.cli.options import (DIGITS, RUN_KEYS, TRAIN_OPTIONS, UsageError, given_options,
                                resolve_train_options)
 
 __all__ = ["write_atomic", "load_run", "run_to_resume", "resume_options", "new_run_dir",
-           "write_config", "write_results", "run_trainer", "write_lr_find"]
+           "write_config", "write_results", "run_trainer", "run_predictor", "write_lr_find"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -329,13 +330,26 @@ def _plot_confusion(report: dict, spec: dict, model_desc: str, path: Path) -> No
     fig.savefig(path, dpi=110)
 
 
-def run_trainer(run_dir: Path, device: str):
-    """The Trainer in the run's latest checkpoint (the bare network, no standardization)."""
+def _checkpoints(run_dir: Path) -> Path:
+    """The run's checkpoints/ folder, which must hold a ``latest`` checkpoint."""
     ckpt = run_dir / "checkpoints"
     if not (ckpt / "latest").exists():
         raise ValueError(f"{run_dir}: the run has no checkpoint yet (it was interrupted "
                          "before its first epoch ended); resume it with 'ember train --resume "
                          f"{run_dir}'")
+    return ckpt
+
+
+def run_predictor(run_dir: Path, task: str, batch_size: int):
+    """The frozen predictor of the run's latest checkpoint (the bare network, as run_trainer's:
+    the command line standardizes itself); reads the weights only, not the optimizer state."""
+    return load_predictor(_checkpoints(run_dir), task=task, block_rows=batch_size,
+                          preprocessing=False)
+
+
+def run_trainer(run_dir: Path, device: str):
+    """The Trainer in the run's latest checkpoint (the bare network, no standardization)."""
+    ckpt = _checkpoints(run_dir)
     # The bare network: the command line applies the run's standardization itself (one code
     # path with training), and evaluate reports the loss of the standardized target as training
     # did. load_trainer's default (a RunModel taking raw features) gives the same predictions.
