@@ -266,3 +266,14 @@ def test_a_rows_bits_do_not_depend_on_the_batch(act, isa, rng):
     for i in (0, 8, 18):
         np.testing.assert_array_equal(pred(x[i:i + 1]), full[i:i + 1])
         np.testing.assert_array_equal(model.forward(x[i:i + 1]), full[i:i + 1])
+
+
+def test_pickle_round_trip_compiles_again(rng):
+    import pickle
+    model = _mlp((11, 17, 3), "silu")
+    pred = Predictor(model, task="classification")
+    x = rng.standard_normal((6, 11)).astype(np.float32)
+    back = pickle.loads(pickle.dumps(pred))
+    np.testing.assert_array_equal(back(x), pred(x))
+    assert back._plan is not None and back.task == "classification"
+    np.testing.assert_array_equal(back.predict(x), pred.predict(x))

@@ -213,6 +213,21 @@ class Predictor:
                 model.train(was_training)
         return outs[0] if len(outs) == 1 else xp.concatenate(outs)
 
+    def __getstate__(self):
+        # A pickle (joblib, multiprocessing) carries the model; the compiled plan, the lock and
+        # the GPU copy are made again where it is loaded (the plan on the first NumPy call).
+        state = self.__dict__.copy()
+        for key in ("_lock", "_plan", "_gpu"):
+            state.pop(key, None)
+        state["_compiled"] = False
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._plan = None
+        self._gpu = None
+
     def __repr__(self) -> str:
         how = "compiled" if self._plan is not None else "eval forward"
         return (f"Predictor({self.in_features} -> {self.out_features}, task={self.task!r}, "
