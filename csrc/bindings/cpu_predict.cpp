@@ -166,8 +166,8 @@ class ForwardPlan {
         // Blocks of rows side by side, each through all the layers on one thread (its GEMMs
         // then run on that thread): no wait between layers, and a row's bits do not depend on
         // the block it is in. One block is split inside its GEMMs instead (batch 1).
-        cpu::parallel_tasks(static_cast<int>(std::min<int64_t>(blocks, 1 << 15)), [&](int t) {
-          const int64_t nt = std::min<int64_t>(blocks, 1 << 15);
+        const int64_t nt = std::min<int64_t>(blocks, 1 << 15);
+        cpu::parallel_tasks(static_cast<int>(nt), [&](int t) {
           const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
           std::unique_ptr<Workspace> ws = take(block_);
           for (int64_t b = b0; b < b1; ++b) {

@@ -508,8 +508,6 @@ def load_checkpoint(path, *, weights_only: bool = False) -> dict:
     only trainer.json and model.safetensors: ``"optimizer"`` and ``"callbacks"`` are empty."""
     ckpt = resolve_checkpoint(as_path(path, "load_checkpoint: path"))
     contents = _verify(ckpt, ("trainer.json", "model.safetensors") if weights_only else None)
-    if weights_only:
-        contents.setdefault("optimizer.safetensors", b"")
     try:
         state = json.loads(contents["trainer.json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -524,9 +522,9 @@ def load_checkpoint(path, *, weights_only: bool = False) -> dict:
         "state": state,
         "trainer": state,
         "model": _load_arrays(contents["model.safetensors"], str(ckpt / "model.safetensors")),
-        "optimizer": (_load_arrays(contents["optimizer.safetensors"],
-                                   str(ckpt / "optimizer.safetensors"))
-                      if contents["optimizer.safetensors"] else {}),
+        "optimizer": ({} if weights_only else
+                      _load_arrays(contents["optimizer.safetensors"],
+                                   str(ckpt / "optimizer.safetensors"))),
         "callbacks": (_load_arrays(contents["callbacks.safetensors"],
                                    str(ckpt / "callbacks.safetensors"))
                       if "callbacks.safetensors" in contents else {}),

@@ -170,21 +170,25 @@ class Predictor:
         return z.astype(xp.float32)
 
     # -- the other paths ------------------------------------------------------------------
+    def _blocks(self, model, x):
+        """``model``'s eval forward of ``x`` in blocks of ``block_rows``; the caller holds the
+        lock. The model's mode is put back after."""
+        was_training = model.training
+        model.eval()
+        try:
+            outs = [model.forward(x[i:i + self.block_rows])
+                    for i in range(0, len(x), self.block_rows)]
+        finally:
+            model.train(was_training)
+        return outs[0] if len(outs) == 1 else array_module(outs[0]).concatenate(outs)
+
     def _eval_forward(self, x):
-        """The model's own eval forward, one call at a time, in blocks of ``block_rows``."""
+        """The model's own eval forward (a NumPy result), one call at a time."""
         model = self._model
+        if model.device == "cuda":
+            x = array_module("cuda").asarray(x)
         with self._lock:
-            was_training = model.training
-            model.eval()
-            try:
-                if model.device == "cuda":
-                    x = array_module("cuda").asarray(x)
-                outs = [model.forward(x[i:i + self.block_rows])
-                        for i in range(0, len(x), self.block_rows)]
-            finally:
-                model.train(was_training)
-        out = outs[0] if len(outs) == 1 else array_module(outs[0]).concatenate(outs)
-        return to_host(out)
+            return to_host(self._blocks(model, x))
 
     def _on_gpu(self, x):
         xp = array_module(x)
@@ -203,15 +207,7 @@ class Predictor:
                 self._gpu = (model if model.device == "cuda" and not self._copy
                              else _copy(model).to("cuda"))
                 self._gpu.eval()
-            model = self._gpu
-            was_training = model.training
-            model.eval()
-            try:
-                outs = [model.forward(x[i:i + self.block_rows])
-                        for i in range(0, len(x), self.block_rows)]
-            finally:
-                model.train(was_training)
-        return outs[0] if len(outs) == 1 else xp.concatenate(outs)
+            return self._blocks(self._gpu, x)
 
     def __getstate__(self):
         # A pickle (joblib, multiprocessing) carries the model; the compiled plan, the lock and

@@ -557,9 +557,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------
     def _batched_outputs(self, x, batch_size):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-                batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        _validate.positive_int("evaluate", "batch_size", batch_size)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -643,38 +641,31 @@ class Trainer:
             result["outputs"] = kept
         return result
 
+    def _predict(self, x, batch_size, method: str):
+        """``method`` of the frozen predictor (ember.inference) on ``x``, as a NumPy array: a
+        Linear stack runs as one compiled call on the CPU; anything else, or the GPU, the
+        model's own eval forward."""
+        x, _ = self.check_data(x, None, "predict")
+        _validate.positive_int("predict", "batch_size", batch_size)
+        pred = Predictor(self.model, task=self.task, block_rows=int(batch_size), copy=False)
+        if self.device == "cuda":
+            x, = self.to_device(x)
+        return to_host(getattr(pred, method)(x))
+
     def predict_raw(self, x, batch_size: int = 1024):
         """The network's outputs (logits for classification), in eval mode, as a NumPy array
         (copied back from the GPU when the trainer is on one)."""
-        x, _ = self.check_data(x, None, "predict")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-                batch_size < 1:
-            raise ValueError(f"predict: batch_size must be a positive integer, got "
-                             f"{batch_size!r}")
-        # The frozen predictor's path (ember.inference): a Linear stack runs as one compiled
-        # call on the CPU; anything else, or the GPU, the model's own eval forward.
-        pred = Predictor(self.model, task=self.task, block_rows=int(batch_size), copy=False)
-        if self.device == "cuda":
-            xd, = self.to_device(x)
-            return pred(xd).get()
-        return pred(x)
+        return self._predict(x, batch_size, "__call__")
 
     def predict_proba(self, x, batch_size: int = 1024):
         """Class probabilities (softmax of the logits)."""
         if self.task != "classification":
             raise ValueError("predict_proba: the model was trained for regression")
-        z = self.predict_raw(x, batch_size).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z.astype(np.float32)
+        return self._predict(x, batch_size, "predict_proba")
 
     def predict(self, x, batch_size: int = 1024):
         """Class indices (classification) or predicted values (regression)."""
-        out = self.predict_raw(x, batch_size)
-        if self.task == "classification":
-            return ops.argmax(out)
-        return out[:, 0] if out.shape[1] == 1 else out
+        return self._predict(x, batch_size, "predict")
 
     # ---------------------------------------------------------------------------------------
     def diagnosis(self) -> dict:
