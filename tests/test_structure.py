@@ -66,7 +66,7 @@ RESTRICTED = {
 #: GPU-only ember modules (their import needs, or only makes sense with, a GPU build).
 LOCAL_IMPORT_OK = {"cupy", "matplotlib", "tqdm", "sklearn", "torch", "tomllib", "tomli",
                    "threadpoolctl", "safetensors", "fcntl", "tensorboardX", "onnx",
-                   "onnxruntime"}
+                   "onnxruntime", "mpi4py"}
 LOCAL_IMPORT_OK_EMBER = {"ember._cuda_ops", "ember._cuda", "ember.train.cuda_graph"}
 
 #: The checkpoint format knows no training classes.
@@ -82,7 +82,7 @@ LAYERS = [
                 "ember.backend", "ember._cpu", "ember._cuda"]),
     ("kernel API", ["ember.ops", "ember._cuda_ops"]),
     ("model", ["ember.nn", "ember.losses", "ember.optim", "ember.schedules", "ember.data",
-               "ember.datasets", "ember.preprocessing", "ember.metrics"]),
+               "ember.datasets", "ember.preprocessing", "ember.metrics", "ember.distributed"]),
     ("checkpoint format", ["ember.checkpoint"]),
     ("inference", ["ember.inference"]),
     ("callbacks", ["ember.callbacks", "ember.callbacks.*"]),

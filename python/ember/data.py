@@ -32,6 +32,7 @@ import numpy as np
 
 from ember import _validate, ops
 from ember.backend import array_module, is_cuda_array, to_host
+from ember.distributed import shard_bounds
 
 __all__ = ["DataLoader", "train_val_split", "check_xy"]
 
@@ -130,6 +131,11 @@ class DataLoader:
             long as it is kept (``list(loader)`` holds the epoch). True: batches go to buffers
             reused from batch to batch (one per batch size; no allocation per step), each
             valid only until the next batch is drawn — what ``Trainer.fit`` uses.
+        shard: ``(rank, size)``: each batch is rank ``rank``'s slice of the global batch of
+            ``batch_size`` (:func:`ember.distributed.shard_bounds`: contiguous, sizes differing
+            by at most one; empty when the batch has fewer rows than ``size``), what
+            data-parallel training uses; ``len(loader)`` and the order stay the global ones.
+            None (the default): whole batches.
 
     ``for xb, yb in loader`` runs the epoch ``loader.epoch`` and advances it, so each loop
     over the loader sees the next epoch's order; ``set_epoch(e)`` picks the epoch the next
@@ -148,8 +154,15 @@ class DataLoader:
     epoch = 0
 
     def __init__(self, x, y=None, batch_size: int = 32, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0, reuse_buffers: bool = False):
+                 drop_last: bool = False, seed: int = 0, reuse_buffers: bool = False,
+                 shard: Optional[tuple] = None):
         _validate.flag("DataLoader", "reuse_buffers", reuse_buffers)
+        if shard is not None:
+            if not (isinstance(shard, tuple) and len(shard) == 2):
+                raise ValueError(f"DataLoader: shard must be a pair (rank, size), got {shard!r}")
+            size = _validate.positive_int("DataLoader", "shard size", shard[1])
+            shard = (_validate.int_in("DataLoader", "shard rank", shard[0], 0, size - 1), size)
+        self.shard = shard
         _validate.positive_int("DataLoader", "batch_size", batch_size)
         for name, a in (("x", x), ("y", y)):
             if a is None and name == "y":
@@ -198,6 +211,12 @@ class DataLoader:
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def batch_indices(self, epoch: int, batch: int) -> np.ndarray:
+        """The sample indices of batch ``batch`` of epoch ``epoch`` (the global batch, whatever
+        the shard), on the host."""
+        bs = self.batch_size
+        return self.order(epoch)[batch * bs:(batch + 1) * bs]
 
     def prefetch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s order now, and for GPU data copy it to the device on a side
@@ -263,8 +282,15 @@ class DataLoader:
         gather = ops.cpu_kernels.gather_rows  # (unchecked: x and sel are known good)
         reuse = self.reuse_buffers
         y = self.y
+        part = self.shard
         for b in range(start, len(self)):
             sel = idx[b * bs:(b + 1) * bs]
+            if part is not None:
+                lo, hi = shard_bounds(len(sel), *part)
+                sel = sel[lo:hi]
+                if hi == lo:  # (a last batch with fewer rows than ranks)
+                    yield x[:0], None if y is None else y[:0]
+                    continue
             out = self._buffer("x", x, len(sel)) if reuse else None
             xb = (gather(x, sel, out) if fast else
                   xp.take(x, sel, axis=0, out=out, **kw))

@@ -826,6 +826,9 @@ class Sequential(Module):
     _accumulate_override: Optional[bool] = None
     #: Set by the Trainer on the model it fits, for the fit: its input gradient is never needed.
     _fit_model = False
+    #: a fit's callback, given each Linear layer whose backward just finished (data-parallel
+    #: training starts that layer's gradient reduction then); None: nothing is called
+    _grad_ready = None
 
     def __init__(self, *layers: Module):
         for i, layer in enumerate(layers):
@@ -970,6 +973,8 @@ class Sequential(Module):
                       if layer.activation != "identity" else None)
                 g = layer.backward(g, need_grad_input=need_gi, grad_input=gi, workspace=ws,
                                    accumulate=acc)
+                if self._grad_ready is not None:
+                    self._grad_ready(layer)
             else:
                 g = layer.backward(g)
         return g
@@ -982,6 +987,7 @@ class Sequential(Module):
         state.pop("_reuse_buffers", None)  # a fit's settings, not the model's
         state.pop("_accumulate_override", None)
         state.pop("_fit_model", None)
+        state.pop("_grad_ready", None)
         return state
 
     def __setstate__(self, state):
@@ -1119,9 +1125,14 @@ class Sequential(Module):
         add to the gradients its first wrote)."""
         self._accumulate_override = accumulate
 
+    def set_grad_ready(self, callback) -> None:
+        """For the length of a fit: call ``callback(layer)`` as soon as each Linear layer's
+        backward has written its gradients (None: stop). :meth:`clear_fit_settings` undoes it."""
+        self._grad_ready = callback
+
     def clear_fit_settings(self) -> None:
         """Back to the model's own behaviour after a fit (see :meth:`set_fit_settings`)."""
-        for name in ("_reuse_buffers", "_accumulate_override", "_fit_model"):
+        for name in ("_reuse_buffers", "_accumulate_override", "_fit_model", "_grad_ready"):
             self.__dict__.pop(name, None)
 
     def arrays_in_use(self) -> list:

@@ -56,15 +56,30 @@ class ModelCheckpoint(Monitor):
         self.best_name: Optional[str] = None
         self.last_saved: Optional[Path] = None
 
+    def _writer(self) -> bool:
+        """Whether this process writes the folder: always alone; rank 0 only in a
+        data-parallel fit (the others wait for it at each save)."""
+        world = getattr(self.trainer, "world", None)
+        return world is None or world.rank == 0
+
     def _save(self, finished: Optional[str] = None) -> Optional[Path]:
         """Save a checkpoint and prune; None (with a warning) when the model's weights are not
         all finite: such a checkpoint could not be loaded, and writing it would move ``latest``
-        off the last good one and could prune good ones away."""
+        off the last good one and could prune good ones away. In a data-parallel fit rank 0
+        writes and every other rank waits until it has (and gets its path)."""
+        world = getattr(self.trainer, "world", None)
+        path = self._write(finished) if self._writer() else None
+        if world is not None:
+            path = world.bcast(path)
+            self.last_saved = path
+        return path
+
+    def _write(self, finished: Optional[str]) -> Optional[Path]:
         bad = checkpoint.non_finite_parameter(self.trainer.model)
         if bad is not None:
             warnings.warn(f"ModelCheckpoint: not saving step {self.trainer.global_step}: "
                           f"parameter {bad!r} holds NaN or Inf; '{self.directory}' keeps its "
-                          f"last good checkpoint", RuntimeWarning, stacklevel=3)
+                          f"last good checkpoint", RuntimeWarning, stacklevel=4)
             return None
         t = self.trainer
         path = checkpoint.write_checkpoint(
@@ -95,7 +110,8 @@ class ModelCheckpoint(Monitor):
             checkpoint.check_destination(self.directory, "ModelCheckpoint: directory", None)
             t.configured_optimizer = t.optimizer_configuration()
             self.best, self.best_name = None, None
-        self.lock()
+        if self._writer():
+            self.lock()
         ptr = self.directory / "best"
         if self.best_name is None and ptr.is_file():
             name = read_pointer(ptr)
@@ -119,8 +135,9 @@ class ModelCheckpoint(Monitor):
             path = self._save()
             if improved and path is not None:
                 self.best_name = path.name
-                replace_pointer(self.directory / "best", path.name)
-                self._prune()
+                if self._writer():
+                    replace_pointer(self.directory / "best", path.name)
+                    self._prune()
 
     def on_train_end(self, logs):
         t = self.trainer

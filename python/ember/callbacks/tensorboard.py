@@ -154,6 +154,9 @@ class TensorBoard(Callback):
         if not t.resuming:
             self.last_epoch_step = self.last_batch_step = None
             self.hparams_written = False
+        world = getattr(t, "world", None)
+        if world is not None and world.rank != 0:
+            return  # (a data-parallel fit: rank 0 writes the event files)
         # On a resume, what the interrupted process wrote after the checkpoint is purged: from
         # the step after the last one written as of the checkpoint (the trainer's position).
         epoch_done = self.last_epoch_step if self.last_epoch_step is not None else t.epoch

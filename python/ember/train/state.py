@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -99,6 +100,7 @@ def _trainer_json(trainer, callbacks, finished: Optional[str]) -> dict:
         "base_lr": trainer.base_lr,
         "configured_optimizer": trainer.configured_optimizer or configured_optimizer(trainer),
         "fit_params": trainer.fit_params,
+        "processes": trainer.processes,
         "data_digest": trainer.data_digest,
         "rng": {"data_seed": trainer.fit_params.get("seed"), "dropout": dropout},
         "gradient_monitor": trainer.gradient_monitor.state_dict(),
@@ -313,4 +315,10 @@ def load_state_dict(trainer, state: dict, callbacks=()) -> list[str]:
                               f"({exc})") from None
     _restore_callbacks(ck, callbacks)
     trainer.resuming = True
+    saved = st.get("processes") or 1
+    if saved != trainer.processes:
+        warnings.warn(f"fit: resuming {ck['path']}, saved by a run on {saved} process(es), on "
+                      f"{trainer.processes}: it continues at the same sample position (the same "
+                      "global batches), but its bits may differ from an uninterrupted run's by "
+                      "float rounding", stacklevel=4)
     return changed

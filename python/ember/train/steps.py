@@ -7,6 +7,9 @@
   the same order, so the same bits, without the Python between them.
 - :class:`Accumulating`: ``accumulate_steps`` micro-batches per optimizer step, their gradients
   summed, each scaled so the step's gradient is the one of the batch of all their samples.
+- :class:`DataParallel`: one rank of a data-parallel fit (:mod:`ember.distributed`): its
+  slice of the global batch forward, loss and backward, each Linear layer's gradients summed
+  across the ranks (started as soon as that layer's backward is done), then the update.
 - :class:`CudaGraph`: on the GPU, a plain Linear stack with cross-entropy or MSE and SGD/Adam(W)
   is captured once per batch size as a CUDA graph and replayed (:mod:`ember.train.cuda_graph`);
   its loss, accuracy and norm stay on the device until the epoch ends.
@@ -24,13 +27,14 @@ from typing import Optional
 
 import numpy as np
 
-from ember import nn, ops
+from ember import distributed, nn, ops
 from ember.backend import to_host
 from ember.callbacks import ModelCheckpoint, ProgressBar, TensorBoard, TerminateOnNaN
 from ember.losses import MSE, CrossEntropy
 from ember.optim import SGD, Adam, AdamW
 
-__all__ = ["Step", "LayerByLayer", "CpuFused", "Accumulating", "CudaGraph", "choose",
+__all__ = ["Step", "LayerByLayer", "CpuFused", "Accumulating", "DataParallel", "CudaGraph",
+           "choose",
            "graph_ok", "plain_stack", "set_fit_settings", "clear_fit_settings"]
 
 
@@ -160,6 +164,94 @@ class Accumulating(Step):
         return step_loss, norm, skipped, step_n
 
 
+class DataParallel(Step):
+    """One rank's step of a data-parallel fit: the loader gives this rank's slice of each global
+    batch; its gradients, scaled by the slice's share of the batch (its samples, or its class
+    weights, over the batch's), are summed across the ranks in rank order
+    (:class:`ember.distributed.GradientReducer`), so every rank steps on the gradient one
+    process would compute for the whole batch, up to float rounding. The loss and accuracy are
+    the whole batch's too."""
+
+    def __init__(self, trainer, classify: bool, plain: bool, world, y_host):
+        super().__init__(trainer, classify, plain)
+        self.world = world
+        self.path = f"data-parallel over {world.size} processes (MPI), layer by layer"
+        self.mean = getattr(self.loss, "reduction", "mean") != "sum"
+        weight = getattr(self.loss, "weight", None) if self.mean else None
+        self.class_weight = (None if weight is None else
+                             np.asarray(to_host(weight), dtype=np.float64))
+        self.y_host = y_host
+        self.reducer = None
+        self.key = None
+        self.bucket_of: dict = {}
+        self.share = 1.0
+        self.hooked = isinstance(self.model, nn.Sequential)
+
+    def inputs(self, loader, epoch: int, start: int):
+        """Per step: this rank's slice, its share of the batch, and the batch's size."""
+        order = loader.order(epoch) if self.class_weight is not None else None
+        bs, n, r, p = loader.batch_size, loader.n, self.world.rank, self.world.size
+        for b, batch in enumerate(loader.batches(epoch, start), start):
+            m = min(bs, n - b * bs)
+            lo, hi = distributed.shard_bounds(m, r, p)
+            share = (hi - lo) / m
+            if order is not None:
+                w = self.class_weight[self.y_host[order[b * bs:b * bs + m]]]
+                total = float(w.sum())
+                share = float(w[lo:hi].sum()) / total if total else 0.0
+            yield batch, (share if self.mean else 1.0), m
+
+    def _buckets(self):
+        """The reducer for the model's trainable parameters: a bucket per Linear layer of a
+        Sequential, in backward order (last layer first), else one bucket."""
+        params = [q for q in self.params if q.requires_grad]
+        key = tuple((id(q), q.data.size) for q in params)
+        if key != self.key:
+            if self.hooked:
+                buckets, self.bucket_of = [], {}
+                for lin in reversed([la for la in self.model.layers if isinstance(la, nn.Linear)]):
+                    mine = [q for _, q in lin.named_parameters() if q.requires_grad]
+                    if mine:
+                        self.bucket_of[id(lin)] = len(buckets)
+                        buckets.append(mine)
+                seen = {id(q) for bk in buckets for q in bk}
+                rest = [q for q in params if id(q) not in seen]
+                buckets += [rest] if rest else []
+            else:
+                buckets = [params]
+            self.reducer = distributed.GradientReducer(self.world, buckets)
+            self.key = key
+        return self.reducer
+
+    def _ready(self, layer) -> None:
+        b = self.bucket_of.get(id(layer))
+        if b is not None:
+            self.reducer.start(b, self.share)
+
+    def __call__(self, batch, tally):
+        (xb, yb), share, m = batch
+        n = xb.shape[0]
+        reducer = self._buckets()
+        self.share = share
+        loss = correct = 0.0
+        if n:
+            if not self.plain:
+                nn.mark_zero(self.params)
+            if self.hooked:
+                self.model.set_grad_ready(self._ready)
+            out = self.model.forward(xb)
+            loss = self.loss.forward(out, yb)
+            if self.classify:
+                correct = ops.accuracy(out, yb) * n
+            self.model.backward(self.loss.backward())
+            reducer.start_rest(share)  # (buckets no layer's backward started)
+        loss_sum, correct_sum = reducer.finish([loss * share if self.mean else loss, correct])
+        norm, skipped = self.optimizer.step()
+        tally.correct += correct_sum
+        tally.add(loss_sum * m, m, norm, skipped)
+        return loss_sum, norm, skipped, m
+
+
 class CudaGraph(Step):
     """GPU steps replayed as CUDA graphs: nothing is read back until the epoch ends. A
     non-finite loss stops training at the end of the epoch (the optimizer skips such steps)."""
@@ -257,11 +349,17 @@ def clear_fit_settings(model) -> None:
         model.clear_fit_settings()
 
 
-def choose(trainer, callbacks, classify: bool, accumulate: int, y_host) -> Step:
-    """The step for ``trainer``'s fit; sets ``trainer.step_path`` to what was chosen and why."""
+def choose(trainer, callbacks, classify: bool, accumulate: int, y_host,
+           world=None) -> Step:
+    """The step for ``trainer``'s fit; sets ``trainer.step_path`` to what was chosen and why.
+    ``world``: a data-parallel fit's :class:`ember.distributed.World` (None: one process)."""
     model = trainer.model
     plain = plain_stack(model)
     set_fit_settings(model, plain)
+    if world is not None:
+        step = DataParallel(trainer, classify, plain, world, y_host)
+        trainer.step_path = step.path
+        return step
     if trainer.device == "cuda":
         why = "accumulate_steps > 1" if accumulate > 1 else graph_ok(trainer, callbacks)
         if why is None:

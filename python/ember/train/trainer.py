@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ember import _validate, checkpoint, ops
+from ember import _validate, checkpoint, distributed, ops
 from ember._io import as_path
 from ember.backend import array_module, resolve_training_device, to_host
 from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler,
@@ -64,6 +64,14 @@ class Trainer:
         lr_schedule: an :mod:`ember.schedules` schedule (adds an LRScheduler callback).
         max_grad_norm: clip gradients by global norm (with an optimizer name).
         optimizer_kwargs: extra arguments for a named optimizer (momentum, weight_decay, ...).
+        distributed: ``"auto"`` (the default): data-parallel over MPI when an MPI launcher
+            started this process with others (``mpiexec -n N python script.py``), alone
+            otherwise; ``"mpi"``: data-parallel, required (ValueError without a launcher,
+            ImportError naming ``pip install "ember[mpi]"`` without mpi4py); ``False``: alone,
+            always. See :mod:`ember.distributed`: ``batch_size`` is the global batch, each
+            process trains on its slice of it, the gradients are summed across processes, and
+            every process ends each step with the same weights; only rank 0 prints and writes
+            checkpoints; ``evaluate`` and ``predict`` run the whole data on every process.
 
     On the GPU, a plain stack of Linear layers (activations fused) trained with cross-entropy or
     MSE and SGD/Adam/AdamW runs each batch size's step once, captures it as a CUDA graph and
@@ -80,7 +88,10 @@ class Trainer:
     def __init__(self, model: Module, loss="cross_entropy", optimizer="adam",
                  lr: Optional[float] = None, metrics: Sequence[str] = ("accuracy",),
                  callbacks: Sequence[Callback] = (), device: str = "auto", lr_schedule=None,
-                 max_grad_norm: Optional[float] = None, **optimizer_kwargs):
+                 max_grad_norm: Optional[float] = None, distributed="auto", **optimizer_kwargs):
+        if distributed not in ("auto", "mpi", False):
+            raise ValueError(f"Trainer: distributed must be 'auto', 'mpi' or False, got "
+                             f"{distributed!r}")
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: model must be an ember.nn.Module, got "
                             f"{type(model).__name__}")
@@ -112,6 +123,11 @@ class Trainer:
         if lr_schedule is not None:
             self.user_callbacks.append(LRScheduler(lr_schedule))
         self.history = History()
+        #: "auto", "mpi" or False (see the class)
+        self.distributed = distributed
+        #: the MPI world of the fit in progress when it is data-parallel (None otherwise)
+        self.world: Optional[distributed.World] = None
+        self._abort_on_error: Optional[distributed.World] = None
         #: False forces the layer-by-layer training path (tests compare the two, bit for bit).
         self.fused_steps = True
         #: False makes a GPU fit go step by step instead of replaying CUDA graphs (the same).
@@ -277,12 +293,19 @@ class Trainer:
             return self._fit(x, y, epochs, batch_size, validation_data, validation_split, seed,
                              shuffle, verbose, checkpoint_dir, resume, accumulate_steps,
                              class_weight)
-        except KeyboardInterrupt:  # Ctrl-C: say how to continue the run, then stop as asked
+        except KeyboardInterrupt as exc:  # Ctrl-C: say how to continue the run, then stop
             hint = self._resume_hint() if self.resume_hint else None
             if hint:
                 print(hint, file=sys.stderr, flush=True)
+            if self._abort_on_error is not None:
+                self._abort_on_error.abort(exc)
+            raise
+        except BaseException as exc:  # data-parallel: one rank's error ends every rank
+            if self._abort_on_error is not None:
+                self._abort_on_error.abort(exc)
             raise
         finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
+            self.world = self._abort_on_error = None
             for cb in self.fit_callbacks:
                 if isinstance(cb, ModelCheckpoint):
                     cb.release()
@@ -314,6 +337,11 @@ class Trainer:
         seed, verbose, accumulate_steps, class_weight = self._check_fit_args(
             x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle, verbose,
             accumulate_steps, class_weight)
+        world = self.world = self._fit_world(batch_size, accumulate_steps)
+        # From here on one rank's error ends the job: the others would wait for it forever.
+        self._abort_on_error = world
+        if world is not None and world.rank != 0:
+            verbose = 0  # (rank 0 prints the progress and the report; warnings come from any)
         checkpointing = (checkpoint_dir is not None or resume is not None or
                          any(isinstance(c, ModelCheckpoint) for c in self.user_callbacks))
         check_trainable(self.model, checkpointing)
@@ -321,9 +349,12 @@ class Trainer:
                                                   checkpointing, class_weight)
         self._record_fit_params(x, y, validation, epochs, batch_size, validation_split, seed,
                                 shuffle, accumulate_steps, class_weight)
+        if world is not None:
+            self._check_replicas(world, x, y, validation)
         # The loop is done with each batch before drawing the next: reused buffers.
         loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                            reuse_buffers=True)
+                            reuse_buffers=True,
+                            shard=None if world is None else (world.rank, world.size))
         self.epochs = int(epochs)
         self.steps_per_epoch = -(-len(loader) // accumulate_steps)  # optimizer steps
         self.stop_training = False
@@ -338,7 +369,9 @@ class Trainer:
         if ckpt is not None and ckpt.message and verbose:
             print(ckpt.message)
         classify = "accuracy" in self.metrics  # classification only (see __init__)
-        step = _steps.choose(self, cbs, classify, accumulate_steps, y_host)
+        if world is not None:  # every replica starts from rank 0's weights
+            world.broadcast_arrays([p.data for p in self.model.parameters()])
+        step = _steps.choose(self, cbs, classify, accumulate_steps, y_host, world)
         start_epoch = self.epoch if self.resuming else 0
         self._batch_logs: dict[str, Any] = {}
         self.model.train()
@@ -355,6 +388,45 @@ class Trainer:
         if verbose:
             print(self.report())
         return self.history
+
+    @property
+    def processes(self) -> int:
+        """How many processes the fit in progress trains on (1 alone)."""
+        return 1 if self.world is None else self.world.size
+
+    def _fit_world(self, batch_size: int, accumulate_steps: int):
+        """The fit's MPI world when it is data-parallel (see ``distributed``), checked against
+        the fit's batching; None alone."""
+        if self.distributed is False:
+            return None
+        world = distributed.world(required=self.distributed == "mpi", where="Trainer")
+        if world is None or world.size == 1:
+            return None
+        if self.device == "cuda":
+            raise ValueError("fit: data-parallel training on the GPU (NCCL) is not available "
+                             "yet; train on the CPU (device='cpu') or in one process "
+                             "(distributed=False)")
+        if batch_size < world.size:
+            raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} "
+                             "processes training together (batch_size is the global batch: "
+                             "each process needs a sample of every full batch)")
+        if accumulate_steps > 1:
+            raise ValueError("fit: accumulate_steps > 1 is not available with data-parallel "
+                             "training; raise batch_size instead (it is the global batch)")
+        return world
+
+    def _check_replicas(self, world, x, y, validation) -> None:
+        """Refuse, on every rank, a data-parallel fit whose ranks were given different data,
+        model or options (a digest of each, compared across ranks)."""
+        facts = {"training data (x, y)": self.data_digest or checkpoint.data_digest(x, y),
+                 "validation data": None if validation is None else
+                 checkpoint.data_digest(*[to_host(a) for a in validation]),
+                 "model": [self._architecture(), [(n, p.shape, p.requires_grad)
+                                                  for n, p in self.model.named_parameters()]],
+                 "loss": self.loss_config(), "optimizer": self.optimizer.hyperparameters(),
+                 "fit options": self.fit_params, "metrics": list(self.metrics),
+                 "device": self.device}
+        world.check_same(facts, "fit")
 
     def _check_fit_args(self, x, y, epochs, batch_size, validation_data, validation_split, seed,
                         shuffle, verbose, accumulate_steps, class_weight):
