@@ -733,6 +733,11 @@ class Dropout(Module):
     so a resumed run draws the same masks as an uninterrupted one.
     """
 
+    #: Data-parallel training (a fit's setting): ``(first row, rows of the global batch)`` of
+    #: this process's slice, so that its mask is that slice of the mask one process would draw
+    #: for the whole batch, and the counter advances as one process's does. None: alone.
+    rows: Optional[tuple] = None
+
     def __init__(self, p: float = 0.5, seed: int = 0):
         if not (_validate.is_real(p) and 0.0 <= p < 1.0):
             _validate.fail("Dropout", "p", "in [0, 1)", p)
@@ -740,15 +745,24 @@ class Dropout(Module):
         self.seed = _validate.seed("Dropout", seed, limit=2 ** 64)
         self.counter = 0
         self._offset = None
+        #: the elements per row of the last training input (None before the first)
+        self.per_row: Optional[int] = None
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
             self._offset = None
             return x
-        self._offset = self.counter
-        # Advance by a multiple of 4: each Philox call yields 4 numbers.
-        self.counter += (x.size + 3) // 4 * 4
+        rows = x.shape[0] if x.ndim else 1
+        self.per_row = per_row = x.size // rows if rows else 0
+        first, total = self.rows if self.rows is not None else (0, rows)
+        self._offset = self.counter + first * per_row
+        self.advance(total)
         return ops.dropout_forward(x, self.p, self.seed, self._offset)
+
+    def advance(self, rows: int) -> None:
+        """Move the counter past a training forward of ``rows`` rows (of :attr:`per_row`
+        elements): by a multiple of 4, since each Philox call yields 4 numbers."""
+        self.counter += (rows * self.per_row + 3) // 4 * 4
 
     def backward(self, grad_out):
         if self._offset is None:
@@ -766,6 +780,11 @@ class Dropout(Module):
 
     def clear_buffers(self) -> None:
         self._offset = None
+
+    def __setstate__(self, state):
+        # (a Dropout pickled by an ember without per_row gets its default)
+        self.per_row = None
+        self.__dict__.update(state)
 
 
 def _create_grads(layers) -> None:

@@ -41,11 +41,13 @@ import sys
 import warnings
 from typing import Optional
 
+from ember import distributed
 from ember._version import __version__
 from ember.cli.commands import (cmd_bench, cmd_evaluate, cmd_export, cmd_info, cmd_lr_find,
                                 cmd_predict, cmd_train, silence_stdout)
 from ember.cli.options import (DEVICES, LR_FIND_OPTIONS, TRAIN_OPTIONS, UsageError, choice,
                                int_at_least)
+from ember.cli.processes import launch
 from ember.errors import CheckpointError, CudaError
 from ember.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -116,6 +118,11 @@ def _add_train_parser(sub) -> None:
                    help="read options from a TOML file; command-line flags override it")
     t.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
                    default=argparse.SUPPRESS, help="print nothing but errors")
+    t.add_argument("--processes", dest="processes", type=int_at_least(1), metavar="N",
+                   default=argparse.SUPPRESS,
+                   help="train data-parallel on N processes: runs 'mpiexec -n N ember train "
+                   "...' (the same options; --batch-size is the global batch); needs pip "
+                   "install \"ember[mpi]\". Under mpiexec already, leave it out")
     t.set_defaults(func=cmd_train)
 
 
@@ -273,6 +280,14 @@ def main(argv: Optional[list] = None) -> int:
             ns = vars(_build_parser().parse_args(argv))
         except SystemExit as exc:  # --help / --version
             return int(exc.code or 0)
+        processes = ns.pop("processes", 1)
+        if processes > 1 or distributed.launched_size() > 1:
+            if distributed.launched_size() == 1:  # --processes N: mpiexec -n N ember train ...
+                return launch(list(sys.argv[1:] if argv is None else argv), processes)
+            if processes not in (1, distributed.launched_size()):
+                raise UsageError(f"--processes {processes}: this is one of "
+                                 f"{distributed.launched_size()} processes mpiexec started; "
+                                 "leave --processes out under mpiexec")
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             status = ns.pop("func")(ns)

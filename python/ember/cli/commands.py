@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ember import distributed
 from ember._version import __version__
 from ember.backend import (array_module, cuda_training_available, get_num_threads,
                            resolve_device, resolve_training_device, set_num_threads, to_host)
@@ -30,6 +31,7 @@ from ember.callbacks import EarlyStopping, ModelCheckpoint, TensorBoard
 from ember.checkpoint import load_checkpoint, model_from
 from ember.cli.data import eval_data, prepare_training, untransform_y
 from ember.cli.options import LR_FIND_OPTIONS, UsageError, resolve_train_options
+from ember.cli.processes import on_rank0
 from ember.cli.runs import (load_run, new_run_dir, resume_options, run_predictor, run_to_resume,
                             run_trainer, write_atomic, write_config, write_lr_find, write_results)
 from ember.export import to_onnx
@@ -186,6 +188,11 @@ def cmd_train(ns: dict) -> int:
 def _train(ns: dict) -> int:
     t_start = time.perf_counter()
     resuming = "resume" in ns
+    # Under mpiexec (ember train --processes N): every rank trains; rank 0 alone creates the
+    # run folder, writes its files and prints.
+    world = distributed.world()
+    if world is not None and world.rank != 0:
+        ns["quiet"] = True
     if resuming:
         run_dir, cfg = run_to_resume(ns)
         if (run_dir / "summary.json").is_file():
@@ -202,7 +209,7 @@ def _train(ns: dict) -> int:
     spec, arrays = prepare_training(opts)
     t_data = time.perf_counter() - t0
     if not resuming:
-        run_dir = new_run_dir(opts["out"])
+        run_dir = on_rank0(world, lambda: new_run_dir(opts["out"]))
     ckpt_dir = run_dir / "checkpoints"
     found, lr_info = None, (cfg.get("lr_find") if resuming else None)
     if opts["lr"] == "auto":  # --lr auto: the learning-rate finder first (sets opts["lr"])
@@ -211,16 +218,18 @@ def _train(ns: dict) -> int:
     opts["out"] = str(run_dir)
 
     if not resuming:
-        write_config(run_dir, opts, spec, trainer.device, lr_find=lr_info)
+        on_rank0(world, lambda: write_config(run_dir, opts, spec, trainer.device,
+                                             lr_find=lr_info))
         if found is not None:
-            write_lr_find(run_dir, found, _lr_find_title(opts, spec))
+            on_rank0(world, lambda: write_lr_find(run_dir, found, _lr_find_title(opts, spec)))
             _say(opts, f"ember: --lr auto: the learning-rate finder suggests {opts['lr']:.3g} "
                        f"({_readings(found)}); wrote lr_find.csv and lr_find.png")
     model_desc = "-".join(str(s) for s in [spec["n_features"], *opts["hidden"],
                                            spec["n_outputs"]])
+    on = "" if world is None else f" on {world.size} processes (data-parallel, MPI)"
     _say(opts, f"ember: {'resuming' if resuming else 'training'} MLP {model_desc} "
                f"({opts['activation']}) on {spec['description']}; {spec['task']}, "
-               f"device {trainer.device}; run directory {run_dir}")
+               f"device {trainer.device}{on}; run directory {run_dir}")
 
     t0 = time.perf_counter()
     if not _fit(trainer, opts, arrays, run_dir, resuming):
@@ -237,9 +246,10 @@ def _train(ns: dict) -> int:
                                                       arrays["y_test"], report=True)
     t_eval = time.perf_counter() - t0
 
-    summary = write_results(run_dir, trainer, spec, opts, model_desc, metrics,
-                            {"load_data_s": t_data, "train_s": t_train, "evaluate_s": t_eval},
-                            t_start, resuming, report=report, lr_find=lr_info)
+    summary = on_rank0(world, lambda: write_results(
+        run_dir, trainer, spec, opts, model_desc, metrics,
+        {"load_data_s": t_data, "train_s": t_train, "evaluate_s": t_eval}, t_start, resuming,
+        report=report, lr_find=lr_info))
     epochs_run = summary["epochs_run"]
     lines = [f"{name} metrics: {_fmt_metrics(m)}" for name, m in metrics.items()]
     classify = report is not None and spec["task"] == "classification"

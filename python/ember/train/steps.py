@@ -186,6 +186,7 @@ class DataParallel(Step):
         self.bucket_of: dict = {}
         self.share = 1.0
         self.hooked = isinstance(self.model, nn.Sequential)
+        self.dropouts = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
 
     def inputs(self, loader, epoch: int, start: int):
         """Per step: this rank's slice, its share of the batch, and the batch's size."""
@@ -199,7 +200,7 @@ class DataParallel(Step):
                 w = self.class_weight[self.y_host[order[b * bs:b * bs + m]]]
                 total = float(w.sum())
                 share = float(w[lo:hi].sum()) / total if total else 0.0
-            yield batch, (share if self.mean else 1.0), m
+            yield batch, (share if self.mean else 1.0), m, lo
 
     def _buckets(self):
         """The reducer for the model's trainable parameters: a bucket per Linear layer of a
@@ -228,12 +229,29 @@ class DataParallel(Step):
         if b is not None:
             self.reducer.start(b, self.share)
 
+    def _skip_dropout(self, xb, m: int) -> None:
+        """A rank with no rows this step: its Dropout counters advance as the others' do."""
+        if any(d.per_row is None for d in self.dropouts):  # (a resumed fit's first step)
+            counters = [d.counter for d in self.dropouts]
+            for d in self.dropouts:
+                d.rows = (0, 1)
+            # (one zero row through the model: each Dropout learns its row width)
+            self.model.forward(np.zeros((1,) + tuple(xb.shape[1:]), dtype=xb.dtype))
+            for d, c in zip(self.dropouts, counters):
+                d.counter = c
+        for d in self.dropouts:
+            d.advance(m)
+
     def __call__(self, batch, tally):
-        (xb, yb), share, m = batch
+        (xb, yb), share, m, lo = batch
         n = xb.shape[0]
         reducer = self._buckets()
         self.share = share
         loss = correct = 0.0
+        for d in self.dropouts:  # (each rank's mask: its rows of the whole batch's mask)
+            d.rows = (lo, m)
+        if not n and self.dropouts:
+            self._skip_dropout(xb, m)
         if n:
             if not self.plain:
                 nn.mark_zero(self.params)
@@ -347,6 +365,9 @@ def set_fit_settings(model, plain: bool) -> None:
 def clear_fit_settings(model) -> None:
     if isinstance(model, nn.Sequential):
         model.clear_fit_settings()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.rows = None  # (a data-parallel fit's slice)
 
 
 def choose(trainer, callbacks, classify: bool, accumulate: int, y_host,

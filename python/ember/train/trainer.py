@@ -418,6 +418,9 @@ class Trainer:
     def _check_replicas(self, world, x, y, validation) -> None:
         """Refuse, on every rank, a data-parallel fit whose ranks were given different data,
         model or options (a digest of each, compared across ranks)."""
+        if len(x) < world.size:
+            raise ValueError(f"fit: {len(x)} training samples for {world.size} processes: each "
+                             "process needs a sample of every batch")
         facts = {"training data (x, y)": self.data_digest or checkpoint.data_digest(x, y),
                  "validation data": None if validation is None else
                  checkpoint.data_digest(*[to_host(a) for a in validation]),
