@@ -77,7 +77,7 @@ if ckpt and cfg.get("every_n_steps"):
 trainer = Trainer(MLP(cfg.get("sizes", [64, 48, 32, 10]), seed=1,
                       dropout=cfg.get("dropout", 0.0)),
                   optimizer="adam", lr=cfg.get("lr", 3e-3), callbacks=callbacks,
-                  distributed=cfg.get("distributed", "auto"))
+                  distributed=cfg.get("distributed", "auto"), device=cfg.get("device", "cpu"))
 history = trainer.fit(x, y, epochs=cfg.get("epochs", 3), batch_size=cfg.get("batch_size", 100),
                       validation_split=cfg.get("validation_split", 0.0), seed=3, verbose=0,
                       checkpoint_dir=ckpt, resume="latest" if cfg.get("resume") else None)

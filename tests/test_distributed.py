@@ -327,3 +327,66 @@ def test_cli_processes_2_gives_one_run(tmp_path):
     ref = json.loads((tmp_path / "one" / "summary.json").read_text())
     acc, ref_acc = summary["metrics"]["test"]["accuracy"], ref["metrics"]["test"]["accuracy"]
     assert acc >= 0.95 and abs(acc - ref_acc) <= 0.005
+
+
+# ------------------------------------------------------------------------------------------
+# GPUs (NCCL through CuPy): run only where a GPU is lent
+
+
+NCCL_ONE_RANK = """
+import numpy as np, cupy
+from ember import distributed
+from ember.nn import Parameter
+w = distributed.world(required=True)
+assert w.size == 1
+w.use_gpu()
+rng = np.random.default_rng(0)
+params = [Parameter(cupy.asarray(rng.standard_normal(s).astype(np.float32))) for s in
+          [(7, 5), (7,), (3, 7)]]
+grads = [rng.standard_normal(p.data.shape).astype(np.float32) for p in params]
+for p, g in zip(params, grads):
+    p.grad = cupy.asarray(g)
+red = w.reducer([params[:2], params[2:]])
+red.start(1, 0.5)
+red.start(0, 0.5)
+loss, correct = red.finish([1.5, 3.0])
+assert (loss, correct) == (1.5, 3.0)
+for p, g in zip(params, grads):
+    np.testing.assert_array_equal(cupy.asnumpy(p.grad), g * np.float32(0.5))
+print("ok", red.bytes_sent)
+"""
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_nccl_one_rank_reducer_on_a_gpu(tmp_path):
+    pytest.importorskip("cupy")
+    script = tmp_path / "nccl1.py"
+    script.write_text(NCCL_ONE_RANK)
+    proc = subprocess.run([_mpiexec(), "-n", "1", sys.executable, str(script)], env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_two_ranks_on_one_gpu_are_refused(tmp_path):
+    cupy = pytest.importorskip("cupy")
+    if cupy.cuda.runtime.getDeviceCount() != 1:
+        pytest.skip("needs a machine with exactly one GPU")
+    res, proc = launch(tmp_path, "dup", check=False, device="cuda", epochs=1)
+    assert proc.returncode != 0 and res == []
+    assert "would both use GPU" in proc.stderr
+
+
+@needs_mpi
+@pytest.mark.gpu
+def test_two_gpus_equal_one_process(tmp_path):
+    cupy = pytest.importorskip("cupy")
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    one, _ = launch(tmp_path, "one", procs=0, device="cuda", epochs=2)
+    two, _ = launch(tmp_path, "two", device="cuda", epochs=2)
+    assert two[0]["step_path"].startswith("data-parallel over 2 processes (NCCL)")
+    assert two[0]["digests"] == two[1]["digests"]
+    close_to(two[0], one[0])

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ember import distributed, nn, ops
-from ember.backend import to_host
+from ember.backend import array_module, to_host
 from ember.callbacks import ModelCheckpoint, ProgressBar, TensorBoard, TerminateOnNaN
 from ember.losses import MSE, CrossEntropy
 from ember.optim import SGD, Adam, AdamW
@@ -175,7 +175,8 @@ class DataParallel(Step):
     def __init__(self, trainer, classify: bool, plain: bool, world, y_host):
         super().__init__(trainer, classify, plain)
         self.world = world
-        self.path = f"data-parallel over {world.size} processes (MPI), layer by layer"
+        engine = "NCCL" if world.nccl is not None else "MPI"
+        self.path = f"data-parallel over {world.size} processes ({engine}), layer by layer"
         self.mean = getattr(self.loss, "reduction", "mean") != "sum"
         weight = getattr(self.loss, "weight", None) if self.mean else None
         self.class_weight = (None if weight is None else
@@ -220,7 +221,7 @@ class DataParallel(Step):
                 buckets += [rest] if rest else []
             else:
                 buckets = [params]
-            self.reducer = distributed.GradientReducer(self.world, buckets)
+            self.reducer = self.world.reducer(buckets)
             self.key = key
         return self.reducer
 
@@ -236,7 +237,8 @@ class DataParallel(Step):
             for d in self.dropouts:
                 d.rows = (0, 1)
             # (one zero row through the model: each Dropout learns its row width)
-            self.model.forward(np.zeros((1,) + tuple(xb.shape[1:]), dtype=xb.dtype))
+            xp = array_module(xb)
+            self.model.forward(xp.zeros((1,) + tuple(xb.shape[1:]), dtype=xb.dtype))
             for d, c in zip(self.dropouts, counters):
                 d.counter = c
         for d in self.dropouts:

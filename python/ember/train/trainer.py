@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ember import _validate, checkpoint, distributed, ops
+from ember.distributed import launched_size as distributed_launch_size
+from ember.distributed import world as distributed_world
 from ember._io import as_path
 from ember.backend import array_module, resolve_training_device, to_host
 from ember.callbacks import (Callback, CallbackList, GradientMonitor, LRScheduler,
@@ -100,6 +102,11 @@ class Trainer:
         self.task = self.loss.task
         # "cuda" without a usable GPU raises ValueError ("... CUDA is not usable: <why>").
         self.device = resolve_training_device(device)
+        if self.device == "cuda" and distributed is not False and \
+                distributed_launch_size() > 1:  # this rank's GPU before the model goes there
+            world = distributed_world(required=distributed == "mpi", where="Trainer")
+            if world is not None and world.size > 1:
+                world.use_gpu()
         model.to(self.device)
         if isinstance(optimizer, Optimizer):
             if lr is not None or optimizer_kwargs or max_grad_norm is not None:
@@ -126,8 +133,8 @@ class Trainer:
         #: "auto", "mpi" or False (see the class)
         self.distributed = distributed
         #: the MPI world of the fit in progress when it is data-parallel (None otherwise)
-        self.world: Optional[distributed.World] = None
-        self._abort_on_error: Optional[distributed.World] = None
+        self.world = None
+        self._abort_on_error = None
         #: False forces the layer-by-layer training path (tests compare the two, bit for bit).
         self.fused_steps = True
         #: False makes a GPU fit go step by step instead of replaying CUDA graphs (the same).
@@ -403,9 +410,7 @@ class Trainer:
         if world is None or world.size == 1:
             return None
         if self.device == "cuda":
-            raise ValueError("fit: data-parallel training on the GPU (NCCL) is not available "
-                             "yet; train on the CPU (device='cpu') or in one process "
-                             "(distributed=False)")
+            world.use_gpu("fit")  # (done by __init__; NCCL reduces the gradients)
         if batch_size < world.size:
             raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} "
                              "processes training together (batch_size is the global batch: "
