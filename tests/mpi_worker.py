@@ -80,7 +80,9 @@ trainer = Trainer(MLP(cfg.get("sizes", [64, 48, 32, 10]), seed=1,
                   distributed=cfg.get("distributed", "auto"), device=cfg.get("device", "cpu"))
 history = trainer.fit(x, y, epochs=cfg.get("epochs", 3), batch_size=cfg.get("batch_size", 100),
                       validation_split=cfg.get("validation_split", 0.0), seed=3, verbose=0,
-                      checkpoint_dir=ckpt, resume="latest" if cfg.get("resume") else None)
+                      checkpoint_dir=ckpt, resume="latest" if cfg.get("resume") else None,
+                      accumulate_steps=cfg.get("accumulate_steps", 1),
+                      class_weight=cfg.get("class_weight"))
 result = {"rank": rank, "size": distributed.size(), "digests": record.digests,
           "history": history.history, "grad_norms": history.grad_norms,
           "step_path": trainer.step_path,

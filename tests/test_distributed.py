@@ -212,6 +212,20 @@ def test_dropout_masks_are_the_one_process_masks(tmp_path, n):
 
 
 @needs_mpi
+@pytest.mark.parametrize("options", [dict(accumulate_steps=3), dict(class_weight="balanced"),
+                                     dict(accumulate_steps=2, class_weight="balanced", n=1401)],
+                         ids=["accumulate", "class_weight", "both"])
+def test_accumulation_and_class_weights_equal_one_process(tmp_path, options):
+    """Micro-batches per step (each rank's slices of each, the reduction once a step) and
+    class-weighted means (each slice's share is its weight over the batch's): one process's."""
+    one, _ = launch(tmp_path, "one", procs=0, epochs=2, **options)
+    two, _ = launch(tmp_path, "two", epochs=2, **options)
+    assert two[0]["digests"] == two[1]["digests"]
+    assert len(two[0]["digests"]) == len(one[0]["digests"])
+    close_to(two[0], one[0])
+
+
+@needs_mpi
 def test_same_bits_on_a_rerun(tmp_path):
     a, _ = launch(tmp_path, "a", epochs=2)
     b, _ = launch(tmp_path, "b", epochs=2)

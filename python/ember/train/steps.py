@@ -170,13 +170,16 @@ class DataParallel(Step):
     weights, over the batch's), are summed across the ranks in rank order
     (:class:`ember.distributed.GradientReducer`), so every rank steps on the gradient one
     process would compute for the whole batch, up to float rounding. The loss and accuracy are
-    the whole batch's too."""
+    the whole batch's too. With ``accumulate`` > 1, a step is that many global micro-batches
+    (as :class:`Accumulating`): each slice's loss gradient is scaled by its share of the step,
+    the gradients add up locally, and the reduction runs during the last one's backward."""
 
-    def __init__(self, trainer, classify: bool, plain: bool, world, y_host):
+    def __init__(self, trainer, classify: bool, plain: bool, world, y_host, accumulate: int = 1):
         super().__init__(trainer, classify, plain)
         self.world = world
         engine = "NCCL" if world.nccl is not None else "MPI"
         self.path = f"data-parallel over {world.size} processes ({engine}), layer by layer"
+        self.accumulate = accumulate
         self.mean = getattr(self.loss, "reduction", "mean") != "sum"
         weight = getattr(self.loss, "weight", None) if self.mean else None
         self.class_weight = (None if weight is None else
@@ -185,23 +188,29 @@ class DataParallel(Step):
         self.reducer = None
         self.key = None
         self.bucket_of: dict = {}
-        self.share = 1.0
+        self.scale = 1.0
         self.hooked = isinstance(self.model, nn.Sequential)
         self.dropouts = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
 
     def inputs(self, loader, epoch: int, start: int):
-        """Per step: this rank's slice, its share of the batch, and the batch's size."""
+        """Per step: this rank's slices (drawn lazily: the loader reuses its buffers) and, for
+        each, (its first row, the global batch's rows, its weight, the global batch's)."""
         order = loader.order(epoch) if self.class_weight is not None else None
-        bs, n, r, p = loader.batch_size, loader.n, self.world.rank, self.world.size
-        for b, batch in enumerate(loader.batches(epoch, start), start):
-            m = min(bs, n - b * bs)
-            lo, hi = distributed.shard_bounds(m, r, p)
-            share = (hi - lo) / m
-            if order is not None:
-                w = self.class_weight[self.y_host[order[b * bs:b * bs + m]]]
-                total = float(w.sum())
-                share = float(w[lo:hi].sum()) / total if total else 0.0
-            yield batch, (share if self.mean else 1.0), m, lo
+        bs, n, nb, accum = loader.batch_size, loader.n, len(loader), self.accumulate
+        r, p = self.world.rank, self.world.size
+        micro = loader.batches(epoch, start * accum)
+        for s in range(start, -(-nb // accum)):
+            first, last = s * accum, min(s * accum + accum, nb)
+            parts = []
+            for b in range(first, last):
+                m = min(bs, n - b * bs)
+                lo, hi = distributed.shard_bounds(m, r, p)
+                mine, whole = float(hi - lo), float(m)
+                if order is not None:
+                    w = self.class_weight[self.y_host[order[b * bs:b * bs + m]]]
+                    mine, whole = float(w[lo:hi].sum()), float(w.sum())
+                parts.append((lo, m, mine, whole))
+            yield itertools.islice(micro, last - first), parts
 
     def _buckets(self):
         """The reducer for the model's trainable parameters: a bucket per Linear layer of a
@@ -228,10 +237,10 @@ class DataParallel(Step):
     def _ready(self, layer) -> None:
         b = self.bucket_of.get(id(layer))
         if b is not None:
-            self.reducer.start(b, self.share)
+            self.reducer.start(b, self.scale)
 
     def _skip_dropout(self, xb, m: int) -> None:
-        """A rank with no rows this step: its Dropout counters advance as the others' do."""
+        """A rank with no rows in a batch: its Dropout counters advance as the others' do."""
         if any(d.per_row is None for d in self.dropouts):  # (a resumed fit's first step)
             counters = [d.counter for d in self.dropouts]
             for d in self.dropouts:
@@ -245,31 +254,47 @@ class DataParallel(Step):
             d.advance(m)
 
     def __call__(self, batch, tally):
-        (xb, yb), share, m, lo = batch
-        n = xb.shape[0]
+        micro, parts = batch
         reducer = self._buckets()
-        self.share = share
-        loss = correct = 0.0
-        for d in self.dropouts:  # (each rank's mask: its rows of the whole batch's mask)
-            d.rows = (lo, m)
-        if not n and self.dropouts:
-            self._skip_dropout(xb, m)
-        if n:
-            if not self.plain:
+        total = sum(whole for _, _, _, whole in parts)
+        single = len(parts) == 1
+        loss_sum = correct = 0.0
+        written = False
+        for j, ((xb, yb), (lo, m, mine, _)) in enumerate(zip(micro, parts)):
+            for d in self.dropouts:  # (each rank's mask: its rows of the whole batch's mask)
+                d.rows = (lo, m)
+            n = xb.shape[0]
+            if not n:
+                if self.dropouts:
+                    self._skip_dropout(xb, m)
+                continue
+            share = (mine / total if total else 0.0) if self.mean else 1.0
+            if self.plain:
+                self.model.set_accumulate(written)  # (the first slice writes, the rest add)
+            elif not written:
                 nn.mark_zero(self.params)
+            # one batch: the share scales the packed gradients; several: each loss gradient
+            self.scale = share if single else 1.0
             if self.hooked:
-                self.model.set_grad_ready(self._ready)
+                self.model.set_grad_ready(self._ready if j == len(parts) - 1 else None)
             out = self.model.forward(xb)
             loss = self.loss.forward(out, yb)
             if self.classify:
-                correct = ops.accuracy(out, yb) * n
-            self.model.backward(self.loss.backward())
-            reducer.start_rest(share)  # (buckets no layer's backward started)
-        loss_sum, correct_sum = reducer.finish([loss * share if self.mean else loss, correct])
+                correct += ops.accuracy(out, yb) * n
+            g = self.loss.backward()
+            if not single and self.mean and share != 1.0:
+                g = g * np.float32(share)
+            self.model.backward(g)
+            loss_sum += loss * share if self.mean else loss
+            written = True
+        if written:
+            reducer.start_rest(self.scale)  # (buckets no layer's backward started)
+        loss_sum, correct = reducer.finish([loss_sum, correct])
         norm, skipped = self.optimizer.step()
-        tally.correct += correct_sum
-        tally.add(loss_sum * m, m, norm, skipped)
-        return loss_sum, norm, skipped, m
+        rows = sum(m for _, m, _, _ in parts)
+        tally.correct += correct
+        tally.add(loss_sum * rows, rows, norm, skipped)
+        return loss_sum, norm, skipped, rows
 
 
 class CudaGraph(Step):
@@ -380,7 +405,7 @@ def choose(trainer, callbacks, classify: bool, accumulate: int, y_host,
     plain = plain_stack(model)
     set_fit_settings(model, plain)
     if world is not None:
-        step = DataParallel(trainer, classify, plain, world, y_host)
+        step = DataParallel(trainer, classify, plain, world, y_host, accumulate)
         trainer.step_path = step.path
         return step
     if trainer.device == "cuda":

@@ -344,7 +344,7 @@ class Trainer:
         seed, verbose, accumulate_steps, class_weight = self._check_fit_args(
             x, y, epochs, batch_size, validation_data, validation_split, seed, shuffle, verbose,
             accumulate_steps, class_weight)
-        world = self.world = self._fit_world(batch_size, accumulate_steps)
+        world = self.world = self._fit_world(batch_size)
         # From here on one rank's error ends the job: the others would wait for it forever.
         self._abort_on_error = world
         if world is not None and world.rank != 0:
@@ -401,7 +401,7 @@ class Trainer:
         """How many processes the fit in progress trains on (1 alone)."""
         return 1 if self.world is None else self.world.size
 
-    def _fit_world(self, batch_size: int, accumulate_steps: int):
+    def _fit_world(self, batch_size: int):
         """The fit's MPI world when it is data-parallel (see ``distributed``), checked against
         the fit's batching; None alone."""
         if self.distributed is False:
@@ -415,9 +415,6 @@ class Trainer:
             raise ValueError(f"fit: batch_size {batch_size} is smaller than the {world.size} "
                              "processes training together (batch_size is the global batch: "
                              "each process needs a sample of every full batch)")
-        if accumulate_steps > 1:
-            raise ValueError("fit: accumulate_steps > 1 is not available with data-parallel "
-                             "training; raise batch_size instead (it is the global batch)")
         return world
 
     def _check_replicas(self, world, x, y, validation) -> None:
