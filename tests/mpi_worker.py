@@ -8,6 +8,7 @@ made, the step path, the world size).
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,8 @@ class Record(Callback):
         self.digests.append(digest(self.trainer.model))
         if cfg.get("raise_at") == self.trainer.global_step and rank == cfg.get("raise_rank"):
             raise RuntimeError(f"a failure on rank {rank}")
+        if cfg.get("die_at") == self.trainer.global_step and rank == cfg.get("die_rank"):
+            os.kill(os.getpid(), signal.SIGKILL)
         if cfg.get("sleep"):
             time.sleep(cfg["sleep"])
 
@@ -76,7 +79,8 @@ if ckpt and cfg.get("every_n_steps"):
     callbacks.append(ModelCheckpoint(ckpt, every_n_steps=cfg["every_n_steps"], keep_last=100))
 trainer = Trainer(MLP(cfg.get("sizes", [64, 48, 32, 10]), seed=1,
                       dropout=cfg.get("dropout", 0.0)),
-                  optimizer="adam", lr=cfg.get("lr", 3e-3), callbacks=callbacks,
+                  optimizer="adam", lr=cfg.get("lr", 3e-3) * (2 if cfg.get("odd_lr_rank") == rank
+                                                               else 1), callbacks=callbacks,
                   distributed=cfg.get("distributed", "auto"), device=cfg.get("device", "cpu"))
 history = trainer.fit(x, y, epochs=cfg.get("epochs", 3), batch_size=cfg.get("batch_size", 100),
                       validation_split=cfg.get("validation_split", 0.0), seed=3, verbose=0,

@@ -316,10 +316,24 @@ def test_an_error_on_rank1_ends_the_job(tmp_path):
 
 
 @needs_mpi
-def test_ranks_with_different_data_are_refused(tmp_path):
-    res, proc = launch(tmp_path, "mismatch", check=False, perturb_rank=1, epochs=1)
+def test_a_killed_rank_ends_the_job(tmp_path):
+    t0 = time.monotonic()
+    res, proc = launch(tmp_path, "killed", check=False, epochs=3, die_at=5, die_rank=1)
     assert proc.returncode != 0 and res == []
-    assert "differ in training data (x, y): rank(s) 1 disagree with rank 0" in proc.stderr
+    assert time.monotonic() - t0 < 30 + 10
+
+
+@needs_mpi
+@pytest.mark.parametrize("options,what", [
+    (dict(perturb_rank=1), "training data (x, y)"), (dict(odd_lr_rank=1), "optimizer")])
+def test_ranks_with_different_data_or_options_are_refused(tmp_path, options, what):
+    res, proc = launch(tmp_path, "mismatch", check=False, epochs=1, **options)
+    assert proc.returncode != 0 and res == []
+    assert f"differ in {what}: rank(s) 1 disagree with rank 0" in proc.stderr
+    # refused on every rank, by an exception a script can catch (every rank raises it: no
+    # rank is left waiting, the job needs no abort)
+    assert proc.stderr.count("every process of a data-parallel run must be given") == 2
+    assert "MPI_Abort" not in proc.stderr
 
 
 @needs_mpi

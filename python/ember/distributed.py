@@ -180,6 +180,7 @@ class World:
               "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
               file=sys.stderr, flush=True)
         self.comm.Abort(1)
+        os._exit(1)  # (MPI_Abort may return while the launcher already tears the job down)
 
     def check_same(self, facts: dict, where: str = "fit") -> None:
         """Refuse (ValueError, on every rank) when the ranks' ``facts`` (name -> JSON value,
@@ -191,10 +192,12 @@ class World:
             values = [d.get(key) for d in every]
             if len(set(values)) > 1:
                 odd = [r for r, v in enumerate(values) if v != values[0]]
-                raise ValueError(
+                exc = ValueError(
                     f"{where}: the {self.size} processes differ in {key}: rank(s) "
                     f"{', '.join(map(str, odd))} disagree with rank 0; every process of a "
                     "data-parallel run must be given the same data, model and options")
+                exc.raised_on_every_rank = True  # (no rank waits: no need to abort the job)
+                raise exc
 
 
 def shard_bounds(rows: int, rank_: int, size_: int) -> tuple[int, int]:

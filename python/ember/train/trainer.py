@@ -308,7 +308,8 @@ class Trainer:
                 self._abort_on_error.abort(exc)
             raise
         except BaseException as exc:  # data-parallel: one rank's error ends every rank
-            if self._abort_on_error is not None:
+            if self._abort_on_error is not None and \
+                    not getattr(exc, "raised_on_every_rank", False):
                 self._abort_on_error.abort(exc)
             raise
         finally:  # a fit that raised (or was interrupted) leaves no checkpoint folder locked
