@@ -65,6 +65,16 @@ class Step:
     def abort(self, tally) -> None:
         """Called when a step or callback raised: leave the optimizer's counters true."""
 
+    def weigh_samples(self, y_host) -> None:
+        """For a step that splits batches: ``mean`` (the loss averages, rather than sums) and
+        ``class_weight``, the loss's class weights on the host (None: every sample counts 1;
+        a mean divides by its samples' summed class weights), with the host labels."""
+        self.mean = getattr(self.loss, "reduction", "mean") != "sum"
+        weight = getattr(self.loss, "weight", None) if self.mean else None
+        self.class_weight = (None if weight is None else
+                             np.asarray(to_host(weight), dtype=np.float64))
+        self.y_host = y_host
+
 
 class LayerByLayer(Step):
     def __call__(self, batch, tally):
@@ -110,12 +120,7 @@ class Accumulating(Step):
     def __init__(self, trainer, classify: bool, plain: bool, accumulate: int, y_host):
         super().__init__(trainer, classify, plain)
         self.accumulate = accumulate
-        self.mean = getattr(self.loss, "reduction", "mean") != "sum"
-        weight = getattr(self.loss, "weight", None) if self.mean else None
-        # a step's mean divides by its samples' summed class weights
-        self.class_weight = (None if weight is None else
-                             np.asarray(to_host(weight), dtype=np.float64))
-        self.y_host = y_host
+        self.weigh_samples(y_host)
 
     def inputs(self, loader, epoch: int, start: int):
         """Per step: its micro-batches (drawn lazily: the loader reuses its buffers) and what
@@ -180,11 +185,7 @@ class DataParallel(Step):
         engine = "NCCL" if world.nccl is not None else "MPI"
         self.path = f"data-parallel over {world.size} processes ({engine}), layer by layer"
         self.accumulate = accumulate
-        self.mean = getattr(self.loss, "reduction", "mean") != "sum"
-        weight = getattr(self.loss, "weight", None) if self.mean else None
-        self.class_weight = (None if weight is None else
-                             np.asarray(to_host(weight), dtype=np.float64))
-        self.y_host = y_host
+        self.weigh_samples(y_host)
         self.reducer = None
         self.key = None
         self.bucket_of: dict = {}
