@@ -3,7 +3,7 @@
 Samples/s and step time of ``Trainer(model, optimizer="adam").fit`` on 784-256-256-10 and
 784-1024-1024-10 ReLU MLPs at global batch 128 and 1024, on synthetic MNIST-like data (784
 features in [0, 1], 10 classes, 24576 samples: 24 steps an epoch at batch 1024, fixed seed), in
-three configurations:
+three configurations and a reference:
 
 - ``1x1``: one process, 1 thread (the fused CPU step);
 - ``1x2``: one process, 2 threads;
@@ -11,16 +11,18 @@ three configurations:
   every global batch, the gradients summed by ``GradientReducer``);
 - ``1x1-lbl`` (reference, no target): one process, 1 thread, the layer-by-layer step
   (``trainer.fused_steps = False``) -- the path the data-parallel step runs on each rank --
-  also at half of each batch (one rank's share of a 2x1 step, computed alone).
+  at batch 1024, 64 and 512 (one rank's share of a 2x1 step at 128 and 1024, alone).
 
 Threads are pinned in every process (``ember.set_num_threads(n)`` and ``OMP_NUM_THREADS`` /
 ``EMBER_NUM_THREADS`` = n in its environment). Each configuration runs in processes of its own,
-``--rounds`` times, the configurations interleaved round by round (the order rotated each round);
-each process does a 1-epoch warm-up fit, then one fit of ``--epochs`` epochs, timed with
-``time.perf_counter`` around each whole epoch (an epoch callback) and divided by its steps:
-ember does not expose per-step times. A run's step time is the median of its epochs; the table
-gives the median over the rounds (with the min-max of the rounds). Efficiency is throughput
-efficiency: samples/s(2x1) / (2 samples/s(1x1)), i.e. T(1x1) / (2 T(2x1)) in step time.
+``--rounds`` times, the configurations interleaved round by round (the order rotated each
+round). Each process does a 1-epoch warm-up fit, then ``--epochs`` 1-epoch fits of fresh models
+(same seeds: a long fit's Adam state drifts into float32 denormals, which slowed ember's steps
+2.4x; see DENORMALS in the source), each epoch timed whole with ``time.perf_counter`` (an
+epoch callback) and divided by its steps: ember does not expose per-step times. A run's step
+time is the median of its epochs; the table gives the median over the rounds (and their
+min-max). Efficiency is throughput efficiency: samples/s(2x1) / (2 samples/s(1x1)), i.e.
+T(1x1) / (2 T(2x1)) in step time.
 
 Targets (the issue): at 784-1024-1024-10, batch 1024, strong-scaling efficiency >= 0.85, and
 2x1 within 15 % of 1x2 (samples/s(2x1) >= 0.85 samples/s(1x2)). Also: the bytes each rank sends
@@ -64,8 +66,7 @@ ALPHAS_S = (5e-6, 10e-6)  # per-message latency of the projection
 # -- worker -------------------------------------------------------------------------------
 def synthetic_mnist(n: int, seed: int = 0):
     """``n`` MNIST-like samples: 784 features in [0, 1] (a class prototype plus noise, clipped),
-    10 balanced classes, 10 % of the labels drawn at random (the loss stays well above 0, so
-    the gradients never shrink towards denormals)."""
+    10 balanced classes, 10 % of the labels drawn at random (the loss stays well above 0)."""
     rng = np.random.default_rng(seed)
     protos = (rng.random((10, 784)) < 0.2).astype(np.float32)
     y = np.arange(n) % 10
@@ -74,6 +75,31 @@ def synthetic_mnist(n: int, seed: int = 0):
     flip = rng.random(n) < 0.1
     y[flip] = rng.integers(0, 10, int(flip.sum()))
     return np.clip(x, 0.0, 1.0).astype(np.float32), y.astype(np.int64)
+
+
+# Why each timed epoch trains a fresh model (DENORMALS): Adam's first moment of a parameter whose
+# gradient is exactly 0 from some step on (a dead ReLU unit's weights) decays by beta1 = 0.9 a
+# step and reaches the float32 denormals some hundreds of steps later; from then on ember's CPU
+# step ran 2.4x slower here (784-1024-1024-10, batch 64, layer by layer, 1 thread: 6.6 ms a
+# step over the first epoch of 384 steps, 16.1 ms over the third, with ~0.9M denormals in
+# exp_avg; Adam's step() alone on that state 12.8 ms, 2.0 ms once they were set to 0), which
+# would time the denormals, not the configurations. A fresh model's first epoch
+# (<= 192 steps here) had none; the worker counts them at the end of its last timed epoch.
+
+
+def denormals(optimizer) -> int:
+    """Nonzero float32 values below the smallest normal in the optimizer's state arrays."""
+    tiny, count = np.finfo(np.float32).tiny, 0
+    stack = [getattr(optimizer, "state", None)]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif isinstance(o, np.ndarray) and o.dtype == np.float32:
+            count += int(np.count_nonzero((o != 0) & (np.abs(o) < tiny)))
+    return count
 
 
 def worker(config: str, samples: int, epochs: int, reduce_calls: int) -> dict | None:
@@ -114,19 +140,22 @@ def worker(config: str, samples: int, epochs: int, reduce_calls: int) -> dict | 
         from mpi4py import MPI
         out["mpi"] = MPI.Get_library_version().strip().splitlines()[0]
     # the reference also times the half batches: one rank's compute at 2x1, alone
-    batches = BATCHES + tuple(b // 2 for b in BATCHES) if config == "1x1-lbl" else BATCHES
+    batches = BATCHES[-1:] + tuple(b // 2 for b in BATCHES) if config == "1x1-lbl" else BATCHES
     for label, widths in MODELS.items():
         for batch in batches:
             made.clear()
-            model = nn.MLP(list(widths), seed=0)
             timer = EpochTimer()
-            trainer = ember.Trainer(model, optimizer="adam", callbacks=[timer])
-            trainer.fused_steps = fused
-            trainer.fit(x, y, epochs=1, batch_size=batch, seed=0, verbose=0)  # warm-up
-            timer.seconds.clear()
-            t0 = time.perf_counter()
-            trainer.fit(x, y, epochs=epochs, batch_size=batch, seed=1, verbose=0)
-            fit_s = time.perf_counter() - t0
+            warm = ember.Trainer(nn.MLP(list(widths), seed=0), optimizer="adam")
+            warm.fused_steps = fused
+            warm.fit(x, y, epochs=1, batch_size=batch, seed=0, verbose=0)  # warm-up
+            fit_s = []
+            for _ in range(epochs):  # each timed epoch: a fresh model's first (DENORMALS above)
+                model = nn.MLP(list(widths), seed=0)
+                trainer = ember.Trainer(model, optimizer="adam", callbacks=[timer])
+                trainer.fused_steps = fused
+                t0 = time.perf_counter()
+                trainer.fit(x, y, epochs=1, batch_size=batch, seed=1, verbose=0)
+                fit_s.append(time.perf_counter() - t0)
             steps = trainer.steps_per_epoch
             step_s = [s / steps for s in timer.seconds]
             params = sum(int(p.data.size) for p in model.parameters() if p.requires_grad)
@@ -134,6 +163,7 @@ def worker(config: str, samples: int, epochs: int, reduce_calls: int) -> dict | 
                     "step_ms_epochs": [round(s * 1e3, 4) for s in step_s],
                     "step_ms": statistics.median(step_s) * 1e3,
                     "fit_s": fit_s, "step_path": trainer.step_path,
+                    "adam_state_denormals": denormals(trainer.optimizer),
                     "threads_after": ember.get_num_threads(),
                     "loss": trainer.history["loss"][-1], "params": params,
                     "bytes_sent_computed": 4 * params * 2 * (size - 1) / size,
@@ -146,8 +176,8 @@ def worker(config: str, samples: int, epochs: int, reduce_calls: int) -> dict | 
                 times = []
                 for _ in range(reduce_calls):  # the reduction alone: no forward or backward
                     t1 = time.perf_counter()
-                    red.start_rest(1.0)
-                    red.finish([0.0, 0.0])
+                    red.start_rest()
+                    red.finish([0.0, 0.0], [1.0] * distributed.size())
                     times.append(time.perf_counter() - t1)
                 case["reduce_ms"] = statistics.median(times) * 1e3
             out["cases"].append(case)
@@ -284,6 +314,11 @@ def main(argv=None) -> int:
                       f"{batch / ms * 1e3:10.0f} {rs:>6s} {es:>5s} "
                       f"{fmt_bytes(last['bytes_sent_computed']):>15s}  {last['step_path']}")
             print()
+
+    worst = max((x.get("adam_state_denormals") or 0) for c in by.values() for v in c.values()
+                for x in v)
+    print(f"float32 denormals in Adam's state at the end of a worker's last timed epoch: at most "
+          f"{worst}{'' if worst == 0 else ' -- WARNING: those steps ran slow (DENORMALS)'}\n")
 
     if "2x1" in by:
         print("bytes each rank sends per step at 2x1 (and receives as many): computed = "

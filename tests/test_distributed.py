@@ -375,9 +375,9 @@ grads = [rng.standard_normal(p.data.shape).astype(np.float32) for p in params]
 for p, g in zip(params, grads):
     p.grad = cupy.asarray(g)
 red = w.reducer([params[:2], params[2:]])
-red.start(1, 0.5)
-red.start(0, 0.5)
-loss, correct = red.finish([1.5, 3.0])
+red.start(1)
+red.start(0)
+loss, correct = red.finish([1.5, 3.0], [0.5])
 assert (loss, correct) == (1.5, 3.0)
 for p, g in zip(params, grads):
     np.testing.assert_array_equal(cupy.asnumpy(p.grad), g * np.float32(0.5))

@@ -231,11 +231,15 @@ def duplicate_devices(devices: Sequence[tuple]) -> Optional[str]:
 class GradientReducer:
     """Sums the gradients of a step across the ranks, in rank order, bucket by bucket.
 
-    ``buckets`` are lists of Parameters, in the order their gradients become ready.
-    :meth:`start` (bucket ``b``, its gradients times ``scale``; ``None``: this rank contributes
-    zeros) begins the bucket's all-to-all without waiting; :meth:`finish` completes every
-    bucket (rank-order sums, all-gathers), writes the sums into the gradients and returns the
-    step's scalars summed across ranks (in float64, rank order)."""
+    ``buckets`` are lists of Parameters, in the order their gradients become ready. Each
+    bucket's gradients live in one flat buffer (the Parameters' ``grad`` arrays are views of
+    it, so backward writes straight into what is sent, and the sums land back in place: no
+    copy in or out). :meth:`start` (bucket ``b``; ``zero``: this rank contributes zeros)
+    begins the bucket's all-to-all without waiting: chunk ``q`` of the buffer goes to rank
+    ``q``. :meth:`finish` completes every bucket: this rank adds the ranks' partials of its
+    chunk in rank order, each times its rank's share of the batch (``shares``), and an in-place
+    all-gather returns every summed chunk to every gradient. It returns the step's scalars
+    summed across ranks (float64, rank order)."""
 
     def __init__(self, world_: World, buckets: Sequence[Sequence]):
         self.world = world_
@@ -247,71 +251,76 @@ class GradientReducer:
             n = sum(int(q.data.size) for q in b)
             bounds = [shard_bounds(n, k, p) for k in range(p)]
             counts = [e - s for s, e in bounds]
-            starts = [s for s, _ in bounds]
             mine = counts[r]
+            flat = np.zeros(n, np.float32)
+            views, at = [], 0
+            for q in b:
+                k = int(q.data.size)
+                views.append(flat[at:at + k].reshape(q.data.shape))
+                at += k
             self.plans.append({
-                "send": np.empty(n, np.float32), "recv": np.empty((p, mine), np.float32),
-                "sum": np.empty(n, np.float32), "counts": counts, "starts": starts,
-                "mine": mine, "recv_counts": [mine] * p, "recv_starts": [k * mine
-                                                                         for k in range(p)]})
+                "flat": flat, "views": views, "recv": np.empty((p, mine), np.float32),
+                "tmp": np.empty(mine, np.float32), "counts": counts,
+                "starts": [s for s, _ in bounds], "mine": mine,
+                "recv_counts": [mine] * p, "recv_starts": [k * mine for k in range(p)]})
         self.pending: list = [None] * len(self.buckets)
-        #: bytes this rank sent per step (all-to-all and all-gather), for the benchmarks
-        self.bytes_sent = sum(4 * (pl["send"].size - pl["mine"]) * 2 for pl in self.plans)
+        #: bytes this rank sends per step: every chunk but its own (all-to-all), its summed
+        #: chunk to each other rank (all-gather), and the step's scalars
+        self.bytes_sent = sum(4 * (pl["flat"].size - pl["mine"] + pl["mine"] * (p - 1))
+                              for pl in self.plans) + 16 * (p - 1)
 
-    def start(self, b: int, scale: Optional[float]) -> None:
+    def _in_place(self, b: int) -> None:
+        """Make bucket ``b``'s gradients the views of its buffer again (copying them in)
+        wherever something replaced a gradient array since the last step."""
+        for q, view in zip(self.buckets[b], self.plans[b]["views"]):
+            g = q.grad
+            if g is not view:
+                if g is None:
+                    view[...] = 0
+                else:
+                    view[...] = g
+                q.grad = view
+
+    def start(self, b: int, zero: bool = False) -> None:
         pl = self.plans[b]
-        send = pl["send"]
-        at = 0
-        for q in self.buckets[b]:
-            k = int(q.data.size)
-            if scale is None or q.grad is None:
-                send[at:at + k] = 0
-            elif scale == 1.0:
-                send[at:at + k] = q.grad.reshape(-1)
-            else:
-                np.multiply(q.grad.reshape(-1), np.float32(scale), out=send[at:at + k])
-            at += k
+        self._in_place(b)
+        if zero:
+            pl["flat"][...] = 0
         self.pending[b] = self.world.comm.Ialltoallv(
-            [send, pl["counts"], pl["starts"], self.float],
+            [pl["flat"], pl["counts"], pl["starts"], self.float],
             [pl["recv"], pl["recv_counts"], pl["recv_starts"], self.float])
         # MPI moves non-blocking collectives on only inside its calls: poke the earlier ones
         live = [q for q in self.pending if q is not None]
         if len(live) > 1:
             self.world.MPI.Request.Testall(live)
 
-    def start_rest(self, scale: Optional[float]) -> None:
+    def start_rest(self, zero: bool = False) -> None:
         """:meth:`start` every bucket not started yet."""
         for b in range(len(self.buckets)):
             if self.pending[b] is None:
-                self.start(b, scale)
+                self.start(b, zero)
 
-    def finish(self, scalars: Sequence[float]) -> list:
+    def finish(self, scalars: Sequence[float], shares: Sequence[float]) -> list:
         comm, r = self.world.comm, self.world.rank
-        self.start_rest(None)  # (a rank with no rows this step contributes zeros)
+        self.start_rest(zero=True)  # (a rank with no rows this step contributes zeros)
         mine = np.asarray(scalars, dtype=np.float64)
         every = np.empty((self.world.size, len(mine)), np.float64)
         gathers = [comm.Iallgather(mine, every)]
+        factors = [np.float32(f) for f in shares]
         for b, pl in enumerate(self.plans):
             self.pending[b].Wait()
             self.pending[b] = None
-            recv, out = pl["recv"], pl["sum"]
+            recv, tmp = pl["recv"], pl["tmp"]
             s = pl["starts"][r]
-            own = out[s:s + pl["mine"]]
-            own[...] = recv[0]
+            own = pl["flat"][s:s + pl["mine"]]  # (sent already: free to overwrite)
+            np.multiply(recv[0], factors[0], out=own)
             for k in range(1, len(recv)):  # rank order: the same bits everywhere, every run
-                own += recv[k]
+                np.multiply(recv[k], factors[k], out=tmp)
+                own += tmp
             gathers.append(comm.Iallgatherv(self.world.MPI.IN_PLACE,
-                                            [out, pl["counts"], pl["starts"], self.float]))
+                                            [pl["flat"], pl["counts"], pl["starts"],
+                                             self.float]))
         self.world.MPI.Request.Waitall(gathers)
-        for b, pl in enumerate(self.plans):
-            at = 0
-            for q in self.buckets[b]:
-                k = int(q.data.size)
-                g = q.grad
-                if g is None:
-                    q.grad = g = np.zeros_like(q.data)
-                g.reshape(-1)[...] = pl["sum"][at:at + k]
-                at += k
         total = every[0].copy()
         for k in range(1, len(every)):
             total += every[k]
@@ -321,10 +330,11 @@ class GradientReducer:
 class NcclReducer:
     """:class:`GradientReducer` on GPUs, with NCCL on a side stream (CuPy arrays).
 
-    Per bucket (padded to ``P * chunk`` floats): the gradients times the share are packed on
-    the current stream; the side stream waits for them, then one grouped NCCL call sends chunk
+    Per bucket (padded to ``P * chunk`` floats): the gradients are packed on the current
+    stream; the side stream waits for them, then one grouped NCCL call sends chunk
     ``q`` to rank ``q`` and receives every rank's partial of this rank's chunk (the all-to-all
-    as grouped send/recv); :meth:`finish` adds the partials in rank order and all-gathers the
+    as grouped send/recv); :meth:`finish` adds the partials in rank order (each times its
+    rank's share) and all-gathers the
     summed chunks, on the side stream, and the current stream waits for it before the
     gradients are written back. The same bytes as a ring all-reduce, a fixed order of additions,
     and the backward of earlier layers overlapping the exchange (different streams).
@@ -347,17 +357,17 @@ class NcclReducer:
                                "recv": cupy.empty((p, chunk), cupy.float32),
                                "sum": cupy.empty(p * chunk, cupy.float32)})
         self.pending = [False] * len(self.buckets)
-        self.bytes_sent = sum(4 * pl["chunk"] * (p - 1) * 2 for pl in self.plans)
+        self.bytes_sent = sum(4 * pl["chunk"] * (p - 1) * 2 for pl in self.plans) + 16 * (p - 1)
 
-    def start(self, b: int, scale: Optional[float]) -> None:
+    def start(self, b: int, zero: bool = False) -> None:
         cp, pl = self.cupy, self.plans[b]
         send, at = pl["send"], 0
         for q in self.buckets[b]:
             k = int(q.data.size)
-            if scale is None or q.grad is None:
+            if zero or q.grad is None:
                 send[at:at + k].fill(0)
             else:
-                cp.multiply(q.grad.reshape(-1), cp.float32(scale), out=send[at:at + k])
+                send[at:at + k] = q.grad.reshape(-1)
             at += k
         self.stream.wait_event(cp.cuda.get_current_stream().record())
         c, f32, s = pl["chunk"], self.nccl.NCCL_FLOAT32, self.stream.ptr
@@ -369,17 +379,18 @@ class NcclReducer:
             self.nccl.groupEnd()
         self.pending[b] = True
 
-    def start_rest(self, scale: Optional[float]) -> None:
+    def start_rest(self, zero: bool = False) -> None:
         for b in range(len(self.buckets)):
             if not self.pending[b]:
-                self.start(b, scale)
+                self.start(b, zero)
 
-    def finish(self, scalars: Sequence[float]) -> list:
+    def finish(self, scalars: Sequence[float], shares: Sequence[float]) -> list:
         cp, r = self.cupy, self.world.rank
-        self.start_rest(None)
+        self.start_rest(zero=True)
         mine = np.asarray(scalars, dtype=np.float64)
         every = np.empty((self.world.size, len(mine)), np.float64)
         gather = self.world.comm.Iallgather(mine, every)
+        factors = [cp.float32(f) for f in shares]
         with self.stream:
             for pl in self.plans:
                 c = pl["chunk"]
@@ -387,9 +398,9 @@ class NcclReducer:
                     continue
                 recv, out = pl["recv"], pl["sum"]
                 own = out[r * c:(r + 1) * c]
-                own[...] = recv[0]
+                cp.multiply(recv[0], factors[0], out=own)
                 for k in range(1, len(recv)):  # rank order
-                    own += recv[k]
+                    own += recv[k] * factors[k]
                 self.comm.allGather(own.data.ptr, out.data.ptr, c, self.nccl.NCCL_FLOAT32,
                                     self.stream.ptr)
         cp.cuda.get_current_stream().wait_event(self.stream.record())

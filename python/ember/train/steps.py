@@ -189,13 +189,13 @@ class DataParallel(Step):
         self.reducer = None
         self.key = None
         self.bucket_of: dict = {}
-        self.scale = 1.0
         self.hooked = isinstance(self.model, nn.Sequential)
         self.dropouts = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
 
     def inputs(self, loader, epoch: int, start: int):
         """Per step: this rank's slices (drawn lazily: the loader reuses its buffers) and, for
-        each, (its first row, the global batch's rows, its weight, the global batch's)."""
+        each, (its first row, the global batch's rows, every rank's weight of it: their rows, or
+        their samples' class weights)."""
         order = loader.order(epoch) if self.class_weight is not None else None
         bs, n, nb, accum = loader.batch_size, loader.n, len(loader), self.accumulate
         r, p = self.world.rank, self.world.size
@@ -205,12 +205,12 @@ class DataParallel(Step):
             parts = []
             for b in range(first, last):
                 m = min(bs, n - b * bs)
-                lo, hi = distributed.shard_bounds(m, r, p)
-                mine, whole = float(hi - lo), float(m)
+                bounds = [distributed.shard_bounds(m, q, p) for q in range(p)]
+                weights = [float(hi - lo) for lo, hi in bounds]
                 if order is not None:
                     w = self.class_weight[self.y_host[order[b * bs:b * bs + m]]]
-                    mine, whole = float(w[lo:hi].sum()), float(w.sum())
-                parts.append((lo, m, mine, whole))
+                    weights = [float(w[lo:hi].sum()) for lo, hi in bounds]
+                parts.append((bounds[r][0], m, weights))
             yield itertools.islice(micro, last - first), parts
 
     def _buckets(self):
@@ -238,7 +238,7 @@ class DataParallel(Step):
     def _ready(self, layer) -> None:
         b = self.bucket_of.get(id(layer))
         if b is not None:
-            self.reducer.start(b, self.scale)
+            self.reducer.start(b)
 
     def _skip_dropout(self, xb, m: int) -> None:
         """A rank with no rows in a batch: its Dropout counters advance as the others' do."""
@@ -257,11 +257,12 @@ class DataParallel(Step):
     def __call__(self, batch, tally):
         micro, parts = batch
         reducer = self._buckets()
-        total = sum(whole for _, _, _, whole in parts)
+        r = self.world.rank
+        total = sum(sum(weights) for _, _, weights in parts)
         single = len(parts) == 1
         loss_sum = correct = 0.0
         written = False
-        for j, ((xb, yb), (lo, m, mine, _)) in enumerate(zip(micro, parts)):
+        for j, ((xb, yb), (lo, m, weights)) in enumerate(zip(micro, parts)):
             for d in self.dropouts:  # (each rank's mask: its rows of the whole batch's mask)
                 d.rows = (lo, m)
             n = xb.shape[0]
@@ -269,13 +270,11 @@ class DataParallel(Step):
                 if self.dropouts:
                     self._skip_dropout(xb, m)
                 continue
-            share = (mine / total if total else 0.0) if self.mean else 1.0
+            share = (weights[r] / total if total else 0.0) if self.mean else 1.0
             if self.plain:
                 self.model.set_accumulate(written)  # (the first slice writes, the rest add)
             elif not written:
                 nn.mark_zero(self.params)
-            # one batch: the share scales the packed gradients; several: each loss gradient
-            self.scale = share if single else 1.0
             if self.hooked:
                 self.model.set_grad_ready(self._ready if j == len(parts) - 1 else None)
             out = self.model.forward(xb)
@@ -283,16 +282,19 @@ class DataParallel(Step):
             if self.classify:
                 correct += ops.accuracy(out, yb) * n
             g = self.loss.backward()
-            if not single and self.mean and share != 1.0:
+            if not single and self.mean and share != 1.0:  # (several: each loss gradient)
                 g = g * np.float32(share)
             self.model.backward(g)
             loss_sum += loss * share if self.mean else loss
             written = True
         if written:
-            reducer.start_rest(self.scale)  # (buckets no layer's backward started)
-        loss_sum, correct = reducer.finish([loss_sum, correct])
+            reducer.start_rest()  # (buckets no layer's backward started)
+        # one batch: each rank's partial gradients are scaled by its share as they are summed
+        shares = ([w / total if total else 0.0 for w in parts[0][2]]
+                  if single and self.mean else [1.0] * self.world.size)
+        loss_sum, correct = reducer.finish([loss_sum, correct], shares)
         norm, skipped = self.optimizer.step()
-        rows = sum(m for _, m, _, _ in parts)
+        rows = sum(m for _, m, _ in parts)
         tally.correct += correct
         tally.add(loss_sum * rows, rows, norm, skipped)
         return loss_sum, norm, skipped, rows
