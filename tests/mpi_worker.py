@@ -82,6 +82,7 @@ trainer = Trainer(MLP(cfg.get("sizes", [64, 48, 32, 10]), seed=1,
                   optimizer="adam", lr=cfg.get("lr", 3e-3) * (2 if cfg.get("odd_lr_rank") == rank
                                                                else 1), callbacks=callbacks,
                   distributed=cfg.get("distributed", "auto"), device=cfg.get("device", "cpu"))
+trainer.fused_steps = cfg.get("fused_steps", True)
 history = trainer.fit(x, y, epochs=cfg.get("epochs", 3), batch_size=cfg.get("batch_size", 100),
                       validation_split=cfg.get("validation_split", 0.0), seed=3, verbose=0,
                       checkpoint_dir=ckpt, resume="latest" if cfg.get("resume") else None,

@@ -226,6 +226,17 @@ def test_accumulation_and_class_weights_equal_one_process(tmp_path, options):
 
 
 @needs_mpi
+def test_fused_and_layer_by_layer_ranks_give_the_same_bits(tmp_path):
+    """Each rank's step through the fused plan (its per-layer callback starting the reductions)
+    and layer by layer (Sequential's grad_ready hook): the same kernels, the same bits."""
+    fused, _ = launch(tmp_path, "fused", epochs=2, n=1401)
+    layered, _ = launch(tmp_path, "layered", epochs=2, n=1401, fused_steps=False)
+    assert fused[0]["step_path"].endswith("(MPI), fused")
+    assert layered[0]["step_path"].endswith("(MPI), layer by layer")
+    assert fused[0]["digests"] == layered[0]["digests"] == layered[1]["digests"]
+
+
+@needs_mpi
 def test_same_bits_on_a_rerun(tmp_path):
     a, _ = launch(tmp_path, "a", epochs=2)
     b, _ = launch(tmp_path, "b", epochs=2)

@@ -591,3 +591,38 @@ def test_parameters_in_a_numpy_subclass_train(tmp_path):
     model.layers[0].weight.data = np.load(path, mmap_mode="r+")
     Trainer(model).fit(x, y, epochs=1, batch_size=20, verbose=0)
     assert np.isfinite(model.layers[0].weight.data).all()
+
+
+def test_fused_plan_reports_each_layer_when_its_gradients_are_written():
+    """FusedPlan.step(layer_done=...) (what a data-parallel fit starts each layer's reduction
+    from): each Linear once, last first, its gradients already final when it is reported; the
+    step's results are those of the call without a callback; an exception in the callback is
+    raised after the step, whose gradients are complete."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((17, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 17)
+    model = nn.MLP([6, 9, 7, 4], seed=2).train()
+    loss = CrossEntropy()
+    plan = model.fused_plan(x, loss, True)
+    lins = [m for m in model.layers if isinstance(m, nn.Linear)]
+    ref = plan.step(x, y)
+    ref_grads = [p.grad.copy() for p in model.parameters()]
+    seen = []
+
+    def done(layer):
+        seen.append((layer, layer.weight.grad.copy()))
+
+    assert plan.step(x, y, done) == ref
+    assert [lay for lay, _ in seen] == lins[::-1]
+    for lay, g in seen:  # final when reported: what the whole step leaves
+        np.testing.assert_array_equal(g, lay.weight.grad)
+    for p, g in zip(model.parameters(), ref_grads):
+        np.testing.assert_array_equal(p.grad, g)
+
+    def boom(layer):
+        raise KeyError("from the callback")
+
+    with pytest.raises(KeyError, match="from the callback"):
+        plan.step(x, y, boom)
+    for p, g in zip(model.parameters(), ref_grads):
+        np.testing.assert_array_equal(p.grad, g)

@@ -4,6 +4,7 @@
 // the plan; a step then checks only its batch and labels.
 #include <pybind11/stl.h>
 
+#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
@@ -140,7 +141,10 @@ class MlpPlan {
   }
 
   // y: int64 class labels (batch,) for cross-entropy; float32 targets (batch, classes) for mse.
-  py::tuple step(py::handle x_obj, py::handle y_obj) {
+  // layer_done(i), a Python callable or None: called (holding the GIL) as soon as layer i's
+  // backward has written its gradients. Its first exception stops the calls and is raised once
+  // the step is over (the step itself always completes: the gradients stay consistent).
+  py::tuple step(py::handle x_obj, py::handle y_obj, py::handle layer_done) {
     const char* fn = "MlpPlan.step";
     const Call c = cpu_call(fn);
     const Arr x = array_arg(c, x_obj, "x", DType::f32, 2);
@@ -163,11 +167,30 @@ class MlpPlan {
     } else {
       a.labels = y.ci64();
     }
+    struct Hook {
+      py::handle fn;
+      std::exception_ptr error;
+      static void call(void* context, int64_t layer) {
+        auto* h = static_cast<Hook*>(context);
+        if (h->error) return;
+        py::gil_scoped_acquire gil;
+        try {
+          h->fn(layer);
+        } catch (...) {
+          h->error = std::current_exception();
+        }
+      }
+    } hook{layer_done, nullptr};
+    if (!layer_done.is_none()) {
+      a.layer_done = &Hook::call;
+      a.layer_done_context = &hook;
+    }
     MlpStepResult r;
     {
       py::gil_scoped_release release;
       r = cpu::mlp_train_step(a);
     }
+    if (hook.error) std::rethrow_exception(hook.error);
     return py::make_tuple(r.loss, r.correct);
   }
 
@@ -196,9 +219,11 @@ bits.)")
            py::arg("workspaces"), py::arg("loss_grad"), py::arg("class_weight"),
            py::arg("label_smoothing"), py::arg("reduction"), py::arg("count_correct"),
            py::arg("loss") = "cross_entropy")
-      .def("step", &MlpPlan::step, py::arg("x"), py::arg("y"),
+      .def("step", &MlpPlan::step, py::arg("x"), py::arg("y"), py::arg("layer_done") = py::none(),
            R"(Train on one batch (y: int64 labels for cross-entropy, float32 (batch, outputs)
-targets for mse): returns (loss, correct) (correct is 0 unless counted).)");
+targets for mse): returns (loss, correct) (correct is 0 unless counted). layer_done, when given,
+is called with each layer's index as soon as that layer's backward has written its gradients
+(last layer first); an exception it raises is raised after the step.)");
 }
 
 }  // namespace ember::bind

@@ -77,6 +77,7 @@ MlpStepResult mlp_train_step(const MlpStepArgs& s) {
     a.grad_weight = l.grad_weight;
     a.grad_bias = l.grad_bias;
     linear_backward(a);
+    if (s.layer_done) s.layer_done(s.layer_done_context, i);
   }
   return r;
 }

@@ -269,6 +269,12 @@ class GradientReducer:
         self.bytes_sent = sum(4 * (pl["flat"].size - pl["mine"] + pl["mine"] * (p - 1))
                               for pl in self.plans) + 16 * (p - 1)
 
+    def bind(self) -> None:
+        """Make every bucket's gradients views of its buffer now (before a fused plan caches
+        the gradient arrays it writes)."""
+        for b in range(len(self.buckets)):
+            self._in_place(b)
+
     def _in_place(self, b: int) -> None:
         """Make bucket ``b``'s gradients the views of its buffer again (copying them in)
         wherever something replaced a gradient array since the last step."""
@@ -378,6 +384,9 @@ class NcclReducer:
                 self.comm.recv(pl["recv"].data.ptr + 4 * peer * c, c, f32, peer, s)
             self.nccl.groupEnd()
         self.pending[b] = True
+
+    def bind(self) -> None:
+        """(The gradients are copied into the send buffers on the GPU: nothing to bind.)"""
 
     def start_rest(self, zero: bool = False) -> None:
         for b in range(len(self.buckets)):

@@ -813,10 +813,14 @@ class FusedPlan:
         self.plan, self.layers, self.saved, self.grad = plan, layers, saved, grad
         self.loss, self.mse = loss, mse
 
-    def step(self, x, y):
+    def step(self, x, y, layer_done=None):
+        """``layer_done(layer)``, when given, gets each Linear layer as soon as its backward has
+        written its gradients (the last layer first)."""
         if self.mse and y.ndim == 1:
             y = y.reshape(-1, 1)  # as MSE.forward matches a 1-D target to an (n, 1) output
-        value, correct = self.plan.step(x, y)
+        layers = self.layers
+        value, correct = self.plan.step(
+            x, y, None if layer_done is None else (lambda i: layer_done(layers[i])))
         layers, saved = self.layers, self.saved
         layers[0]._x = x
         for lin, (inp, z) in zip(layers[1:], saved[1:]):

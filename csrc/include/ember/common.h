@@ -151,6 +151,11 @@ struct MlpStepArgs {
   // loss.grad receives the gradient; labels and count_correct are unused.
   bool mse = false;
   const float* target = nullptr;
+  // When set, called with layer index i as soon as layer i's backward has written its weight and
+  // bias gradients (i = layers-1 down to 0): data-parallel training starts that layer's gradient
+  // reduction while the earlier layers' backward runs.
+  void (*layer_done)(void* context, int64_t layer) = nullptr;
+  void* layer_done_context = nullptr;
 };
 
 struct MlpStepResult {

@@ -191,6 +191,12 @@ class DataParallel(Step):
         self.bucket_of: dict = {}
         self.hooked = isinstance(self.model, nn.Sequential)
         self.dropouts = [m for m in self.model.modules() if isinstance(m, nn.Dropout)]
+        #: one batch a step through the CPU's fused plan (as CpuFused), each layer's reduction
+        #: started from the plan's per-layer callback
+        self.fused = (accumulate == 1 and trainer.fused_steps and plain and
+                      self.model.fused_ok(self.loss))
+        if self.fused:
+            self.path = self.path.replace("layer by layer", "fused")
 
     def inputs(self, loader, epoch: int, start: int):
         """Per step: this rank's slices (drawn lazily: the loader reuses its buffers) and, for
@@ -232,6 +238,7 @@ class DataParallel(Step):
             else:
                 buckets = [params]
             self.reducer = self.world.reducer(buckets)
+            self.reducer.bind()
             self.key = key
         return self.reducer
 
@@ -254,6 +261,17 @@ class DataParallel(Step):
         for d in self.dropouts:
             d.advance(m)
 
+    def _fused(self, xb, yb):
+        """Forward, loss and backward of this rank's slice as one kernel call (the plan of its
+        size, as CpuFused), each layer's reduction started as its backward finishes."""
+        n, model, loss_fn = xb.shape[0], self.model, self.loss
+        plans = model.step_cache()
+        entry = plans.get(n)
+        if entry is None or entry[0] != model.step_key(n, loss_fn, self.classify):
+            plan = model.fused_plan(xb, loss_fn, self.classify)
+            entry = plans[n] = (model.step_key(n, loss_fn, self.classify), plan)
+        return entry[1].step(xb, yb, self._ready)
+
     def __call__(self, batch, tally):
         micro, parts = batch
         reducer = self._buckets()
@@ -275,6 +293,12 @@ class DataParallel(Step):
                 self.model.set_accumulate(written)  # (the first slice writes, the rest add)
             elif not written:
                 nn.mark_zero(self.params)
+            if self.fused:
+                loss, right = self._fused(xb, yb)
+                correct += right
+                loss_sum += loss * share if self.mean else loss
+                written = True
+                continue
             if self.hooked:
                 self.model.set_grad_ready(self._ready if j == len(parts) - 1 else None)
             out = self.model.forward(xb)
