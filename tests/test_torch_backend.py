@@ -243,3 +243,106 @@ def test_optimizer_skips_frozen_and_gradless_parameters():
     assert model[0].weight not in opt.state and len(opt.state) == 5
     assert opt.last_grad_norm > 0 and not opt.last_skipped
     assert opt.step(lambda: 3.0) == 3.0
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("shape", [(7, 20), (1, 20), (2, 3, 20)])
+def test_converted_sequential_is_one_autograd_node_with_the_layers_bits(shape):
+    """convert() makes a Linear stack's forward one autograd node (MlpFunction): the same
+    kernels as layer by layer (nn.Sequential.forward over the converted layers), so the same
+    output and gradient bits, and torch's own to float32 rounding."""
+    torch.manual_seed(5)
+    ref = mlp()
+    model = et.convert(copy.deepcopy(ref))
+    assert type(model) is et.Sequential and isinstance(model, nn.Sequential)
+    x = torch.randn(*shape)
+    y = torch.randint(0, 5, shape[:-1])
+    node = model(x).grad_fn
+    if len(shape) == 3:  # (the output reshaped back to the input's batch dimensions)
+        node = node.next_functions[0][0]
+    assert type(node).__name__ == "MlpFunctionBackward"
+    out, grads = _grads(model, x, y)
+    layered = lambda inp: nn.Sequential.forward(model, inp)  # noqa: E731
+    model.zero_grad(set_to_none=True)
+    out2 = layered(x)
+    F.cross_entropy(out2.reshape(-1, 5), y.reshape(-1)).backward()
+    assert torch.equal(out, out2.detach().reshape(out.shape))
+    for g, p in zip(grads, model.parameters()):
+        assert torch.equal(g, p.grad)
+    out_ref, grads_ref = _grads(ref, x, y)
+    assert rel_err(out, out_ref) < 1e-6
+    for g, q in zip(grads, grads_ref):
+        assert rel_err(g, q) < 1e-5
+
+
+def test_converted_sequential_frozen_no_grad_accumulation_and_hooks():
+    torch.manual_seed(6)
+    model = et.convert(mlp())
+    x, y = torch.randn(9, 20), torch.randint(0, 5, (9,))
+    with torch.no_grad():
+        assert not model(x).requires_grad
+    model[0].weight.requires_grad_(False)  # frozen: no gradient, the rest as before
+    _, g1 = _grads(et.convert(mlp()), x, y)
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    assert model[0].weight.grad is None
+    for p, g in zip(list(model.parameters())[1:], g1[1:]):
+        assert torch.equal(p.grad, g)
+    F.cross_entropy(model(x), y).backward()  # gradients add up, as torch's do
+    for p, g in zip(list(model.parameters())[1:], g1[1:]):
+        assert rel_err(p.grad, 2 * g) < 1e-6
+    seen = []
+    handle = model[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out = model(x)  # a hook on a layer: layer by layer, so the hook runs
+    handle.remove()
+    assert seen == [(9, 64)] and type(out.grad_fn).__name__ != "MlpFunctionBackward"
+
+
+def test_converted_sequential_catches_an_in_place_change_of_its_input():
+    model = et.convert(mlp())
+    x = torch.randn(4, 20, requires_grad=True)
+    h = x * 2
+    out = model(h)
+    h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_adam_follows_its_state_when_a_user_changes_it_between_steps():
+    """The optimizer keeps its lists between steps; a step count set by hand, moments replaced
+    or a state dict loaded are still what the next step uses (as torch's Adam does)."""
+    torch.manual_seed(7)
+    ref = mlp()
+    mine = copy.deepcopy(ref)
+    x, y = torch.randn(256, 20), torch.randint(0, 5, (256,))
+    o_ref, o_mine = torch.optim.Adam(ref.parameters(), lr=1e-2), et.optim.Adam(mine.parameters(),
+                                                                                 lr=1e-2)
+
+    def steps(n):
+        _train(ref, o_ref, F.cross_entropy, x, y, steps=n)
+        _train(mine, o_mine, F.cross_entropy, x, y, steps=n)
+        for p, q in zip(mine.parameters(), ref.parameters()):
+            assert rel_err(p, q) < 1e-5
+
+    steps(3)
+    for o in (o_ref, o_mine):
+        for st in o.state.values():
+            st["step"].fill_(0)  # bias correction starts over
+    steps(2)
+    for o in (o_ref, o_mine):
+        first = next(iter(o.state.values()))
+        first["exp_avg"] = torch.zeros_like(first["exp_avg"])  # a moment replaced
+    steps(2)
+    # (a copy, as from a file: a live state dict shares its tensors with the optimizer)
+    o_mine.load_state_dict(copy.deepcopy(o_ref.state_dict()))
+    for p, q in zip(mine.parameters(), ref.parameters()):
+        p.data.copy_(q.data)
+    steps(2)
+    assert [float(s["step"]) for s in o_mine.state.values()] == \
+        [float(s["step"]) for s in o_ref.state.values()]

@@ -6,6 +6,8 @@ torch).
 - :func:`cross_entropy` -- ``torch.nn.functional.cross_entropy`` in one ember pass.
 - :mod:`ember.torch.optim` -- ``SGD``, ``Adam``, ``AdamW``: one fused ember call per step,
   torch-compatible ``state_dict()``.
+- :class:`Sequential` -- what :func:`convert` makes of an ``nn.Sequential``: a stack of
+  ember Linear layers runs forward and backward as one autograd node.
 - :func:`linear` -- the functional form of :class:`Linear`.
 
 CPU float32 tensors only for now (a CUDA tensor raises NotImplementedError).
@@ -14,6 +16,6 @@ from __future__ import annotations
 
 from ember.torch import optim
 from ember.torch.functional import ACTIVATIONS, cross_entropy, linear
-from ember.torch.modules import Linear, convert
+from ember.torch.modules import Linear, Sequential, convert
 
-__all__ = ["Linear", "convert", "linear", "cross_entropy", "optim", "ACTIVATIONS"]
+__all__ = ["Linear", "Sequential", "convert", "linear", "cross_entropy", "optim", "ACTIVATIONS"]

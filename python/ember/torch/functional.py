@@ -13,7 +13,7 @@ import torch
 
 from ember import ops
 
-__all__ = ["ACTIVATIONS", "linear", "cross_entropy", "cpu_float32", "as_array"]
+__all__ = ["ACTIVATIONS", "linear", "mlp", "cross_entropy", "cpu_float32", "as_array"]
 
 #: The activations :func:`linear` fuses (ember's names; ``"gelu"`` is the exact erf form, torch's
 #: ``nn.GELU()``, ``"gelu_tanh"`` is ``nn.GELU(approximate="tanh")``).
@@ -103,6 +103,81 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         return input.new_empty((*lead, weight.shape[0]))
     y = LinearFunction.apply(x, weight, bias, activation, float(negative_slope))
     return y if input.dim() == 2 else y.reshape(*lead, weight.shape[0])
+
+
+class MlpFunction(torch.autograd.Function):
+    """A stack of fused Linear layers as one autograd node: forward is each layer's GEMM with
+    its epilogue, backward each layer's ``linear_backward``, last first -- the kernels of
+    :class:`LinearFunction` layer after layer, without an autograd node, a context and the
+    argument checks per layer. ``layers`` is a tuple of ``(activation, slope, has_bias)``;
+    ``params`` the layers' weights and biases in order (the biases of layers that have one)."""
+
+    @staticmethod
+    def forward(ctx, x, layers, views, *params):
+        fn = "ember.torch.Sequential"
+        h = cpu_float32(x, fn, "input")
+        need_any = any(ctx.needs_input_grad)
+        ws, arrays, biases, at = [], [], [], 0
+        for _, _, has_bias in layers:
+            ws.append(params[at])
+            arrays.append(views[at])
+            biases.append(views[at + 1] if has_bias else None)
+            at += 2 if has_bias else 1
+        inputs, preacts = [], []
+        cur = h.numpy()
+        for (act, slope, _), wa, ba in zip(layers, arrays, biases):
+            save_z = need_any and act != "identity" and not _from_output_ok(act, slope)
+            r = _K.gemm(cur, wa, ba, None, None, False, True, act, slope, 1.0, 0.0, save_z,
+                        "fp32")
+            inputs.append(cur)
+            y, z = (r[0], r[1]) if save_z else (r, r if act != "identity" else None)
+            preacts.append(z)
+            cur = y
+        out = torch.from_numpy(cur)
+        if need_any:
+            ctx.layers, ctx.arrays, ctx.inputs, ctx.preacts = layers, arrays, inputs, preacts
+            # the input and weights themselves: torch catches an in-place change before backward
+            ctx.save_for_backward(x if h.data_ptr() == x.data_ptr() else h, *ws)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ctx.saved_tensors  # (raises if the input or a weight was changed in place since)
+        g = as_array(grad_out, "ember.torch.Sequential (backward)", "grad_output")
+        needs = ctx.needs_input_grad
+        grads, at = [], 3
+        flags = []
+        for _, _, has_bias in ctx.layers:
+            flags.append((needs[at], has_bias and needs[at + 1] if has_bias else False))
+            at += 2 if has_bias else 1
+        for i in range(len(ctx.layers) - 1, -1, -1):
+            act, slope, has_bias = ctx.layers[i]
+            need_gi = i > 0 or needs[0]
+            gi, gw, gb = _K.linear_backward(
+                g, ctx.inputs[i], ctx.arrays[i], ctx.preacts[i], act, slope, need_gi,
+                has_bias and flags[i][1], False, None, None, None, None, "fp32")
+            part = [torch.from_numpy(gw) if flags[i][0] else None]
+            if has_bias:
+                part.append(torch.from_numpy(gb) if gb is not None else None)
+            grads[:0] = part
+            g = gi
+        return (torch.from_numpy(g) if needs[0] else None, None, None, *grads)
+
+
+def mlp(input: torch.Tensor, layers: tuple, params, views=None) -> torch.Tensor:
+    """A stack of fused Linear layers (``layers``: ``(activation, slope, has_bias)`` per layer;
+    ``params``: their weights and biases in order; ``views``: NumPy views of them, made here
+    when not given) as one differentiable call: what a converted ``nn.Sequential`` of ember
+    Linear layers runs (see :class:`MlpFunction`)."""
+    if views is None:
+        views = [as_array(p, "ember.torch.Sequential", "weight") for p in params]
+    lead = input.shape[:-1]
+    x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
+    out_features = params[-2 if layers[-1][2] else -1].shape[0]
+    if x.shape[0] == 0:  # ember's kernels refuse empty arrays; torch's answer is empty too
+        return input.new_empty((*lead, out_features))
+    y = MlpFunction.apply(x, layers, views, *params)
+    return y if input.dim() == 2 else y.reshape(*lead, out_features)
 
 
 class CrossEntropyFunction(torch.autograd.Function):

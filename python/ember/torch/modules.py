@@ -3,11 +3,12 @@ activation fused into its GEMM; ``convert``: puts it in place of a model's ``nn.
 activation after it)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from ember.torch.functional import ACTIVATIONS, linear
+from ember.torch.functional import ACTIVATIONS, as_array, linear, mlp
 
-__all__ = ["Linear", "convert", "activation_of"]
+__all__ = ["Linear", "Sequential", "convert", "activation_of"]
 
 
 class Linear(nn.Linear):
@@ -37,6 +38,60 @@ class Linear(nn.Linear):
         if act == "leaky_relu":
             act += f", negative_slope={self.negative_slope}"
         return f"{super().extra_repr()}, activation={act}"
+
+
+class Sequential(nn.Sequential):
+    """An ``nn.Sequential`` that :func:`convert` made: when its modules are ember
+    :class:`Linear` layers (and the ``nn.Identity`` left where their activations were), with
+    no hook on any of them, its forward is one autograd node over the whole stack
+    (:func:`ember.torch.functional.mlp`: the same kernels as layer by layer, the same results,
+    less Python); otherwise it runs as ``nn.Sequential`` does. The same modules, names and
+    state dict as the ``nn.Sequential`` it was."""
+
+    def _stack(self):
+        """``(layers, params)`` for the fused forward, or None when it does not apply."""
+        if torch.nn.modules.module._global_forward_hooks or \
+                torch.nn.modules.module._global_forward_pre_hooks:
+            return None
+        layers, params, width = [], [], None
+        for m in self._modules.values():
+            if m._forward_hooks or m._forward_pre_hooks:
+                return None
+            if type(m) is nn.Identity:
+                continue
+            if type(m) is not Linear or (width is not None and m.in_features != width):
+                return None
+            layers.append((m.activation, m.negative_slope, m.bias is not None))
+            params.append(m.weight)
+            if m.bias is not None:
+                params.append(m.bias)
+            width = m.out_features
+        return (tuple(layers), params) if layers else None
+
+    def _views(self, params) -> list:
+        """NumPy views of the weights and biases, kept while each is the same tensor on the
+        same memory (an optimizer updates them in place)."""
+        cache = self.__dict__.setdefault("_ember_views", {})
+        out = []
+        for t in params:
+            hit = cache.get(id(t))
+            if hit is None or hit[0] is not t or hit[1] != t.data_ptr():
+                hit = cache[id(t)] = (t, t.data_ptr(),
+                                      as_array(t, "ember.torch.Sequential", "weight"))
+            out.append(hit[2])
+        return out
+
+    def forward(self, input):
+        stack = self._stack()
+        if stack is None or input.dim() < 1 or input.shape[-1] != \
+                next(m for m in self._modules.values() if type(m) is Linear).in_features:
+            return super().forward(input)  # (torch's own error for a wrong width)
+        return mlp(input, stack[0], stack[1], self._views(stack[1]))
+
+    def __getstate__(self):  # (the views are not pickled: torch.save / deepcopy make new ones)
+        state = dict(super().__getstate__())
+        state.pop("_ember_views", None)
+        return state
 
 
 def activation_of(module: nn.Module):
@@ -93,6 +148,8 @@ def convert(module: nn.Module) -> nn.Module:
     for sub in list(module.modules()):
         if isinstance(sub, nn.Sequential):
             _convert_sequential(sub)
+            if type(sub) is nn.Sequential:  # (a subclass keeps its own forward)
+                sub.__class__ = Sequential
         else:  # a Linear attribute of another module: converted, nothing fused
             for name, child in list(sub._modules.items()):
                 if type(child) is nn.Linear:
