@@ -17,8 +17,8 @@ Threads are pinned in every process (``ember.set_num_threads(n)`` and ``OMP_NUM_
 ``EMBER_NUM_THREADS`` = n in its environment). Each configuration runs in processes of its own,
 ``--rounds`` times, the configurations interleaved round by round (the order rotated each
 round). Each process does a 1-epoch warm-up fit, then ``--epochs`` 1-epoch fits of fresh models
-(same seeds: a long fit's Adam state drifts into float32 denormals, which slowed ember's steps
-2.4x; see DENORMALS in the source), each epoch timed whole with ``time.perf_counter`` (an
+(same seeds: a long fit's Adam state used to drift into float32 denormals, which slowed ember's
+steps 2.4x until its optimizers stored them as 0; see DENORMALS in the source), each epoch timed whole with ``time.perf_counter`` (an
 epoch callback) and divided by its steps: ember does not expose per-step times. A run's step
 time is the median of its epochs; the table gives the median over the rounds (and their
 min-max). Efficiency is throughput efficiency: samples/s(2x1) / (2 samples/s(1x1)), i.e.
@@ -85,6 +85,8 @@ def synthetic_mnist(n: int, seed: int = 0):
 # exp_avg; Adam's step() alone on that state 12.8 ms, 2.0 ms once they were set to 0), which
 # would time the denormals, not the configurations. A fresh model's first epoch
 # (<= 192 steps here) had none; the worker counts them at the end of its last timed epoch.
+# (Since 2026-12-03 ember's CPU optimizers store such moments as 0, bench/bench_dead_units.py;
+# the fresh models stay, so that every configuration times the same steps.)
 
 
 def denormals(optimizer) -> int:
