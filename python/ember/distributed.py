@@ -33,6 +33,7 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import Optional, Sequence
 
@@ -179,6 +180,9 @@ class World:
         print(f"ember: rank {self.rank} of {self.size} failed; ending the job:\n" +
               "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
               file=sys.stderr, flush=True)
+        # (the launcher forwards this rank's output through a pipe: give it that moment before
+        # MPI_Abort has every process killed, or the message can be lost with them)
+        time.sleep(0.5)
         self.comm.Abort(1)
         os._exit(1)  # (MPI_Abort may return while the launcher already tears the job down)
 
