@@ -212,12 +212,6 @@ class DataLoader:
             return np.arange(self.n)
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
-    def batch_indices(self, epoch: int, batch: int) -> np.ndarray:
-        """The sample indices of batch ``batch`` of epoch ``epoch`` (the global batch, whatever
-        the shard), on the host."""
-        bs = self.batch_size
-        return self.order(epoch)[batch * bs:(batch + 1) * bs]
-
     def prefetch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s order now, and for GPU data copy it to the device on a side
         stream: the Trainer calls this while the GPU still runs the current epoch, so the next

@@ -3,7 +3,7 @@ for GPUs, NCCL through CuPy (bootstrapped over MPI). No sockets or collectives o
 
 ``mpiexec -n 4 python train.py`` runs the same script in 4 processes; a ``Trainer`` in each
 (``distributed="auto"``, the default) trains one model data-parallel: every rank sees the whole
-dataset order of each epoch and takes a fixed slice of every global batch (:func:`shard`), the
+dataset order of each epoch and takes a fixed slice of every global batch (:func:`shard_bounds`), the
 gradients are summed across ranks in rank order (:class:`GradientReducer`: the same bits on
 every rank and on every run, whatever MPI's own algorithms would do), and the optimizer steps
 the same update everywhere, so the replicas stay identical. A process not started by an MPI
@@ -41,7 +41,7 @@ import numpy as np
 
 from ember import backend
 
-__all__ = ["rank", "size", "launched_size", "world", "World", "GradientReducer", "shard",
+__all__ = ["rank", "size", "launched_size", "world", "World", "GradientReducer", "NcclReducer",
            "shard_bounds", "duplicate_devices", "MISSING_MPI"]
 
 #: what a user is told when mpi4py is needed and missing
@@ -210,12 +210,6 @@ def shard_bounds(rows: int, rank_: int, size_: int) -> tuple[int, int]:
     base, extra = divmod(rows, size_)
     start = rank_ * base + min(rank_, extra)
     return start, start + base + (1 if rank_ < extra else 0)
-
-
-def shard(indices: np.ndarray, rank_: int, size_: int) -> np.ndarray:
-    """The slice of a global batch's ``indices`` that rank ``rank_`` of ``size_`` trains on."""
-    a, b = shard_bounds(len(indices), rank_, size_)
-    return indices[a:b]
 
 
 def duplicate_devices(devices: Sequence[tuple]) -> Optional[str]:
