@@ -339,3 +339,88 @@ def test_adam_follows_its_state_when_a_user_changes_it_between_steps():
     steps(2)
     assert [float(s["step"]) for s in o_mine.state.values()] == \
         [float(s["step"]) for s in o_ref.state.values()]
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_step_hooks_profiler_and_zero_grad_behave_as_torch(name):
+    """ember's optimizers replace torch's step wrapper and zero_grad with cheaper ones: the
+    step pre/post hooks (local and global, a pre-hook's new arguments included), the profiler's
+    step and zero_grad records and both zero_grad modes still behave as torch's do."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    torch.manual_seed(3)
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    results = {}
+    for impl in (torch.optim, et.optim):
+        model = mlp()
+        opt = getattr(impl, name)(model.parameters(), lr=1e-2)
+        calls = []
+
+        def closure():
+            calls.append("closure")
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.register_step_pre_hook(
+            lambda o, args, kwargs: calls.append(("pre", len(args), sorted(kwargs))))
+        # a pre-hook may replace the arguments: here it adds the closure
+        opt.register_step_pre_hook(lambda o, args, kwargs: (args, {"closure": closure}))
+        opt.register_step_post_hook(
+            lambda o, args, kwargs: calls.append(("post", sorted(kwargs))))
+        handle = register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))
+        try:
+            loss = opt.step()
+        finally:
+            handle.remove()
+        with torch.profiler.profile() as prof:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        names = {e.name for e in prof.events()}
+        assert f"Optimizer.step#{type(opt).__name__}.step" in names
+        assert f"Optimizer.zero_grad#{type(opt).__name__}.zero_grad" in names
+        opt.zero_grad(set_to_none=False)
+        zeroed = [p.grad is not None and not p.grad.any() for p in model.parameters()]
+        opt.zero_grad()
+        dropped = [p.grad is None for p in model.parameters()]
+        results[impl.__name__] = (calls, float(loss.detach()), zeroed, dropped,
+                                  [p.detach().clone() for p in model.parameters()])
+    (c1, l1, z1, d1, p1), (c2, l2, z2, d2, p2) = results.values()
+    assert c2 == c1 == [("pre", 1, []), "closure", ("post", ["closure"]), "global post",
+                        ("pre", 1, []), "closure", ("post", ["closure"])]
+    assert l2 == pytest.approx(l1, rel=1e-6) and z1 == z2 == [True] * 6 and d1 == d2
+    for a, b in zip(p2, p1):
+        assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["full_backward", "backward_pre", "global_backward"])
+def test_converted_sequential_runs_backward_hooks(kind):
+    """A backward hook on a layer of a converted stack (or a global one) is called, with the
+    gradients torch's layers give it: the stack then runs layer by layer. (The last layer: the
+    others' outputs are after the activation fused into them.)"""
+    torch.manual_seed(8)
+    # (an input that needs a gradient: a global hook sees the first layer too)
+    x, y = torch.randn(7, 20, requires_grad=True), torch.randint(0, 5, (7,))
+    seen = {}
+    for name, model in (("torch", mlp()), ("ember", et.convert(mlp()))):
+        got = seen.setdefault(name, [])
+
+        def record(module, *grads):
+            got.append([g.detach().clone() for g in grads[-1] if g is not None])
+
+        if kind == "full_backward":
+            handle = model[4].register_full_backward_hook(record)
+        elif kind == "backward_pre":
+            handle = model[4].register_full_backward_pre_hook(record)
+        else:
+            handle = torch.nn.modules.module.register_module_full_backward_hook(
+                lambda m, gi, go: record(m, gi, go) if m is model[4] else None)
+        try:
+            F.cross_entropy(model(x), y).backward()
+        finally:
+            handle.remove()
+    assert len(seen["ember"]) == len(seen["torch"]) == 1
+    for a, b in zip(seen["ember"][0], seen["torch"][0]):
+        assert rel_err(a, b) < 1e-5

@@ -202,7 +202,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             loss, grad = ops.softmax_cross_entropy(la, labels, weight=wa,
                                                    label_smoothing=label_smoothing,
                                                    reduction=reduction, compute_grad=need)
-            out = torch.tensor(loss, dtype=torch.float32)
+            out = torch.from_numpy(np.array(loss, np.float32))  # (~3 us less than torch.tensor)
         if need:
             ctx.save_for_backward(torch.from_numpy(grad))
         return out

@@ -49,23 +49,31 @@ class Sequential(nn.Sequential):
     state dict as the ``nn.Sequential`` it was."""
 
     def _stack(self):
-        """``(layers, params)`` for the fused forward, or None when it does not apply."""
-        if torch.nn.modules.module._global_forward_hooks or \
-                torch.nn.modules.module._global_forward_pre_hooks:
+        """``(layers, params)`` for the fused forward, or None when it does not apply: a
+        module that is not an ember Linear or ``nn.Identity``, widths that do not chain, or a
+        forward or backward hook (module or global) that running layer by layer would call."""
+        mod = torch.nn.modules.module
+        if mod._global_forward_hooks or mod._global_forward_pre_hooks or \
+                mod._global_backward_hooks or mod._global_backward_pre_hooks:
             return None
         layers, params, width = [], [], None
         for m in self._modules.values():
-            if m._forward_hooks or m._forward_pre_hooks:
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or \
+                    m._backward_pre_hooks:
                 return None
             if type(m) is nn.Identity:
                 continue
-            if type(m) is not Linear or (width is not None and m.in_features != width):
+            if type(m) is not Linear:
                 return None
-            layers.append((m.activation, m.negative_slope, m.bias is not None))
-            params.append(m.weight)
-            if m.bias is not None:
-                params.append(m.bias)
-            width = m.out_features
+            # (the dicts themselves: Module.__getattr__ is slow, and this runs every forward)
+            w, b, attrs = m._parameters.get("weight"), m._parameters.get("bias"), m.__dict__
+            if w is None or w.dim() != 2 or (width is not None and w.shape[1] != width):
+                return None
+            layers.append((attrs["activation"], attrs["negative_slope"], b is not None))
+            params.append(w)
+            if b is not None:
+                params.append(b)
+            width = w.shape[0]
         return (tuple(layers), params) if layers else None
 
     def _views(self, params) -> list:
@@ -83,8 +91,7 @@ class Sequential(nn.Sequential):
 
     def forward(self, input):
         stack = self._stack()
-        if stack is None or input.dim() < 1 or input.shape[-1] != \
-                next(m for m in self._modules.values() if type(m) is Linear).in_features:
+        if stack is None or input.dim() < 1 or input.shape[-1] != stack[1][0].shape[1]:
             return super().forward(input)  # (torch's own error for a wrong width)
         return mlp(input, stack[0], stack[1], self._views(stack[1]))
 
