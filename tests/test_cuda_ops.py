@@ -479,6 +479,38 @@ def test_adam_many_tensors_and_device_state(cp, rng):
     assert all(_same_bits(cp, a, b) for a, b in zip(p1, p2))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_same_cupy_lists_step_through_a_kept_plan_with_the_same_bits(cp, rng, name):
+    """ops.adam_step / sgd_step called again with the same CuPy arrays go through a kept plan
+    (ember._plan_cache) from the second call on: the same bits as the checked binding every
+    step, and the plan is gone once an array is freed."""
+    import gc
+    from ember import _cuda_ops
+    shapes = [(int(rng.integers(1, 3000)),) for _ in range(40)]
+    p1 = [_rand(rng, cp, s) for s in shapes]
+    p2 = [a.copy() for a in p1]
+    g = [_rand(rng, cp, s) for s in shapes]
+    st1 = [[cp.zeros_like(a) for a in p1] for _ in range(2)]
+    st2 = [[cp.zeros_like(a) for a in p1] for _ in range(2)]
+    made = _cuda_ops._plans.made
+    for t in range(1, 6):
+        if name == "adam":
+            r1 = ops.adam_step(p1, g, *st1, step=t, lr=1e-2)
+            r2 = _cuda_ops.adam_step(p2, g, *st2, None, 1e-2, 0.9, 0.999, 1e-8, 0.0, False,
+                                     False, False, t, 0.0)
+        else:
+            r1 = ops.sgd_step(p1, g, st1[0], step=t, lr=1e-2, momentum=0.9)
+            r2 = _cuda_ops.sgd_step(p2, g, st2[0], 1e-2, 0.9, 0.0, 0.0, False, False, t, 0.0)
+        assert r1 == r2
+        assert all(_same_bits(cp, a, b) for a, b in zip(p1, p2))
+    assert _cuda_ops._plans.made == made + 1
+    kept = len(_cuda_ops._plans)
+    del g[3]
+    gc.collect()
+    assert len(_cuda_ops._plans) == kept - 1
+
+
 # ---------------------------------------------------------------------------------------------
 # validation on fake CUDA arrays (no GPU needed)
 

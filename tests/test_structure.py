@@ -80,7 +80,7 @@ MAX_FUNCTION_LINES = 100
 LAYERS = [
     ("bottom", ["ember.errors", "ember._version", "ember._validate", "ember._io",
                 "ember.backend", "ember._cpu", "ember._cuda"]),
-    ("kernel API", ["ember.ops", "ember._cuda_ops"]),
+    ("kernel API", ["ember.ops", "ember._cuda_ops", "ember._plan_cache"]),
     ("model", ["ember.nn", "ember.losses", "ember.optim", "ember.schedules", "ember.data",
                "ember.datasets", "ember.preprocessing", "ember.metrics", "ember.distributed"]),
     ("checkpoint format", ["ember.checkpoint"]),

@@ -161,13 +161,22 @@ py::object adam_step(py::handle params_obj, py::handle grads_obj, py::handle m_o
 // The lists of an optimizer, checked once (shapes, memory, device, producers' streams) and kept:
 // each step then only checks its hyperparameters and launches. For ember.optim's optimizers,
 // whose lists change only when a Parameter is reassigned (they then build a new plan); the plan
-// holds references to its arrays, so their memory stays valid. Steps run on the stream given
-// to each call; arrays written on another stream must be ordered before it by the caller.
+// holds references to its arrays, so their memory stays valid (hold=false: it keeps only their
+// pointers and sizes, and its owner must drop it before any of the arrays is freed: ember's cache
+// of ops.adam_step's lists does, through weak references). Steps run on the stream given to each
+// call; arrays written on another stream must be ordered before it by the caller.
 class OptimPlan {
  public:
-  OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj, uintptr_t stream) {
+  OptimPlan(py::handle params_obj, py::handle grads_obj, py::handle states_obj, uintptr_t stream,
+            bool hold) {
     lists_ = device_lists("OptimPlan", params_obj, grads_obj, plan_states(states_obj, holds_));
     device_phase("OptimPlan", lists_.arrays(), stream);
+    if (!hold) {
+      holds_.clear();
+      release(lists_.lists.params);
+      release(lists_.lists.grads);
+      for (ArrList& l : lists_.lists.states) release(l);
+    }
   }
 
   int64_t state_lists() const { return lists_.state_lists(); }
@@ -199,6 +208,9 @@ class OptimPlan {
   void expect_states(const char* fn, int64_t want) const {
     expect_state_lists(fn, state_lists(), want);
   }
+  static void release(ArrList& l) {
+    for (Arr& a : l.arrays) a.obj = py::object();
+  }
 
   std::vector<py::object> holds_;
   DeviceLists lists_;
@@ -209,11 +221,13 @@ class OptimPlan {
 void bind_cuda_optim(py::module_& m) {
   py::class_<OptimPlan>(m, "OptimPlan", R"(An optimizer's tensor lists, checked once (see ember.optim).
 
-OptimPlan(params, grads, states, stream): states is a list of lists (momentum buffers; or exp_avgs,
-exp_avg_sqs[, max_exp_avg_sqs]). .sgd(...) / .adam(...) take sgd_step's / adam_step's arguments
-after the lists and do the same step without checking the arrays again.)")
-      .def(py::init<py::handle, py::handle, py::handle, uintptr_t>(), py::arg("params"),
-           py::arg("grads"), py::arg("states"), py::arg("stream"))
+OptimPlan(params, grads, states, stream, hold=True): states is a list of lists (momentum buffers;
+or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]). .sgd(...) / .adam(...) take sgd_step's /
+adam_step's arguments after the lists and do the same step without checking the arrays again.
+hold=False: the plan keeps no reference to the arrays (only their pointers); whoever holds it must
+drop it before any of them is freed.)")
+      .def(py::init<py::handle, py::handle, py::handle, uintptr_t, bool>(), py::arg("params"),
+           py::arg("grads"), py::arg("states"), py::arg("stream"), py::arg("hold") = true)
       .def_property_readonly("state_lists", &OptimPlan::state_lists)
       .def("sgd", &OptimPlan::sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
            py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("step"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from ember import backend
+from ember import _plan_cache, backend
 
 # ImportError saying what is true (built without CUDA and how to build it, or why it does not load)
 # instead of Python's "cannot import name '_cuda' from partially initialized module".
@@ -290,6 +290,61 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, 
                         eps, weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
                         max_grad_norm, state, None, advance_step, _stream(), _alloc)
     return r if state is None else _device_result(r)
+
+
+# ops.sgd_step / ops.adam_step on lists of CuPy arrays: the lists' plans, kept while their arrays
+# live (see ember._plan_cache). Only exact cupy.ndarray lists: their pointers, sizes and dtypes
+# never change, and CuPy exports its current stream, the one the kernels run on.
+_plans = _plan_cache.PlanCache()
+
+
+def _cacheable(lists) -> bool:
+    nd = _cp().ndarray
+    return all(type(a) is nd for lst in lists if lst is not None for a in lst)
+
+
+def _reusing(kind, lists, checked_call, plan_call):
+    """``plan_call(plan)`` through the kept plan of ``lists`` on the current device, else
+    ``checked_call()`` (offering the lists to the cache when it succeeds)."""
+    key = (kind, _cp().cuda.runtime.getDevice(), _plan_cache.list_key(*lists))
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan_call(plan)
+    result = checked_call()
+    if _cacheable(lists):
+        params, grads, *states = lists
+        states = [s for s in states if s is not None]
+        _plans.offer(key, [a for lst in (params, grads, *states) for a in lst],
+                     lambda: _cuda.OptimPlan(params, grads, states, _stream(), hold=False))
+    return result
+
+
+def sgd_step_reusing(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                     nesterov, maximize, step, max_grad_norm):
+    """:func:`sgd_step` (host mode) for a caller's own lists of CuPy arrays, through their kept
+    plan when the same arrays came before (see ember._plan_cache)."""
+    bufs = momentum_buffers if momentum != 0 else None
+    return _reusing(
+        ("sgd", momentum != 0), (params, grads, bufs),
+        lambda: sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                         nesterov, maximize, step, max_grad_norm),
+        lambda plan: plan_sgd_step(plan, lr, momentum, dampening, weight_decay, nesterov,
+                                   maximize, step, max_grad_norm))
+
+
+def adam_step_reusing(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, beta2,
+                      eps, weight_decay, amsgrad, decoupled_weight_decay, maximize, step,
+                      max_grad_norm):
+    """:func:`adam_step` (host mode) for a caller's own lists of CuPy arrays, through their kept
+    plan when the same arrays came before (see ember._plan_cache)."""
+    vmax = max_exp_avg_sqs if amsgrad else None
+    return _reusing(
+        ("adam", bool(amsgrad)), (params, grads, exp_avgs, exp_avg_sqs, vmax),
+        lambda: adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1,
+                          beta2, eps, weight_decay, amsgrad, decoupled_weight_decay, maximize,
+                          step, max_grad_norm),
+        lambda plan: plan_adam_step(plan, lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                    decoupled_weight_decay, maximize, step, max_grad_norm))
 
 
 def optim_plan(params, grads, states):

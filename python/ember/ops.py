@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import re
+import sys
 from contextlib import nullcontext
 from typing import Any, Optional, Sequence
 
@@ -536,6 +537,14 @@ def _array_list(fn: str, name: str, obj: Any) -> Optional[list]:
     return list(obj)
 
 
+def _cupy_list(params: list) -> bool:
+    """Whether ``params`` starts with an exact ``cupy.ndarray`` and CUDA kernels are built: the
+    optimizer steps then go through ``_cuda_ops``' kept plans (see ember._plan_cache)."""
+    cupy = sys.modules.get("cupy")
+    return bool(params) and _cuda_ops is not None and cupy is not None and \
+        type(params[0]) is getattr(cupy, "ndarray", None)
+
+
 def _clip_arg(fn: str, max_grad_norm: Any) -> Any:
     """The bindings' max_grad_norm: 0.0 (off) for None; a given value must be > 0 (0 would be
     taken as "off", not as clipping to zero)."""
@@ -569,6 +578,9 @@ def sgd_step(params: Sequence[Any], grads: Sequence[Any],
     bufs = _array_list(fn, "momentum_buffers", momentum_buffers)
     clip = _clip_arg(fn, max_grad_norm)
     try:
+        if _cupy_list(params):  # (the caller's own CuPy arrays: their checks are kept)
+            return _cuda_ops.sgd_step_reusing(params, grads, bufs, lr, momentum, dampening,
+                                              weight_decay, nesterov, maximize, step, clip)
         # An empty list goes to the CPU module, whose check names it.
         return (kernels(params[0], fn, "params[0]") if params else _cpu).sgd_step(
             params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, maximize, step,
@@ -592,10 +604,12 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
     ``step`` is the 1-based number of this step (bias corrections use it); ``max_exp_avg_sqs`` is
     required with ``amsgrad``. Returns ``(grad_norm, skipped)`` as :func:`sgd_step` does.
 
-    Every call checks every array (dtype, shape, contiguity, device, overlaps). On the GPU, for
-    many tensors stepped again and again, :class:`ember.optim.Adam` checks its lists once and
-    keeps them: on an H200, 10.5M parameters in 128 tensors took 2.6 ms a call here and 0.175 ms
-    through ``optim.Adam.step()`` (bench/results/gpu-2026-11-27-h200.md).
+    Every call checks every array (dtype, shape, contiguity, device, overlaps), except on
+    lists of CuPy arrays that came before: from the second call with the same arrays (the same
+    objects, on the same device) their checks are kept and the step only launches, until one
+    of them is freed (``ember._plan_cache``). On an H200, before that cache, 10.5M parameters
+    in 128 tensors took 2.6 ms a call here and 0.175 ms through ``optim.Adam.step()``, which
+    keeps its lists the same way (bench/results/gpu-2026-11-27-h200.md).
     """
     fn = "adam_step"
     if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
@@ -607,6 +621,10 @@ def adam_step(params: Sequence[Any], grads: Sequence[Any], exp_avgs: Sequence[An
               ("max_exp_avg_sqs", max_exp_avg_sqs))]
     clip = _clip_arg(fn, max_grad_norm)
     try:
+        if _cupy_list(params):  # (the caller's own CuPy arrays: their checks are kept)
+            return _cuda_ops.adam_step_reusing(params, grads, *lists, lr, beta1, beta2, eps,
+                                               weight_decay, amsgrad, decoupled_weight_decay,
+                                               maximize, step, clip)
         # An empty list goes to the CPU module, whose check names it.
         return (kernels(params[0], fn, "params[0]") if params else _cpu).adam_step(
             params, grads, *lists, lr, beta1, beta2, eps, weight_decay, amsgrad,
