@@ -193,6 +193,19 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int6
     a += cs;
     b += NV * kVL;
   }
+  // The plain case (C = the sums: a weight gradient, a K block before the last) is stores only:
+  // the same bits as the epilogue's (t * 1 = t). (No local copy of `e`: a struct copy is vector
+  // loads of the fields the caller has just stored one by one, which the store buffer cannot
+  // forward: a stall per tile.)
+  if (!e.load_c && !e.bias && !e.preact && !e.dz && e.act == Activation::identity &&
+      e.alpha == 1.0f) {
+#pragma GCC unroll 32
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) storeu(c + i * ldc + v * kVL, acc[i][v]);
+    }
+    return;
+  }
 #pragma GCC unroll 32
   for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 4
@@ -462,7 +475,9 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
         e.dact = d.act;
         e.dslope = d.slope;
         e.lddz = d.ld;
+        e.ldp = g.ldc;
       }
+      Epilogue te = e;  // e with each tile's pointers (set in the tile loop)
 
       for (int64_t ic = m0; ic < m1; ic += kMR) {
         const int rows = int(std::min<int64_t>(kMR, m1 - ic));
@@ -510,7 +525,11 @@ bool gemm_block(const GemmArgs& g, const DAct& d) {
           const int cols = int(std::min<int64_t>(kNR, nc - jr));
           const int64_t j = jc + jr;
           float* c = g.c + ic * g.ldc + j;
-          const Epilogue te = tile_epilogue(j);
+          if (last) {  // (only the tile's pointers change: no struct copy per tile, see micro_kernel)
+            te.bias = g.bias ? g.bias + j : nullptr;
+            te.preact = g.preact ? g.preact + ic * g.ldc + j : nullptr;
+            te.dz = d.z ? d.z + ic * d.ld + j : nullptr;
+          }
           kTiles[rows - 1][(cols + kVL - 1) / kVL - 1](cols, kc, ap, rs, cs, panel(jr), c,
                                                        g.ldc, te);
           if (last && post_act) apply_act_rows(c, g.ldc, rows, cols, g.act, g.act_param);
