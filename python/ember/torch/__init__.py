@@ -10,7 +10,9 @@ torch).
   ember Linear layers runs forward and backward as one autograd node.
 - :func:`linear` -- the functional form of :class:`Linear`.
 
-CPU float32 tensors only for now (a CUDA tensor raises NotImplementedError).
+Float32 tensors on the CPU; CUDA tensors run on ember's CUDA kernels (ember built with CUDA,
+CuPy installed) on torch's current stream: that path is written and compiled but has not run on a
+GPU yet.
 """
 from __future__ import annotations
 

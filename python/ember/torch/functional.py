@@ -1,8 +1,11 @@
 """ember's fused kernels as PyTorch autograd functions: ``linear`` (GEMM + bias + activation in one
 kernel, its backward in one more) and ``cross_entropy`` (softmax, loss and gradient in one pass).
 
-CPU float32 tensors only: each tensor is handed to ember's kernels as a NumPy view of its memory
+Float32 tensors. On the CPU each tensor is handed to ember's kernels as a NumPy view of its memory
 (``t.detach().numpy()``, no copy) and each result comes back the same way (``torch.from_numpy``).
+On the GPU (ember built with CUDA, and CuPy installed) the tensors go to ember's CUDA kernels
+through ``ember.ops`` (DLPack, no copy), on ``torch.cuda.current_stream()``, and results come back
+as CUDA tensors. (The GPU path is written and compiled; it has not run on a GPU yet.)
 """
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ember import ops
+from ember import backend, ops
 
-__all__ = ["ACTIVATIONS", "linear", "mlp", "cross_entropy", "cpu_float32", "as_array"]
+__all__ = ["ACTIVATIONS", "linear", "mlp", "cross_entropy", "float32_tensor", "as_array",
+           "kernels_for"]
 
 #: The activations :func:`linear` fuses (ember's names; ``"gelu"`` is the exact erf form, torch's
 #: ``nn.GELU()``, ``"gelu_tanh"`` is ``nn.GELU(approximate="tanh")``).
@@ -23,22 +27,42 @@ ACTIVATIONS = ops.ACTIVATIONS
 _K = ops.cpu_kernels
 
 
-def cpu_float32(t: torch.Tensor, fn: str, name: str) -> torch.Tensor:
+def float32_tensor(t: torch.Tensor, fn: str, name: str) -> torch.Tensor:
     """``t`` detached and C-contiguous (a copy only when it is not contiguous), checked to be a
-    float32 CPU tensor: a CUDA tensor or another dtype is refused with an error naming ``fn``."""
+    float32 tensor on the CPU or on a GPU ember's CUDA kernels can use: another dtype or
+    device is refused with an error naming ``fn`` and ``name``."""
     if t.device.type != "cpu":
-        raise NotImplementedError(
-            f"{fn}: {name} is on {t.device}; ember.torch runs CPU tensors only (the GPU path is "
-            f"not written yet): keep the model on the CPU or use torch's own layers there")
+        if t.device.type != "cuda":
+            raise NotImplementedError(f"{fn}: {name} is on {t.device}; ember.torch runs CPU and "
+                                      f"CUDA tensors")
+        if not backend.cuda_built():
+            raise ValueError(f"{fn}: {name} is a CUDA tensor but {backend.NOT_BUILT_WITH_CUDA}; "
+                             f"or keep the model on the CPU")
     if t.dtype != torch.float32:
         raise TypeError(f"{fn}: {name} must be float32, got {t.dtype} (ember's kernels are "
                         f"float32; call .float() on the model and its inputs)")
     return t.detach().contiguous()
 
 
-def as_array(t: torch.Tensor, fn: str, name: str) -> np.ndarray:
-    """A C-contiguous float32 NumPy view of the CPU tensor ``t`` (see :func:`cpu_float32`)."""
-    return cpu_float32(t, fn, name).numpy()
+def as_array(t: torch.Tensor, fn: str, name: str):
+    """What the kernels take for the tensor ``t`` (see :func:`float32_tensor`): a C-contiguous
+    float32 NumPy view of a CPU tensor; a CUDA tensor itself, detached and contiguous (ember.ops
+    views it through DLPack)."""
+    t = float32_tensor(t, fn, name)
+    return t if t.is_cuda else t.numpy()
+
+
+def kernels_for(t: torch.Tensor, fn: str, name: str):
+    """The kernel namespace for ``t``'s device: :data:`ember.ops.cpu_kernels` (NumPy views in
+    and out) for a CPU tensor; for a CUDA tensor ``ember.ops.kernels(t, ...)``, which takes and
+    returns CUDA tensors and runs on torch's current stream."""
+    return ops.kernels(t, fn, name) if t.is_cuda else _K
+
+
+def _wrap(r):
+    """A kernel's result as a tensor: NumPy arrays through ``torch.from_numpy`` (no copy);
+    the CUDA namespace's results are tensors already."""
+    return torch.from_numpy(r) if type(r) is np.ndarray else r
 
 
 def _from_output_ok(activation: str, slope: float) -> bool:
@@ -54,17 +78,18 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, activation, slope):
         fn = "ember.torch.linear"
-        xt, wt = cpu_float32(x, fn, "input"), cpu_float32(weight, fn, "weight")
+        xt, wt = float32_tensor(x, fn, "input"), float32_tensor(weight, fn, "weight")
         ba = None if bias is None else as_array(bias, fn, "bias")
-        xa, wa = xt.numpy(), wt.numpy()
+        k = kernels_for(xt, fn, "input")
+        xa, wa = (xt, wt) if xt.is_cuda else (xt.numpy(), wt.numpy())
         need = any(ctx.needs_input_grad[:3])
         save_z = need and activation != "identity" and not _from_output_ok(activation, slope)
-        r = _K.gemm(xa, wa, ba, None, None, False, True, activation, slope, 1.0, 0.0, save_z,
-                    "fp32")
+        r = k.gemm(xa, wa, ba, None, None, False, True, activation, slope, 1.0, 0.0, save_z,
+                   "fp32")
         if save_z:
-            y, z = torch.from_numpy(r[0]), torch.from_numpy(r[1])
+            y, z = _wrap(r[0]), _wrap(r[1])
         else:
-            y = torch.from_numpy(r)
+            y = _wrap(r)
             z = y if activation != "identity" else None
         ctx.activation, ctx.slope, ctx.has_bias = activation, slope, bias is not None
         if need:
@@ -76,15 +101,17 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, w, z = ctx.saved_tensors
-        g = as_array(grad_out, "ember.torch.linear (backward)", "grad_output")
+        fn = "ember.torch.linear (backward)"
+        g = as_array(grad_out, fn, "grad_output")
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gi, gw, gb = _K.linear_backward(
-            g, x.detach().numpy(), w.detach().numpy(), None if z is None else z.detach().numpy(),
-            ctx.activation,
+        k = kernels_for(x, fn, "input")
+        gi, gw, gb = k.linear_backward(
+            g, as_array(x, fn, "input"), as_array(w, fn, "weight"),
+            None if z is None else as_array(z, fn, "output"), ctx.activation,
             ctx.slope, need_x, ctx.has_bias and need_b, False, None, None, None, None, "fp32")
-        return (torch.from_numpy(gi) if need_x else None,
-                torch.from_numpy(gw) if need_w else None,
-                torch.from_numpy(gb) if gb is not None else None, None, None)
+        return (_wrap(gi) if need_x else None,
+                _wrap(gw) if need_w else None,
+                _wrap(gb) if gb is not None else None, None, None)
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -115,7 +142,8 @@ class MlpFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layers, views, *params):
         fn = "ember.torch.Sequential"
-        h = cpu_float32(x, fn, "input")
+        h = float32_tensor(x, fn, "input")
+        k = kernels_for(h, fn, "input")
         need_any = any(ctx.needs_input_grad)
         ws, arrays, biases, at = [], [], [], 0
         for _, _, has_bias in layers:
@@ -124,16 +152,16 @@ class MlpFunction(torch.autograd.Function):
             biases.append(views[at + 1] if has_bias else None)
             at += 2 if has_bias else 1
         inputs, preacts = [], []
-        cur = h.numpy()
+        cur = h if h.is_cuda else h.numpy()
         for (act, slope, _), wa, ba in zip(layers, arrays, biases):
             save_z = need_any and act != "identity" and not _from_output_ok(act, slope)
-            r = _K.gemm(cur, wa, ba, None, None, False, True, act, slope, 1.0, 0.0, save_z,
-                        "fp32")
+            r = k.gemm(cur, wa, ba, None, None, False, True, act, slope, 1.0, 0.0, save_z,
+                       "fp32")
             inputs.append(cur)
             y, z = (r[0], r[1]) if save_z else (r, r if act != "identity" else None)
             preacts.append(z)
             cur = y
-        out = torch.from_numpy(cur)
+        out = _wrap(cur)
         if need_any:
             ctx.layers, ctx.arrays, ctx.inputs, ctx.preacts = layers, arrays, inputs, preacts
             # the input and weights themselves: torch catches an in-place change before backward
@@ -142,8 +170,10 @@ class MlpFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        ctx.saved_tensors  # (raises if the input or a weight was changed in place since)
-        g = as_array(grad_out, "ember.torch.Sequential (backward)", "grad_output")
+        x = ctx.saved_tensors[0]  # (raises if the input or a weight was changed in place since)
+        fn = "ember.torch.Sequential (backward)"
+        g = as_array(grad_out, fn, "grad_output")
+        k = kernels_for(x, fn, "input")
         needs = ctx.needs_input_grad
         grads, at = [], 3
         flags = []
@@ -153,15 +183,15 @@ class MlpFunction(torch.autograd.Function):
         for i in range(len(ctx.layers) - 1, -1, -1):
             act, slope, has_bias = ctx.layers[i]
             need_gi = i > 0 or needs[0]
-            gi, gw, gb = _K.linear_backward(
+            gi, gw, gb = k.linear_backward(
                 g, ctx.inputs[i], ctx.arrays[i], ctx.preacts[i], act, slope, need_gi,
                 has_bias and flags[i][1], False, None, None, None, None, "fp32")
-            part = [torch.from_numpy(gw) if flags[i][0] else None]
+            part = [_wrap(gw) if flags[i][0] else None]
             if has_bias:
-                part.append(torch.from_numpy(gb) if gb is not None else None)
+                part.append(_wrap(gb) if gb is not None else None)
             grads[:0] = part
             g = gi
-        return (torch.from_numpy(g) if needs[0] else None, None, None, *grads)
+        return (_wrap(g) if needs[0] else None, None, None, *grads)
 
 
 def mlp(input: torch.Tensor, layers: tuple, params, views=None) -> torch.Tensor:
@@ -189,22 +219,27 @@ class CrossEntropyFunction(torch.autograd.Function):
         fn = "ember.torch.cross_entropy"
         la = as_array(logits, fn, "input")
         wa = None if weight is None else as_array(weight, fn, "weight")
-        labels = target.detach().numpy()  # ops widens integer labels to int64
+        labels = target.detach()  # ops widens integer labels to int64
+        on_gpu = logits.is_cuda
+        if not on_gpu:
+            labels = labels.numpy()
         need = ctx.needs_input_grad[0]
         ctx.reduction = reduction
         if reduction == "none":
-            rows = np.empty(la.shape[0], np.float32)
+            rows = (torch.empty(la.shape[0], dtype=torch.float32, device=logits.device)
+                    if on_gpu else np.empty(la.shape[0], np.float32))
             _, grad = ops.softmax_cross_entropy(la, labels, weight=wa,
                                                 label_smoothing=label_smoothing, reduction="sum",
                                                 compute_grad=need, row_loss=rows)
-            out = torch.from_numpy(rows)
+            out = _wrap(rows)
         else:
             loss, grad = ops.softmax_cross_entropy(la, labels, weight=wa,
                                                    label_smoothing=label_smoothing,
                                                    reduction=reduction, compute_grad=need)
-            out = torch.from_numpy(np.array(loss, np.float32))  # (~3 us less than torch.tensor)
+            out = (torch.tensor(loss, dtype=torch.float32, device=logits.device) if on_gpu
+                   else torch.from_numpy(np.array(loss, np.float32)))  # (~3 us less)
         if need:
-            ctx.save_for_backward(torch.from_numpy(grad))
+            ctx.save_for_backward(_wrap(grad))
         return out
 
     @staticmethod
@@ -212,7 +247,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
             grad = grad * grad_out.to(grad.dtype).reshape(-1, 1)
-        elif grad_out.item() != 1.0:
+        elif grad.is_cuda or grad_out.item() != 1.0:  # (no .item() on the GPU: a sync)
             grad = grad * grad_out.to(grad.dtype)
         return grad, None, None, None, None
 
@@ -235,6 +270,6 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
     if target.dtype.is_floating_point or target.dim() != 1:
         raise ValueError(f"{fn}: target must be 1-D integer class indices (probability targets "
                          f"are not supported), got {target.dtype} of shape {tuple(target.shape)}")
-    if target.device.type != "cpu":
-        as_array(target, fn, "target")  # the CPU-only error
+    if target.device != input.device:
+        raise ValueError(f"{fn}: target is on {target.device} but input is on {input.device}")
     return CrossEntropyFunction.apply(input, target, weight, float(label_smoothing), reduction)

@@ -17,7 +17,8 @@ class Linear(nn.Linear):
     A ``torch.nn.Linear`` (the same ``weight`` (out, in) and ``bias`` Parameters, initialisation
     and state-dict names) with ``activation`` one of ``"identity"``, ``"relu"``, ``"gelu"``
     (exact), ``"gelu_tanh"``, ``"tanh"``, ``"sigmoid"``, ``"silu"``, ``"leaky_relu"`` (with
-    ``negative_slope``) fused into its epilogue. Float32 CPU tensors only.
+    ``negative_slope``) fused into its epilogue. Float32 tensors, on the CPU or (ember built
+    with CUDA, CuPy installed) a GPU.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,

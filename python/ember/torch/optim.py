@@ -3,11 +3,14 @@ the parameters of a group in one fused ember call (``ops.sgd_step`` / ``ops.adam
 
 The state has torch's names and types (``step`` a 0-d float32 tensor, ``exp_avg``,
 ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``), so ``state_dict()`` loads into the torch
-optimizer of the same name and back. Float32 CPU parameters only.
+optimizer of the same name and back. Float32 parameters.
 
 One difference from torch: a step whose gradients hold a NaN or Inf is skipped (parameters and
 state untouched, ``step`` not advanced) and recorded in ``last_skipped``; ``last_grad_norm`` is
 the global gradient norm of the last step.
+
+CUDA parameters step through ember's CUDA kernels (``ember.ops``, on torch's current stream):
+written and compiled, not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -16,12 +19,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
-from ember import ops
-from ember.torch.functional import as_array
+from ember.torch.functional import as_array, kernels_for
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
-_K = ops.cpu_kernels
 
 
 class _EmberOptimizer(torch.optim.Optimizer):
@@ -97,9 +98,9 @@ class _EmberOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     def grad_arrays(self, params) -> list:
-        """NumPy views of the parameters' gradients: directly for the usual float32 CPU
-        contiguous gradient (a new tensor after each ``zero_grad``), else through
-        :meth:`views` (its checks and messages)."""
+        """NumPy views of the parameters' gradients (CUDA gradients: the tensors): directly
+        for the usual float32 CPU contiguous gradient (a new tensor after each ``zero_grad``),
+        else through :meth:`views` (its checks and messages)."""
         out = []
         f32, strided = torch.float32, torch.strided
         for p in params:
@@ -116,7 +117,8 @@ class _EmberOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def arrays(self, tensors, name: str) -> list:
-        """NumPy views of ``tensors``; those of parameters and state are kept between steps
+        """NumPy views of ``tensors`` (CUDA: the tensors, detached); those of parameters and
+        state are kept between steps
         (making one costs ~4 us), gradients are viewed afresh (zero_grad frees them)."""
         if name == "grads":
             return self.views(tensors, name)
@@ -158,8 +160,9 @@ class SGD(_EmberOptimizer):
         hyper = dict(lr=float(group["lr"]), momentum=group["momentum"],
                      dampening=group["dampening"], weight_decay=group["weight_decay"],
                      nesterov=group["nesterov"], maximize=group.get("maximize", False))
+        k = kernels_for(params[0], "SGD.step", "params[0]")
         if hyper["momentum"] == 0:
-            return _K.sgd_step(self.arrays(params, "params"),
+            return k.sgd_step(self.arrays(params, "params"),
                                self.arrays([p.grad for p in params], "grads"), None,
                                *hyper.values(), 1, 0.0)
         # a new buffer is set to the gradient (step 1), an existing one updated (step 2)
@@ -174,7 +177,7 @@ class SGD(_EmberOptimizer):
         norm_sq, skipped = 0.0, False
         for step, ps in buckets.items():
             if ps:
-                norm, skip = _K.sgd_step(
+                norm, skip = k.sgd_step(
                     self.arrays(ps, "params"), self.arrays([p.grad for p in ps], "grads"),
                     self.arrays([self.state[p]["momentum_buffer"] for p in ps],
                                 "momentum_buffer"), *hyper.values(), step, 0.0)
@@ -259,7 +262,7 @@ class Adam(_EmberOptimizer):
         step = plan["step"] + 1
         beta1, beta2 = group["betas"]
         ps, m1, m2, vmax = plan["arrays"]
-        norm, skip = _K.adam_step(
+        norm, skip = kernels_for(params[0], "Adam.step", "params[0]").adam_step(
             ps, self.grad_arrays(params), m1, m2, vmax, float(group["lr"]), float(beta1),
             float(beta2), group["eps"], group["weight_decay"], group["amsgrad"],
             group.get("decoupled_weight_decay", False), group.get("maximize", False), step, 0.0)
