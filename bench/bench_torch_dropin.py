@@ -1,17 +1,25 @@
 """An ordinary PyTorch training loop before and after ``ember.torch.convert`` + ember's Adam.
 
-    PYTHONPATH=python python bench/bench_torch_dropin.py [--threads 2] [--repeats 7]
+    PYTHONPATH=python python bench/bench_torch_dropin.py [--threads 2] [--repeats 7] [--rounds 3]
 
 784-256-256-10 ReLU MLP, Adam, cross-entropy, batches of 128 and 32, on the CPU. Prints the
-median time per training step of each loop (over ``--repeats`` runs of ``--steps`` steps,
-alternated), the ratio, and what the autograd glue costs: the same ember kernels called directly
-on NumPy arrays (no torch) against the converted torch loop.
+median time per training step of each loop, the ratio, and what the autograd glue costs: the same
+ember kernels called directly on NumPy arrays (no torch) against the converted torch loop.
+
+Each loop runs in a child process of its own (``--child``), alternating torch, ember.torch, raw,
+torch, ... for ``--rounds`` rounds; a round's figure is the median of ``--repeats`` runs of
+``--steps`` steps after a warm-up run, the table the median over rounds. (Run in one process, a
+loop ran up to 1.5x slower after the other one on this 2-core VM, seemingly disturbed by the other
+runtime's threads: the glue column moved between 0.4 and 1.4 ms at batch 128.)
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -86,37 +94,60 @@ def median_step_us(runs, steps, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def run_child(name, batch, steps, repeats, threads):
+    """One contender's median microseconds per step, in this process."""
+    torch.set_num_threads(threads)
+    ember.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(batch, DIMS[0], generator=g) for _ in range(steps)]
+    ys = [torch.randint(0, DIMS[-1], (batch,), generator=g) for _ in range(steps)]
+    if name == "torch":
+        ref = model()
+        fn = torch_loop(ref, torch.optim.Adam(ref.parameters()), F.cross_entropy, xs, ys)
+    elif name == "ember.torch":
+        mine = et.convert(model())
+        fn = torch_loop(mine, et.optim.Adam(mine.parameters()), et.cross_entropy, xs, ys)
+    else:
+        fn = raw_ember_loop(model(), xs, ys)
+    return median_step_us({name: fn}, steps, repeats)[name]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 32])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    ember.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(run_child(args.child, args.batches[0], args.steps, args.repeats,
+                                   args.threads)))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     print(f"torch {torch.__version__}, ember {ember.__version__}, {args.threads} threads, "
           f"{'-'.join(map(str, DIMS))} ReLU MLP, Adam, cross-entropy; median us per step "
-          f"over {args.repeats} x {args.steps} steps")
+          f"over {args.rounds} rounds of {args.repeats} x {args.steps} steps, one process each")
     print(f"{'batch':>5} | {'torch':>8} | {'ember.torch':>11} | {'ratio':>5} | "
           f"{'ember kernels alone':>19} | {'glue':>6}")
     print("-" * 70)
     for batch in args.batches:
-        g = torch.Generator().manual_seed(1)
-        xs = [torch.randn(batch, DIMS[0], generator=g) for _ in range(args.steps)]
-        ys = [torch.randint(0, DIMS[-1], (batch,), generator=g) for _ in range(args.steps)]
-        ref = model()
-        mine = et.convert(copy.deepcopy(ref))
-        runs = {
-            "torch": torch_loop(ref, torch.optim.Adam(ref.parameters()), F.cross_entropy, xs, ys),
-            "ember.torch": torch_loop(mine, et.optim.Adam(mine.parameters()), et.cross_entropy,
-                                      xs, ys),
-            "raw": raw_ember_loop(model(), xs, ys),
-        }
-        t = median_step_us(runs, args.steps, args.repeats)
+        times = {"torch": [], "ember.torch": [], "raw": []}
+        for _ in range(args.rounds):
+            for name in times:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", name, "--batches", str(batch),
+                     "--steps", str(args.steps), "--repeats", str(args.repeats),
+                     "--threads", str(args.threads)],
+                    check=True, capture_output=True, text=True, env=env).stdout
+                times[name].append(json.loads(out.strip().splitlines()[-1]))
+        t = {name: statistics.median(v) for name, v in times.items()}
+        ratios = [a / b for a, b in zip(times["torch"], times["ember.torch"])]
         print(f"{batch:>5} | {t['torch']:>8.1f} | {t['ember.torch']:>11.1f} | "
               f"{t['torch'] / t['ember.torch']:>4.2f}x | {t['raw']:>19.1f} | "
-              f"{t['ember.torch'] - t['raw']:>6.1f}")
+              f"{t['ember.torch'] - t['raw']:>6.1f}   (per-round ratios "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
