@@ -35,6 +35,10 @@ class FakeArray:
         self.n, self.ptr = n, ptr
 
     @property
+    def shape(self):  # (a new tuple each time, as CuPy's)
+        return (self.n,)
+
+    @property
     def __cuda_array_interface__(self):
         return {"shape": (self.n,), "typestr": "<f4", "descr": [("", "<f4")],
                 "data": (self.ptr, False), "version": 3, "strides": None, "stream": 1}

@@ -23,6 +23,7 @@ class Arr:
 
     def __init__(self, n=4, ptr=None):
         self.n, self.ptr = n, ptr or (0x10000 + 0x1000 * id(self) % 2 ** 30)
+        self.shape = (n,)
 
     @property
     def __cuda_array_interface__(self):
@@ -152,8 +153,11 @@ def test_adam_step_on_the_same_cupy_lists_keeps_their_checks(fake_cuda):
     ops.adam_step(params, grads, m, v, vmax, lr=0.7, amsgrad=True)
     fake_cuda.device[0] = 1
     ops.adam_step(params, grads, m, v, lr=0.8)
+    fake_cuda.device[0] = 0
+    m[2].shape = (2, 2)  # reshaped in place (CuPy allows it): checked again
+    ops.adam_step(params, grads, m, v, lr=0.9)
     assert fake_cuda.calls == [("plan.adam", 0.5), ("adam_step", 0.6), ("adam_step", 0.7),
-                               ("adam_step", 0.8)]
+                               ("adam_step", 0.8), ("adam_step", 0.9)]
 
 
 def test_a_freed_array_drops_the_plan_and_errors_are_the_checked_calls(fake_cuda):

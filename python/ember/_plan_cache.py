@@ -5,8 +5,8 @@ Checking a list of CUDA arrays means reading every array's ``__cuda_array_interf
 CuPy builds on each access), its pointer's device (``cudaPointerGetAttributes``) and the overlaps
 of all of them: ~5 us an array, 2.6 ms a call for 128 tensors with Adam's 512 arrays (H200 run of
 2026-11-27). A :class:`PlanCache` keeps an ``OptimPlan`` (the lists checked once, see
-``csrc/bindings/cuda_optim.cpp``) keyed by the identity of every array, for arrays whose memory,
-size and dtype can never change while they live (``cupy.ndarray``: ``data``, ``size`` and
+``csrc/bindings/cuda_optim.cpp``) keyed by the identity and shape of every array, for arrays
+whose memory, size and dtype can never change while they live (``cupy.ndarray``: ``data``, ``size`` and
 ``dtype`` are read-only), so the identities stand for what the plan checked. The plan holds no
 reference to the arrays (``hold=False``): an entry is dropped, by a weak-reference callback, as
 soon as any of its arrays is freed, so a plan never outlives its memory and the cache keeps no
@@ -20,15 +20,22 @@ No CUDA here (tests drive it with stand-in plans): ``ember._cuda_ops`` makes the
 """
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Optional, Sequence
 
 
+_shape = operator.attrgetter("shape")
+
+
 def list_key(*lists: Optional[Sequence[Any]]) -> tuple:
-    """The identities of every array of ``lists`` (None: an absent list), in order."""
-    return tuple(None if lst is None else tuple(map(id, lst)) for lst in lists)
+    """The identity and shape of every array of ``lists`` (None: an absent list), in order. (A
+    CuPy array's shape can be set in place, to one of the same size: the checks compare shapes,
+    so a reshaped array is checked again.)"""
+    return tuple(None if lst is None else (tuple(map(id, lst)), tuple(map(_shape, lst)))
+                 for lst in lists)
 
 
 class PlanCache:
