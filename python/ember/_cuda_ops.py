@@ -298,11 +298,6 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1, 
 _plans = _plan_cache.PlanCache()
 
 
-def _cacheable(lists) -> bool:
-    nd = _cp().ndarray
-    return all(type(a) is nd for lst in lists if lst is not None for a in lst)
-
-
 def _reusing(kind, lists, checked_call, plan_call):
     """``plan_call(plan)`` through the kept plan of ``lists`` on the current device, else
     ``checked_call()`` (offering the lists to the cache when it succeeds)."""
@@ -311,10 +306,12 @@ def _reusing(kind, lists, checked_call, plan_call):
     if plan is not None:
         return plan_call(plan)
     result = checked_call()
-    if _cacheable(lists):
-        params, grads, *states = lists
-        states = [s for s in states if s is not None]
-        _plans.offer(key, [a for lst in (params, grads, *states) for a in lst],
+    params, grads, *states = lists
+    states = [s for s in states if s is not None]
+    arrays = [a for lst in (params, grads, *states) for a in lst]
+    nd = _cp().ndarray
+    if all(type(a) is nd for a in arrays):
+        _plans.offer(key, arrays,
                      lambda: _cuda.OptimPlan(params, grads, states, _stream(), hold=False))
     return result
 

@@ -48,7 +48,12 @@ def as_array(t: torch.Tensor, fn: str, name: str):
     """What the kernels take for the tensor ``t`` (see :func:`float32_tensor`): a C-contiguous
     float32 NumPy view of a CPU tensor; a CUDA tensor itself, detached and contiguous (ember.ops
     views it through DLPack)."""
-    t = float32_tensor(t, fn, name)
+    return _view(float32_tensor(t, fn, name))
+
+
+def _view(t: torch.Tensor):
+    """A checked, detached tensor as the kernels take it: a NumPy view on the CPU, itself on
+    the GPU."""
     return t if t.is_cuda else t.numpy()
 
 
@@ -81,7 +86,7 @@ class LinearFunction(torch.autograd.Function):
         xt, wt = float32_tensor(x, fn, "input"), float32_tensor(weight, fn, "weight")
         ba = None if bias is None else as_array(bias, fn, "bias")
         k = kernels_for(xt, fn, "input")
-        xa, wa = (xt, wt) if xt.is_cuda else (xt.numpy(), wt.numpy())
+        xa, wa = _view(xt), _view(wt)
         need = any(ctx.needs_input_grad[:3])
         save_z = need and activation != "identity" and not _from_output_ok(activation, slope)
         r = k.gemm(xa, wa, ba, None, None, False, True, activation, slope, 1.0, 0.0, save_z,
@@ -105,9 +110,10 @@ class LinearFunction(torch.autograd.Function):
         g = as_array(grad_out, fn, "grad_output")
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         k = kernels_for(x, fn, "input")
+        # (x, w and z were checked in forward: views, no checks again)
         gi, gw, gb = k.linear_backward(
-            g, as_array(x, fn, "input"), as_array(w, fn, "weight"),
-            None if z is None else as_array(z, fn, "output"), ctx.activation,
+            g, _view(x.detach()), _view(w.detach()), None if z is None else _view(z.detach()),
+            ctx.activation,
             ctx.slope, need_x, ctx.has_bias and need_b, False, None, None, None, None, "fp32")
         return (_wrap(gi) if need_x else None,
                 _wrap(gw) if need_w else None,
@@ -152,7 +158,7 @@ class MlpFunction(torch.autograd.Function):
             biases.append(views[at + 1] if has_bias else None)
             at += 2 if has_bias else 1
         inputs, preacts = [], []
-        cur = h if h.is_cuda else h.numpy()
+        cur = _view(h)
         for (act, slope, _), wa, ba in zip(layers, arrays, biases):
             save_z = need_any and act != "identity" and not _from_output_ok(act, slope)
             r = k.gemm(cur, wa, ba, None, None, False, True, act, slope, 1.0, 0.0, save_z,
